@@ -1,0 +1,464 @@
+//! credgate's config file: what the daemon listens on and, in file order, where credentials
+//! come from. Errors name the file, line and column.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::duration::parse_go_duration;
+use crate::identity::Scope;
+use crate::sources::Secret;
+
+/// Used when neither `--config` nor `$CREDGATE_CONFIG` names a file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/credgate/config.toml";
+
+const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// A loaded, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` for the built-in default.
+    pub path: Option<PathBuf>,
+    pub listen: Listen,
+    pub helpers: HelperSettings,
+    /// Credential sources in the order the file lists them; ties in ranking go to the first.
+    pub sources: Vec<SourceEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub socket: PathBuf,
+    pub mirror: SocketAddr,
+    pub mirror_secret_file: PathBuf,
+    pub metrics: SocketAddr,
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/credgate/credgate.sock"),
+            mirror: SocketAddr::from(([127, 0, 0, 1], 5008)),
+            mirror_secret_file: PathBuf::from("/etc/credgate/mirror-secret"),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 9108)),
+            allowed_uids: vec![0],
+        }
+    }
+}
+
+/// How credential helpers are run.
+#[derive(Debug, Clone)]
+pub struct HelperSettings {
+    /// A helper still running after this is killed, with its process group.
+    pub timeout: Duration,
+}
+
+impl Default for HelperSettings {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_HELPER_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceEntry {
+    Registry(RegistryEntry),
+    DockerConfig(DockerConfigEntry),
+    KubeletProvider(KubeletProviderEntry),
+}
+
+/// Where in the config file an entry is, for `explain` (`/etc/credgate/config.toml:12`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+/// A `[[registry]]` entry: one scope and one way to get its secret.
+#[derive(Debug, Clone)]
+pub struct RegistryEntry {
+    pub scope: Scope,
+    pub username: String,
+    pub secret: SecretSpec,
+    pub ca_file: Option<PathBuf>,
+    pub location: Location,
+}
+
+/// Where a `[[registry]]` entry's secret is.
+#[derive(Debug, Clone)]
+pub enum SecretSpec {
+    Password(Secret),
+    PasswordFile(PathBuf),
+    IdentityToken(Secret),
+    IdentityTokenFile(PathBuf),
+    RegistryToken(Secret),
+    RegistryTokenFile(PathBuf),
+    /// A docker credential helper: a name (`pass` runs `docker-credential-pass`) or a path.
+    Helper(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DockerConfigEntry {
+    pub path: PathBuf,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeletProviderEntry {
+    /// kubelet's `CredentialProviderConfig` (YAML or JSON).
+    pub config: PathBuf,
+    /// The directory holding the plugin executables (kubelet's `--image-credential-provider-bin-dir`).
+    pub bin_dir: PathBuf,
+    pub location: Location,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listen: Listen,
+    #[serde(default)]
+    helpers: RawHelpers,
+    #[serde(default)]
+    registry: Vec<Spanned<RawRegistry>>,
+    #[serde(default)]
+    docker_config: Vec<Spanned<RawDockerConfig>>,
+    #[serde(default)]
+    kubelet_provider: Vec<Spanned<RawKubeletProvider>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHelpers {
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(rename = "match")]
+    scope: Spanned<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    identity_token: Option<String>,
+    identity_token_file: Option<PathBuf>,
+    registry_token: Option<String>,
+    registry_token_file: Option<PathBuf>,
+    helper: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDockerConfig {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubeletProvider {
+    config: PathBuf,
+    bin_dir: PathBuf,
+}
+
+impl Config {
+    /// The config used when no file exists: default listeners and root's docker config.
+    pub fn builtin() -> Self {
+        Self {
+            path: None,
+            listen: Listen::default(),
+            helpers: HelperSettings::default(),
+            sources: vec![SourceEntry::DockerConfig(DockerConfigEntry {
+                path: PathBuf::from("/root/.docker/config.json"),
+                location: Location {
+                    path: PathBuf::from("<built-in default>"),
+                    line: 0,
+                },
+            })],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        let location = |span: &Range<usize>| Location {
+            path: path.to_path_buf(),
+            line: line_column(text, span.start).0,
+        };
+        let helpers = match raw.helpers.timeout {
+            None => HelperSettings::default(),
+            Some(t) => HelperSettings {
+                timeout: parse_go_duration(t.get_ref())
+                    .map_err(|e| at(Some(t.span()), e.to_string()))?,
+            },
+        };
+        let mut sources: Vec<(usize, SourceEntry)> = Vec::new();
+        for entry in raw.registry {
+            let span = entry.span();
+            let registry = entry
+                .into_inner()
+                .validate(location(&span))
+                .map_err(|(span, message)| at(span, message))?;
+            sources.push((span.start, SourceEntry::Registry(registry)));
+        }
+        for entry in raw.docker_config {
+            let span = entry.span();
+            let path = entry.into_inner().path;
+            let location = location(&span);
+            sources.push((
+                span.start,
+                SourceEntry::DockerConfig(DockerConfigEntry { path, location }),
+            ));
+        }
+        for entry in raw.kubelet_provider {
+            let span = entry.span();
+            let RawKubeletProvider { config, bin_dir } = entry.into_inner();
+            let location = location(&span);
+            let provider = KubeletProviderEntry {
+                config,
+                bin_dir,
+                location,
+            };
+            sources.push((span.start, SourceEntry::KubeletProvider(provider)));
+        }
+        sources.sort_by_key(|(start, _)| *start);
+        Ok(Self {
+            path: Some(path.to_path_buf()),
+            listen: raw.listen,
+            helpers,
+            sources: sources.into_iter().map(|(_, s)| s).collect(),
+        })
+    }
+}
+
+type SpannedMessage = (Option<Range<usize>>, String);
+
+impl RawRegistry {
+    fn validate(self, location: Location) -> Result<RegistryEntry, SpannedMessage> {
+        let scope_span = Some(self.scope.span());
+        let scope =
+            Scope::parse(self.scope.get_ref()).map_err(|e| (scope_span.clone(), e.to_string()))?;
+        let mut specs = Vec::new();
+        let secret = |s: String| Secret::new(s);
+        if let Some(p) = self.password {
+            specs.push(("password", SecretSpec::Password(secret(p))));
+        }
+        if let Some(p) = self.password_file {
+            specs.push(("password_file", SecretSpec::PasswordFile(p)));
+        }
+        if let Some(t) = self.identity_token {
+            specs.push(("identity_token", SecretSpec::IdentityToken(secret(t))));
+        }
+        if let Some(p) = self.identity_token_file {
+            specs.push(("identity_token_file", SecretSpec::IdentityTokenFile(p)));
+        }
+        if let Some(t) = self.registry_token {
+            specs.push(("registry_token", SecretSpec::RegistryToken(secret(t))));
+        }
+        if let Some(p) = self.registry_token_file {
+            specs.push(("registry_token_file", SecretSpec::RegistryTokenFile(p)));
+        }
+        if let Some(h) = self.helper {
+            specs.push(("helper", SecretSpec::Helper(h)));
+        }
+        let what = scope.to_string();
+        let secret = match specs.len() {
+            1 => specs.pop().expect("one spec").1,
+            0 => {
+                return Err((
+                    scope_span,
+                    format!(
+                        "[[registry]] {what:?} needs one of password, password_file, identity_token(_file), registry_token(_file) or helper"
+                    ),
+                ))
+            }
+            _ => {
+                let names: Vec<_> = specs.iter().map(|(n, _)| *n).collect();
+                return Err((
+                    scope_span,
+                    format!("[[registry]] {what:?} has {}; choose one", names.join(" and ")),
+                ));
+            }
+        };
+        let needs_username = matches!(
+            secret,
+            SecretSpec::Password(_) | SecretSpec::PasswordFile(_)
+        );
+        let username = match self.username {
+            Some(u) if !u.is_empty() => u,
+            _ if needs_username => {
+                return Err((
+                    scope_span,
+                    format!("[[registry]] {what:?} has a password but no username"),
+                ))
+            }
+            _ => String::new(),
+        };
+        Ok(RegistryEntry {
+            scope,
+            username,
+            secret,
+            ca_file: self.ca_file,
+            location,
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/credgate/config.toml"))
+    }
+
+    #[test]
+    fn sources_keep_file_order_across_kinds() {
+        let config = parse(
+            r#"
+[[docker_config]]
+path = "/root/.docker/config.json"
+
+[[registry]]
+match = "git.example.com/group"
+username = "deploy"
+password_file = "/etc/credgate/secrets/gitlab"
+
+[[kubelet_provider]]
+config = "/etc/kubernetes/credential-provider.yaml"
+bin_dir = "/usr/libexec/kubernetes"
+
+[[registry]]
+match = "*.example.com"
+helper = "pass"
+"#,
+        )
+        .unwrap();
+        let kinds: Vec<&str> = config
+            .sources
+            .iter()
+            .map(|s| match s {
+                SourceEntry::Registry(_) => "registry",
+                SourceEntry::DockerConfig(_) => "docker_config",
+                SourceEntry::KubeletProvider(_) => "kubelet_provider",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["docker_config", "registry", "kubelet_provider", "registry"]
+        );
+        let SourceEntry::Registry(entry) = &config.sources[1] else {
+            panic!()
+        };
+        assert_eq!(entry.location.line, 5);
+        assert_eq!(config.listen.allowed_uids, vec![0]);
+        assert_eq!(config.helpers.timeout, DEFAULT_HELPER_TIMEOUT);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse("[listen]\nsocket = \"/run/x.sock\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/credgate/config.toml:3:1: unknown field `bogus`"),
+            "{err}"
+        );
+
+        let err = parse("[[registry]]\nmatch = \"https://x.test\"\nhelper = \"pass\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/credgate/config.toml:2:9: invalid scope"),
+            "{err}"
+        );
+
+        let err = parse("[helpers]\ntimeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/credgate/config.toml:2:11: invalid duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn registry_entries_need_exactly_one_secret() {
+        let err = parse("[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs one of password"), "{err}");
+        let err = parse("[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = \"p-secret\"\nhelper = \"pass\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has password and helper; choose one"), "{err}");
+        assert!(!err.contains("p-secret"));
+        let err = parse("[[registry]]\nmatch = \"r.test\"\npassword = \"p\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no username"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_does_not_echo_a_secret_around_it() {
+        let err = parse("[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = 42\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":4:"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! credgate: one registry credential lookup for every image pull on a containerd node.
+//!
+//! The modules follow a credential's path: [`identity`] says which registry and repository a
+//! pull is for, [`sources`] say where credentials come from, the [`keychain`] decides which
+//! one wins, and the [`cli`] shows the decision.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod duration;
+pub mod identity;
+pub mod sources;
+pub mod system;
