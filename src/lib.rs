@@ -5,8 +5,10 @@
 //! one wins, and the [`cli`] shows the decision.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod keychain;
 pub mod identity;
 pub mod sources;
 pub mod system;

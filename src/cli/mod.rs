@@ -1,0 +1,126 @@
+//! The command line: argument definitions, config resolution, and the one place errors
+//! become exit codes (0 ok, 1 operation failed, 2 bad usage or input).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::identity::IdentityError;
+
+mod lookup;
+mod serve;
+
+#[derive(Debug, Parser)]
+#[command(name = "credgate", version, about = "One registry credential lookup for every image pull on a containerd node")]
+pub struct Cli {
+    /// Config file [default: $CREDGATE_CONFIG, else /etc/credgate/config.toml if it exists,
+    /// else built-in defaults]
+    #[arg(long, global = true, env = "CREDGATE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon
+    Serve,
+    /// Resolve REF offline from the config and print the decision
+    Lookup {
+        /// An image reference (busybox, registry.test:443/group/app:v1) or a bare registry
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Print JSON: {registry, repository, auth_type, username, secret?, source, matched}
+        #[arg(long)]
+        json: bool,
+        /// Include the secret in the output
+        #[arg(long)]
+        show_secret: bool,
+    },
+    /// Show every candidate from every source, which one won and why
+    Explain {
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+}
+
+impl Command {
+    /// The log level used when `CREDGATE_LOG` is not set: the daemon narrates, one-shot
+    /// commands only warn.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Serve => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Why a command did not succeed; [`CliError::exit_code`] is the only mapping to exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Reference(#[from] IdentityError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) | CliError::Reference(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+/// Runs a parsed command line; `vars` is the process environment, captured by `main`.
+pub fn run(cli: Cli, vars: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> Result<(), CliError> {
+    let system = crate::system::System::real(vars);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let config_path = cli.config.clone();
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve::serve(config_path, system).await,
+            Command::Lookup {
+                reference,
+                json,
+                show_secret,
+            } => {
+                let config = load_config(config_path.as_deref())?;
+                lookup::lookup(&config, &system, &reference, json, show_secret).await
+            }
+            Command::Explain { reference } => {
+                let config = load_config(config_path.as_deref())?;
+                lookup::explain(&config, &system, &reference).await
+            }
+        }
+    })
+}
+
+/// An explicit path must exist; without one, the default path is used if present, else the
+/// built-in config (so `credgate serve` works on a fresh machine).
+pub fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    match explicit {
+        Some(path) => Config::load(path),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Config::load(Path::new(DEFAULT_CONFIG_PATH)),
+        None => Ok(Config::builtin()),
+    }
+}

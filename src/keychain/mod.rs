@@ -1,0 +1,211 @@
+//! Which credential wins. The keychain asks every source for offers, ranks them (most
+//! specific scope first, ties to the source listed first), and fetches in that order until
+//! one yields a credential. The rest of the ranking is kept for fallback: when an upstream
+//! rejects the winner, the next candidate is tried before anonymous.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use crate::config::{Config, SourceEntry};
+use crate::identity::{Specificity, Target};
+use crate::sources::docker_config::DockerConfigSource;
+use crate::sources::kubelet_provider::KubeletProviderSource;
+use crate::sources::static_registry::StaticRegistrySource;
+use crate::sources::{Credential, Offer, Source};
+use crate::system::System;
+
+mod explain;
+
+pub use explain::{Explanation, ExplainedCandidate, WinReason};
+
+/// One offer, with the source it came from, in ranking order.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Position of the source in the config; lower wins ties.
+    pub source_index: usize,
+    pub source: String,
+    pub offer: Offer,
+}
+
+impl Candidate {
+    pub fn specificity(&self) -> Specificity {
+        self.offer.scope.specificity()
+    }
+}
+
+/// What one source said about a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceOutcome {
+    Offered(usize),
+    NothingMatched,
+    /// The source could not be read; the message names the file or program, never a secret.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceReport {
+    pub source: String,
+    pub outcome: SourceOutcome,
+}
+
+/// Every candidate for a target, best first, and what each source said.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    pub target: Target,
+    pub candidates: Vec<Candidate>,
+    pub sources: Vec<SourceReport>,
+}
+
+/// What fetching one candidate gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Hit,
+    Miss,
+    Failed(String),
+}
+
+/// The winning candidate and its credential.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Index into [`Ranking::candidates`].
+    pub rank: usize,
+    pub credential: Credential,
+}
+
+/// The outcome of a lookup. `winner` is `None` for anonymous.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub ranking: Ranking,
+    pub winner: Option<Resolved>,
+    /// Fetch attempts up to and including the winner, by rank.
+    pub attempts: Vec<(usize, Attempt)>,
+}
+
+impl Decision {
+    pub fn winner_candidate(&self) -> Option<&Candidate> {
+        self.winner.as_ref().map(|w| &self.ranking.candidates[w.rank])
+    }
+
+    /// True when some source or candidate failed, so "anonymous" may be the wrong answer.
+    pub fn had_failures(&self) -> bool {
+        self.ranking
+            .sources
+            .iter()
+            .any(|s| matches!(s.outcome, SourceOutcome::Failed(_)))
+            || self.attempts.iter().any(|(_, a)| matches!(a, Attempt::Failed(_)))
+    }
+}
+
+pub struct Keychain {
+    sources: Vec<Arc<dyn Source>>,
+}
+
+impl Keychain {
+    /// Sources in the order given; that order breaks ties.
+    pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
+        Self { sources }
+    }
+
+    pub fn from_config(config: &Config, system: &System) -> Self {
+        let timeout = config.helpers.timeout;
+        let sources = config
+            .sources
+            .iter()
+            .map(|entry| source_for(entry, system, timeout))
+            .collect();
+        Self::new(sources)
+    }
+
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name()).collect()
+    }
+
+    /// Asks every source (concurrently) and ranks what they offer. Cheap: no helper runs.
+    pub async fn rank(&self, target: &Target) -> Ranking {
+        let answers = join_all(self.sources.iter().map(|s| s.offers(target))).await;
+        let mut candidates = Vec::new();
+        let mut sources = Vec::new();
+        for (index, (source, answer)) in self.sources.iter().zip(answers).enumerate() {
+            let name = source.name();
+            let outcome = match answer {
+                Ok(offers) if offers.is_empty() => SourceOutcome::NothingMatched,
+                Ok(offers) => {
+                    let count = offers.len();
+                    candidates.extend(offers.into_iter().map(|offer| Candidate {
+                        source_index: index,
+                        source: name.clone(),
+                        offer,
+                    }));
+                    SourceOutcome::Offered(count)
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, target = %target, error = %e, "credential source failed");
+                    SourceOutcome::Failed(e.to_string())
+                }
+            };
+            sources.push(SourceReport { source: name, outcome });
+        }
+        // Stable: equal specificity keeps source order, and each source's own order.
+        candidates.sort_by(|a, b| b.specificity().cmp(&a.specificity()).then(a.source_index.cmp(&b.source_index)));
+        Ranking {
+            target: target.clone(),
+            candidates,
+            sources,
+        }
+    }
+
+    /// Ranks, then fetches in order until a candidate yields a credential.
+    pub async fn lookup(&self, target: &Target) -> Decision {
+        let ranking = self.rank(target).await;
+        let (winner, attempts) = ranking.resolve_from(0).await;
+        Decision {
+            ranking,
+            winner,
+            attempts,
+        }
+    }
+}
+
+impl Ranking {
+    /// Fetches candidates from `start` on until one yields a credential; the endpoint calls
+    /// this again past a candidate the upstream rejected.
+    pub async fn resolve_from(&self, start: usize) -> (Option<Resolved>, Vec<(usize, Attempt)>) {
+        let mut attempts = Vec::new();
+        for (rank, candidate) in self.candidates.iter().enumerate().skip(start) {
+            let attempt = fetch_logged(&self.target, candidate).await;
+            match attempt {
+                Ok(Some(credential)) => {
+                    attempts.push((rank, Attempt::Hit));
+                    return (Some(Resolved { rank, credential }), attempts);
+                }
+                Ok(None) => attempts.push((rank, Attempt::Miss)),
+                Err(message) => attempts.push((rank, Attempt::Failed(message))),
+            }
+        }
+        (None, attempts)
+    }
+}
+
+async fn fetch_logged(target: &Target, candidate: &Candidate) -> Result<Option<Credential>, String> {
+    let result = candidate.offer.fetch().await;
+    let scope = candidate.offer.scope.to_string();
+    match &result {
+        Ok(Some(c)) => tracing::debug!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, auth_type = %c.auth_type(), username = %c.username, "candidate hit"),
+        Ok(None) => tracing::debug!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, "candidate had no credential"),
+        Err(e) => tracing::warn!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, error = %e, "candidate failed; trying the next"),
+    }
+    result.map_err(|e| e.to_string())
+}
+
+fn source_for(entry: &SourceEntry, system: &System, timeout: Duration) -> Arc<dyn Source> {
+    match entry {
+        SourceEntry::Registry(e) => Arc::new(StaticRegistrySource::new(e, system.clone(), timeout)),
+        SourceEntry::DockerConfig(e) => Arc::new(DockerConfigSource::new(e, system.clone(), timeout)),
+        SourceEntry::KubeletProvider(e) => Arc::new(KubeletProviderSource::new(e, system.clone(), timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

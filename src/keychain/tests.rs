@@ -1,0 +1,112 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::system::fake::{ManualClock, MemoryFiles, ScriptedProcesses};
+
+fn keychain(toml: &str, files: Arc<MemoryFiles>) -> Keychain {
+    let config = Config::parse(toml, Path::new("/etc/credgate/config.toml")).unwrap();
+    let processes = Arc::new(ScriptedProcesses::new(|_| {
+        ScriptedProcesses::exit(1, "credentials not found in native keychain")
+    }));
+    let system = System::fake(Arc::new(ManualClock::new()), processes, files);
+    Keychain::from_config(&config, &system)
+}
+
+fn target(s: &str) -> Target {
+    Target::parse(s).unwrap()
+}
+
+async fn winner(k: &Keychain, t: &str) -> Option<String> {
+    let d = k.lookup(&target(t)).await;
+    d.winner.map(|w| w.credential.username)
+}
+
+const LAYERED: &str = r#"
+[[registry]]
+match = "*.example.com"
+username = "glob"
+password = "p0"
+
+[[registry]]
+match = "git.example.com"
+username = "host"
+password = "p1"
+
+[[registry]]
+match = "git.example.com/group"
+username = "group"
+password = "p2"
+
+[[registry]]
+match = "git.example.com/group/sub"
+username = "sub"
+password = "p3"
+"#;
+
+#[tokio::test]
+async fn the_most_specific_scope_wins() {
+    let k = keychain(LAYERED, Arc::default());
+    assert_eq!(winner(&k, "git.example.com/group/sub/app").await.as_deref(), Some("sub"));
+    assert_eq!(winner(&k, "git.example.com:443/group/sub/app").await.as_deref(), Some("sub"));
+    assert_eq!(winner(&k, "git.example.com/group/subway").await.as_deref(), Some("group"));
+    assert_eq!(winner(&k, "git.example.com/other").await.as_deref(), Some("host"));
+    assert_eq!(winner(&k, "ci.example.com/group/sub/app").await.as_deref(), Some("glob"));
+    assert_eq!(winner(&k, "git.example.com:5000/group/sub/app").await, None);
+    assert_eq!(winner(&k, "a.b.example.com/x").await, None);
+}
+
+#[tokio::test]
+async fn the_ranking_lists_every_match_best_first() {
+    let k = keychain(LAYERED, Arc::default());
+    let ranking = k.rank(&target("git.example.com/group/sub/app")).await;
+    let scopes: Vec<String> = ranking.candidates.iter().map(|c| c.offer.scope.to_string()).collect();
+    assert_eq!(
+        scopes,
+        ["git.example.com/group/sub", "git.example.com/group", "git.example.com", "*.example.com"]
+    );
+    let (next, _) = ranking.resolve_from(1).await;
+    assert_eq!(next.unwrap().credential.username, "group");
+}
+
+#[tokio::test]
+async fn equal_specificity_goes_to_the_source_listed_first() {
+    let toml = "[[registry]]\nmatch = \"r.test/a\"\nusername = \"first\"\npassword = \"x\"\n\n[[registry]]\nmatch = \"r.test:443/a\"\nusername = \"second\"\npassword = \"y\"\n";
+    let k = keychain(toml, Arc::default());
+    assert_eq!(winner(&k, "r.test/a/b").await.as_deref(), Some("first"));
+    let e = k.explain(&target("r.test/a/b")).await;
+    assert_eq!(e.winner, Some(0));
+    assert!(matches!(e.reason, Some(WinReason::ListedFirst { .. })), "{:?}", e.reason);
+}
+
+#[tokio::test]
+async fn a_failing_candidate_falls_through_to_the_next() {
+    let files = Arc::new(MemoryFiles::new());
+    files.write("/s/fallback", "pw\n", 0o600);
+    let toml = "[[registry]]\nmatch = \"r.test/a\"\nusername = \"broken\"\npassword_file = \"/s/missing\"\n\n[[registry]]\nmatch = \"r.test\"\nusername = \"fallback\"\npassword_file = \"/s/fallback\"\n";
+    let k = keychain(toml, files);
+    let d = k.lookup(&target("r.test/a/b")).await;
+    assert_eq!(d.winner.as_ref().unwrap().credential.username, "fallback");
+    assert!(d.had_failures());
+    assert!(matches!(&d.attempts[0], (0, Attempt::Failed(m)) if m.contains("/s/missing")));
+    let e = k.explain(&target("r.test/a/b")).await;
+    assert_eq!((e.winner, e.passed_over), (Some(1), 1));
+    assert_eq!(e.reason, Some(WinReason::Only));
+}
+
+#[tokio::test]
+async fn explain_reports_sources_that_found_nothing() {
+    let toml = "[[registry]]\nmatch = \"other.test\"\nusername = \"u\"\npassword = \"p\"\n\n[[registry]]\nmatch = \"r.test\"\nusername = \"u2\"\npassword = \"p2\"\n";
+    let k = keychain(toml, Arc::default());
+    let e = k.explain(&target("r.test/app")).await;
+    let outcomes: Vec<_> = e.ranking.sources.iter().map(|s| s.outcome.clone()).collect();
+    assert_eq!(outcomes, [SourceOutcome::NothingMatched, SourceOutcome::Offered(1)]);
+    assert_eq!(e.candidates[0].username.as_deref(), Some("u2"));
+}
+
+#[tokio::test]
+async fn a_bare_registry_matches_only_host_wide_scopes() {
+    let k = keychain(LAYERED, Arc::default());
+    assert_eq!(winner(&k, "git.example.com").await.as_deref(), Some("host"));
+    assert_eq!(winner(&k, "https://git.example.com:443/").await.as_deref(), Some("host"));
+}
