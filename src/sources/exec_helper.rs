@@ -1,22 +1,83 @@
 //! docker credential helpers: `docker-credential-NAME get|list`, run with a timeout and a
 //! controlled environment.
 //!
-//! INTERFACE PINNED (bodies to be written): see the doc comments for the contract.
+//! The protocol is spoken as docker's own client (docker/docker-credential-helpers `client`)
+//! speaks it: the server URL on stdin with no newline, JSON on stdout, and on failure a
+//! non-zero exit with a one-line message on stdout. Stdout of a *successful* run may hold a
+//! secret, so it is never echoed into an error or a log.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 
 use super::{Credential, Fetch, SourceError};
-use crate::system::System;
+use crate::system::{ProcessError, ProcessOutput, ProcessSpec, System, OUTPUT_LIMIT};
 
+/// What a helper prints when it has nothing for the server URL (`credentials` package).
+const NOT_FOUND_REPLY: &str = "credentials not found in native keychain";
+/// Replies to a request without a server URL or username; docker turns them into errors.
+const MISSING_SERVER_URL_REPLY: &str = "no credentials server URL";
+const MISSING_USERNAME_REPLY: &str = "no credentials username";
+/// The username docker/cli stores when the secret is an identity token.
+const IDENTITY_TOKEN_USERNAME: &str = "<token>";
+/// docker's client sends this to `list`, which reads no input.
+const LIST_STDIN: &[u8] = b"unused";
+/// Longest piece of a helper's error message quoted back, in characters.
+const MESSAGE_LIMIT: usize = 200;
+
+/// Why a helper gave no answer. Every variant names the helper; none carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum HelperError {
-    #[error("credential helper {helper}: todo")]
-    Todo { helper: String },
+    #[error("{helper} not found on PATH ({path})")]
+    NotOnPath { helper: String, path: String },
+    #[error("{helper} not found")]
+    NotFound { helper: String },
+    #[error("{helper} could not be started: {source}")]
+    Spawn {
+        helper: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{helper} did not answer within {} and was killed", show_duration(*timeout))]
+    TimedOut { helper: String, timeout: Duration },
+    #[error("{helper} {action} printed more than {OUTPUT_LIMIT} bytes")]
+    OutputTooLarge {
+        helper: String,
+        action: &'static str,
+    },
+    #[error("{helper} {action}: {source}")]
+    Io {
+        helper: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper refused the request itself (`no credentials server URL`).
+    #[error("{helper} {action} refused the request: {reply}")]
+    Refused {
+        helper: String,
+        action: &'static str,
+        reply: &'static str,
+    },
+    #[error("{helper} {action} failed with {}: {message}", show_exit(*code))]
+    Failed {
+        helper: String,
+        action: &'static str,
+        /// `None` when a signal ended the helper.
+        code: Option<i32>,
+        /// The first line of the helper's stdout, where helpers print their errors.
+        message: String,
+    },
+    #[error("{helper} {action} printed {bytes} bytes that are not credential JSON")]
+    NotCredentialJson {
+        helper: String,
+        action: &'static str,
+        bytes: usize,
+    },
 }
 
 /// One docker credential helper program.
@@ -50,18 +111,32 @@ impl CredentialHelper {
     }
 
     /// `get`: the credential stored for `server_url`, `None` on "credentials not found".
+    ///
+    /// A reply with an empty secret is a miss too: docker turns it into an empty (anonymous)
+    /// login, and `docker-credential-pass` 0.6 answers unknown hosts that way, exit 0.
     pub async fn get(&self, server_url: &str) -> Result<Option<Credential>, HelperError> {
-        let _ = (server_url, &self.program, &self.system, self.timeout);
-        Err(HelperError::Todo {
-            helper: self.name.clone(),
-        })
+        let started = self.system.clock.now();
+        let result = self.run_get(server_url).await;
+        let outcome = match &result {
+            Ok(Some(_)) => "hit",
+            Ok(None) => "miss",
+            Err(_) => "error",
+        };
+        self.log_call("get", server_url, outcome, started, result.as_ref().err());
+        result
     }
 
     /// `list`: server URL → username of everything the helper stores.
     pub async fn list(&self) -> Result<BTreeMap<String, String>, HelperError> {
-        Err(HelperError::Todo {
-            helper: self.name.clone(),
-        })
+        let started = self.system.clock.now();
+        let result = self.run_list().await;
+        let outcome = match &result {
+            Ok(stored) if stored.is_empty() => "empty",
+            Ok(_) => "listed",
+            Err(_) => "error",
+        };
+        self.log_call("list", "", outcome, started, result.as_ref().err());
+        result
     }
 
     /// An offer's fetch that asks this helper for `server_url`.
@@ -70,6 +145,242 @@ impl CredentialHelper {
             helper: self.clone(),
             server_url: server_url.into(),
         })
+    }
+
+    async fn run_get(&self, server_url: &str) -> Result<Option<Credential>, HelperError> {
+        const ACTION: &str = "get";
+        let output = self.run(ACTION, server_url.as_bytes().to_vec()).await?;
+        if !output.success() {
+            return match reply(&output).as_str() {
+                NOT_FOUND_REPLY => Ok(None),
+                _ => Err(self.failure(ACTION, &output)),
+            };
+        }
+        let reply =
+            parse_get_reply(&output.stdout).ok_or_else(|| self.not_json(ACTION, &output))?;
+        Ok(reply.into_credential())
+    }
+
+    async fn run_list(&self) -> Result<BTreeMap<String, String>, HelperError> {
+        const ACTION: &str = "list";
+        let output = self.run(ACTION, LIST_STDIN.to_vec()).await?;
+        if !output.success() {
+            return Err(self.failure(ACTION, &output));
+        }
+        parse_list_reply(&output.stdout).ok_or_else(|| self.not_json(ACTION, &output))
+    }
+
+    async fn run(
+        &self,
+        action: &'static str,
+        stdin: Vec<u8>,
+    ) -> Result<ProcessOutput, HelperError> {
+        let spec = ProcessSpec {
+            program: self.program.clone(),
+            args: vec![action.to_string()],
+            env: self.system.helper_env.clone(),
+            stdin,
+            timeout: self.timeout,
+        };
+        self.system
+            .processes
+            .run(spec)
+            .await
+            .map_err(|e| self.process_error(action, e))
+    }
+
+    /// A non-zero exit, read as docker's client reads it.
+    fn failure(&self, action: &'static str, output: &ProcessOutput) -> HelperError {
+        let helper = self.name.clone();
+        match reply(output).as_str() {
+            MISSING_SERVER_URL_REPLY => HelperError::Refused {
+                helper,
+                action,
+                reply: MISSING_SERVER_URL_REPLY,
+            },
+            MISSING_USERNAME_REPLY => HelperError::Refused {
+                helper,
+                action,
+                reply: MISSING_USERNAME_REPLY,
+            },
+            text => HelperError::Failed {
+                helper,
+                action,
+                code: output.code,
+                message: first_line(text),
+            },
+        }
+    }
+
+    /// Only the size is told: a successful run's stdout may be a secret in a wrong shape.
+    fn not_json(&self, action: &'static str, output: &ProcessOutput) -> HelperError {
+        HelperError::NotCredentialJson {
+            helper: self.name.clone(),
+            action,
+            bytes: output.stdout.len(),
+        }
+    }
+
+    fn process_error(&self, action: &'static str, error: ProcessError) -> HelperError {
+        let helper = self.name.clone();
+        match error {
+            ProcessError::NotFound { .. } if self.name.contains('/') => {
+                HelperError::NotFound { helper }
+            }
+            ProcessError::NotFound { .. } => HelperError::NotOnPath {
+                helper,
+                path: self.search_path(),
+            },
+            ProcessError::Spawn { source, .. } => HelperError::Spawn { helper, source },
+            ProcessError::TimedOut { timeout, .. } => HelperError::TimedOut { helper, timeout },
+            ProcessError::OutputTooLarge { .. } => HelperError::OutputTooLarge { helper, action },
+            ProcessError::Io { source, .. } => HelperError::Io {
+                helper,
+                action,
+                source,
+            },
+        }
+    }
+
+    fn search_path(&self) -> String {
+        let dirs: Vec<String> = self
+            .system
+            .helper_path
+            .iter()
+            .map(|dir| dir.display().to_string())
+            .collect();
+        dirs.join(":")
+    }
+
+    fn log_call(
+        &self,
+        action: &'static str,
+        server_url: &str,
+        outcome: &'static str,
+        started: Instant,
+        error: Option<&HelperError>,
+    ) {
+        let elapsed_ms = self
+            .system
+            .clock
+            .now()
+            .saturating_duration_since(started)
+            .as_millis();
+        let error = error.map(tracing::field::display);
+        tracing::debug!(
+            helper = %self.name,
+            action,
+            server_url,
+            outcome,
+            elapsed_ms,
+            error,
+            "credential helper call"
+        );
+    }
+}
+
+/// Stdout trimmed, as docker compares it with the protocol's fixed replies.
+fn reply(output: &ProcessOutput) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The first line of a helper's error message, cut to [`MESSAGE_LIMIT`] characters.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return "(no message on stdout)".to_string();
+    }
+    match line.char_indices().nth(MESSAGE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
+/// What `get` printed: `{"ServerURL", "Username", "Secret"}`.
+struct GetReply {
+    username: String,
+    secret: String,
+}
+
+impl GetReply {
+    /// As docker/cli's native store: the `<token>` username marks an identity token and
+    /// leaves the username empty.
+    fn into_credential(self) -> Option<Credential> {
+        if self.secret.is_empty() {
+            return None;
+        }
+        if self.username == IDENTITY_TOKEN_USERNAME {
+            return Some(Credential::identity_token("", self.secret));
+        }
+        Some(Credential::password(self.username, self.secret))
+    }
+}
+
+/// The first JSON value on stdout; like Go's `json.Decoder`, anything after it is ignored.
+fn first_json_value(stdout: &[u8]) -> Option<Value> {
+    serde_json::Deserializer::from_slice(stdout)
+        .into_iter::<Value>()
+        .next()?
+        .ok()
+}
+
+fn parse_get_reply(stdout: &[u8]) -> Option<GetReply> {
+    let fields = match first_json_value(stdout)? {
+        // Go decodes `null` into an untouched struct: an empty reply.
+        Value::Null => Map::new(),
+        Value::Object(map) => map,
+        _ => return None,
+    };
+    Some(GetReply {
+        username: string_field(&fields, "Username")?,
+        secret: string_field(&fields, "Secret")?,
+    })
+}
+
+fn parse_list_reply(stdout: &[u8]) -> Option<BTreeMap<String, String>> {
+    match first_json_value(stdout)? {
+        Value::Null => Some(BTreeMap::new()),
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(url, username)| Some((url, json_string(&username)?)))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Go's `encoding/json` matches field names case-insensitively, preferring an exact match.
+fn string_field(fields: &Map<String, Value>, name: &str) -> Option<String> {
+    let value = fields.get(name).or_else(|| {
+        fields
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    });
+    value.map_or(Some(String::new()), json_string)
+}
+
+/// A JSON string, with `null` as the empty string as Go decodes it; other types are wrong.
+fn json_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn show_exit(code: Option<i32>) -> String {
+    match code {
+        Some(code) => format!("exit code {code}"),
+        None => "a signal".to_string(),
+    }
+}
+
+/// `10s`, `1500ms`: how a helper timeout is written in credgate's config.
+fn show_duration(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
     }
 }
 
@@ -82,5 +393,284 @@ struct HelperFetch {
 impl Fetch for HelperFetch {
     async fn fetch(&self) -> Result<Option<Credential>, SourceError> {
         Ok(self.helper.get(&self.server_url).await?)
+    }
+}
+
+/// Captures this thread's tracing output, for tests that check what is logged.
+#[cfg(test)]
+pub(crate) mod log_capture {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl LogBuffer {
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Debug and up, until the guard drops; a current-thread test runtime stays on this thread.
+    pub fn start() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::SecretKind;
+    use crate::system::fake::{ManualClock, MemoryFiles, ScriptedProcesses};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn helper_with(processes: &Arc<ScriptedProcesses>) -> CredentialHelper {
+        let system = System::fake(
+            Arc::new(ManualClock::new()),
+            processes.clone(),
+            Arc::new(MemoryFiles::new()),
+        );
+        CredentialHelper::new("pass", &system, TIMEOUT)
+    }
+
+    fn answering(
+        reply: impl Fn(&ProcessSpec) -> Result<ProcessOutput, ProcessError> + Send + Sync + 'static,
+    ) -> (Arc<ScriptedProcesses>, CredentialHelper) {
+        let processes = Arc::new(ScriptedProcesses::new(reply));
+        let helper = helper_with(&processes);
+        (processes, helper)
+    }
+
+    async fn get_error(
+        reply: impl Fn(&ProcessSpec) -> Result<ProcessOutput, ProcessError> + Send + Sync + 'static,
+    ) -> String {
+        let (_, helper) = answering(reply);
+        helper.get("git.example.com").await.unwrap_err().to_string()
+    }
+
+    #[tokio::test]
+    async fn get_sends_the_server_url_as_docker_does() {
+        let (processes, helper) = answering(|_| {
+            ScriptedProcesses::ok(
+                r#"{"ServerURL":"git.example.com:443","Username":"deploy","Secret":"s3cret"}"#,
+            )
+        });
+        let credential = helper.get("git.example.com:443").await.unwrap().unwrap();
+        assert_eq!(credential.username, "deploy");
+        assert_eq!(credential.secret.expose(), "s3cret");
+        assert_eq!(credential.kind, SecretKind::Password);
+        let runs = processes.runs();
+        assert_eq!(runs.len(), 1);
+        let run = &runs[0];
+        assert_eq!(run.program, PathBuf::from("docker-credential-pass"));
+        assert_eq!(run.args, ["get"]);
+        assert_eq!(run.stdin, b"git.example.com:443");
+        assert_eq!(run.timeout, TIMEOUT);
+        assert_eq!(run.env, helper.system.helper_env);
+    }
+
+    #[tokio::test]
+    async fn token_username_means_an_identity_token() {
+        let (_, helper) = answering(|_| {
+            ScriptedProcesses::ok(r#"{"ServerURL":"r.test","Username":"<token>","Secret":"rt"}"#)
+        });
+        let credential = helper.get("r.test").await.unwrap().unwrap();
+        assert_eq!(credential.kind, SecretKind::IdentityToken);
+        assert_eq!(credential.username, "");
+        assert_eq!(credential.secret.expose(), "rt");
+    }
+
+    #[tokio::test]
+    async fn field_names_match_case_insensitively_as_in_go() {
+        let (_, helper) =
+            answering(|_| ScriptedProcesses::ok(r#"{"username":"u","secret":"p"} trailing"#));
+        let credential = helper.get("r.test").await.unwrap().unwrap();
+        assert_eq!(
+            (credential.username.as_str(), credential.secret.expose()),
+            ("u", "p")
+        );
+    }
+
+    #[tokio::test]
+    async fn not_found_reply_is_a_miss() {
+        let (_, helper) =
+            answering(|_| ScriptedProcesses::exit(1, "credentials not found in native keychain\n"));
+        assert!(helper.get("r.test").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn empty_secret_is_a_miss() {
+        // docker-credential-pass 0.6 answers an unknown host like this, with exit 0.
+        let (_, helper) = answering(|_| {
+            ScriptedProcesses::ok(r#"{"ServerURL":"nope","Username":"","Secret":""}"#)
+        });
+        assert!(helper.get("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn garbage_is_reported_by_size_only() {
+        let garbage = r#"{"Username":"u","Secret":"hunter2-leaky-secret""#;
+        let err = get_error(move |_| ScriptedProcesses::ok(garbage)).await;
+        assert_eq!(
+            err,
+            format!(
+                "docker-credential-pass get printed {} bytes that are not credential JSON",
+                garbage.len()
+            )
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = get_error(|_| ScriptedProcesses::ok(r#"{"Secret":42}"#)).await;
+        assert!(err.contains("not credential JSON"), "{err}");
+        assert!(!err.contains("42"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn failures_quote_the_first_line_of_stdout() {
+        let err =
+            get_error(|_| ScriptedProcesses::exit(3, "  gpg: decryption failed\nmore\n")).await;
+        assert_eq!(
+            err,
+            "docker-credential-pass get failed with exit code 3: gpg: decryption failed"
+        );
+        let long = "x".repeat(500);
+        let err = get_error(move |_| ScriptedProcesses::exit(1, &long)).await;
+        assert!(
+            err.ends_with(&format!("{}…", "x".repeat(MESSAGE_LIMIT))),
+            "{err}"
+        );
+        let err = get_error(|_| ScriptedProcesses::exit(1, "")).await;
+        assert!(
+            err.ends_with("exit code 1: (no message on stdout)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn protocol_refusals_name_the_helper() {
+        let err = get_error(|_| ScriptedProcesses::exit(1, "no credentials server URL\n")).await;
+        assert_eq!(
+            err,
+            "docker-credential-pass get refused the request: no credentials server URL"
+        );
+    }
+
+    #[tokio::test]
+    async fn timeouts_say_the_helper_was_killed() {
+        let err = get_error(|spec| {
+            Err(ProcessError::TimedOut {
+                program: spec.program.clone(),
+                timeout: spec.timeout,
+            })
+        })
+        .await;
+        assert_eq!(
+            err,
+            "docker-credential-pass did not answer within 10s and was killed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_helper_names_the_path_searched() {
+        let processes = Arc::new(ScriptedProcesses::new(|spec| {
+            Err(ProcessError::NotFound {
+                program: spec.program.clone(),
+            })
+        }));
+        let mut system = System::fake(
+            Arc::new(ManualClock::new()),
+            processes,
+            Arc::new(MemoryFiles::new()),
+        );
+        system.helper_path = vec!["/nonexistent/a".into(), "/nonexistent/b".into()];
+        let helper = CredentialHelper::new("nosuch", &system, TIMEOUT);
+        let err = helper.get("r.test").await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "docker-credential-nosuch not found on PATH (/nonexistent/a:/nonexistent/b)"
+        );
+    }
+
+    #[tokio::test]
+    async fn list_reads_the_stored_urls() {
+        let (processes, helper) = answering(|_| {
+            ScriptedProcesses::ok(r#"{"https://git.example.com":"deploy","r.test:5000":"ci"}"#)
+        });
+        let stored = helper.list().await.unwrap();
+        assert_eq!(stored.get("https://git.example.com").unwrap(), "deploy");
+        assert_eq!(stored.len(), 2);
+        let run = &processes.runs()[0];
+        assert_eq!(run.args, ["list"]);
+        assert_eq!(run.stdin, b"unused");
+        assert_eq!(run.env, helper.system.helper_env);
+    }
+
+    #[tokio::test]
+    async fn list_errors_follow_the_same_rules() {
+        let (_, helper) = answering(|_| ScriptedProcesses::ok(r#"["hunter2"]"#));
+        let err = helper.list().await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "docker-credential-pass list printed 11 bytes that are not credential JSON"
+        );
+        let (_, helper) = answering(|_| ScriptedProcesses::exit(2, "store locked"));
+        let err = helper.list().await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "docker-credential-pass list failed with exit code 2: store locked"
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_asks_for_the_url_it_was_made_for() {
+        let processes = Arc::new(ScriptedProcesses::new(|_| {
+            ScriptedProcesses::ok(r#"{"Username":"u","Secret":"p"}"#)
+        }));
+        let helper = Arc::new(helper_with(&processes));
+        let fetch = helper.fetch_for("git.example.com:443");
+        assert!(fetch.fetch().await.unwrap().is_some());
+        assert_eq!(processes.runs()[0].stdin, b"git.example.com:443");
+    }
+
+    #[tokio::test]
+    async fn each_call_is_logged_without_the_secret() {
+        let (logs, _guard) = log_capture::start();
+        let (_, helper) = answering(|spec| match spec.stdin.as_slice() {
+            b"r.test" => ScriptedProcesses::ok(r#"{"Username":"u","Secret":"hunter2-secret"}"#),
+            _ => ScriptedProcesses::ok(r#"{"Secret":"hunter2-secret""#),
+        });
+        helper.get("r.test").await.unwrap();
+        helper.get("other.test").await.unwrap_err();
+        let text = logs.text();
+        assert!(!text.contains("hunter2"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (line, outcome) in lines.iter().zip(["hit", "error"]) {
+            for part in [
+                "helper=docker-credential-pass",
+                "action=\"get\"",
+                &format!("outcome=\"{outcome}\""),
+                "elapsed_ms=",
+            ] {
+                assert!(line.contains(part), "{part} in {line}");
+            }
+        }
+        assert!(lines[0].contains("server_url=\"r.test\""), "{text}");
     }
 }
