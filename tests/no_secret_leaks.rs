@@ -43,7 +43,7 @@ fn helper_answer(spec: &ProcessSpec) -> Result<credgate::system::ProcessOutput, 
         ("docker-credential-static", "get") => credential("helper-secret-C3"),
         ("docker-credential-ghelper", "get") => credential("cred-helper-G7"),
         ("docker-credential-store", "list") => ScriptedProcesses::ok(r#"{"store.test:443":"u"}"#),
-        ("docker-credential-store", "get") => credential("store-secret-H8"),
+        ("docker-credential-store", "get") if url == "store.test:443" => credential("store-secret-H8"),
         ("docker-credential-garbage", _) => ScriptedProcesses::ok("Username: u Secret: garbage-secret-I9 {"),
         ("provider", _) => ScriptedProcesses::ok(
             r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","auth":{"kube.test":{"username":"ku","password":"kubelet-pw-J0"}}}"#,
