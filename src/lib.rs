@@ -8,7 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod duration;
-pub mod keychain;
 pub mod identity;
+pub mod keychain;
 pub mod sources;
 pub mod system;

@@ -41,7 +41,10 @@ fn layered(dir: &Path) -> std::path::PathBuf {
 fn lookup_json_has_the_contract_shape_and_hides_the_secret() {
     let dir = tempfile::tempdir().unwrap();
     let config = layered(dir.path());
-    let out = credgate(&config, &["lookup", "--json", "git.example.com:443/group/sub/app:v1"]);
+    let out = credgate(
+        &config,
+        &["lookup", "--json", "git.example.com:443/group/sub/app:v1"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["registry"], "git.example.com");
@@ -60,7 +63,15 @@ fn lookup_json_has_the_contract_shape_and_hides_the_secret() {
 fn show_secret_prints_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = layered(dir.path());
-    let out = credgate(&config, &["lookup", "--json", "--show-secret", "git.example.com/group/sub/app"]);
+    let out = credgate(
+        &config,
+        &[
+            "lookup",
+            "--json",
+            "--show-secret",
+            "git.example.com/group/sub/app",
+        ],
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["secret"], SECRET);
     assert!(!text(&out.stderr).contains(SECRET));
@@ -73,10 +84,15 @@ fn explain_ranks_and_never_shows_secrets() {
     let out = credgate(&config, &["explain", "git.example.com/group/sub/app"]);
     assert!(out.status.success());
     let stdout = text(&out.stdout);
-    let first = stdout.find("* 1. git.example.com/group/sub").expect(&stdout);
+    let first = stdout
+        .find("* 1. git.example.com/group/sub")
+        .expect(&stdout);
     let second = stdout.find("2. git.example.com [0 path").expect(&stdout);
     assert!(first < second);
-    assert!(stdout.contains("winner: #1 because its scope is more specific"), "{stdout}");
+    assert!(
+        stdout.contains("winner: #1 because its scope is more specific"),
+        "{stdout}"
+    );
     assert!(!stdout.contains(SECRET) && !text(&out.stderr).contains(SECRET));
 }
 
@@ -101,7 +117,10 @@ fn bad_input_exits_2_with_one_line_naming_it() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("\"Bad//Ref\""), "{stderr}");
 
-    let broken = write_config(dir.path(), "[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npasword = \"x\"\n");
+    let broken = write_config(
+        dir.path(),
+        "[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npasword = \"x\"\n",
+    );
     let out = credgate(&broken, &["lookup", "r.test/app"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
@@ -146,7 +165,10 @@ fn serve_survives_a_broken_reload_and_stops_on_sigterm() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut text = String::new();
-            std::fs::File::open(&log).unwrap().read_to_string(&mut text).unwrap();
+            std::fs::File::open(&log)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
             if text.contains(needle) {
                 return text;
             }
@@ -158,13 +180,19 @@ fn serve_survives_a_broken_reload_and_stops_on_sigterm() {
     std::fs::write(&config, "[[registry]]\nmatch = \"https://bad\"\n").unwrap();
     let pid = child.id().to_string();
     let signal = |name: &str| {
-        let ok = Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .unwrap();
         assert!(ok.success());
     };
     signal("HUP");
     let text = wait_for("reload failed; still serving the previous config");
     assert!(text.contains("config.toml:2:9"), "{text}");
-    assert!(child.try_wait().unwrap().is_none(), "serve died on a bad reload");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "serve died on a bad reload"
+    );
     signal("TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");

@@ -32,23 +32,33 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-fn helper_answer(spec: &ProcessSpec) -> Result<credgate::system::ProcessOutput, credgate::system::ProcessError> {
+fn helper_answer(
+    spec: &ProcessSpec,
+) -> Result<credgate::system::ProcessOutput, credgate::system::ProcessError> {
     let program = spec.program.to_string_lossy().into_owned();
     let action = spec.args.first().map(String::as_str).unwrap_or_default();
     let url = String::from_utf8_lossy(&spec.stdin).into_owned();
     let credential = |secret: &str| {
-        ScriptedProcesses::ok(&format!(r#"{{"ServerURL":"{url}","Username":"u","Secret":"{secret}"}}"#))
+        ScriptedProcesses::ok(&format!(
+            r#"{{"ServerURL":"{url}","Username":"u","Secret":"{secret}"}}"#
+        ))
     };
     match (program.rsplit('/').next().unwrap_or_default(), action) {
         ("docker-credential-static", "get") => credential("helper-secret-C3"),
         ("docker-credential-ghelper", "get") => credential("cred-helper-G7"),
         ("docker-credential-store", "list") => ScriptedProcesses::ok(r#"{"store.test:443":"u"}"#),
-        ("docker-credential-store", "get") if url == "store.test:443" => credential("store-secret-H8"),
-        ("docker-credential-garbage", _) => ScriptedProcesses::ok("Username: u Secret: garbage-secret-I9 {"),
+        ("docker-credential-store", "get") if url == "store.test:443" => {
+            credential("store-secret-H8")
+        }
+        ("docker-credential-garbage", _) => {
+            ScriptedProcesses::ok("Username: u Secret: garbage-secret-I9 {")
+        }
         ("provider", _) => ScriptedProcesses::ok(
             r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","auth":{"kube.test":{"username":"ku","password":"kubelet-pw-J0"}}}"#,
         ),
-        ("broken-provider", _) => ScriptedProcesses::ok(r#"{"auth":{"kube2.test":{"password":"kubelet-garbage-K1""#),
+        ("broken-provider", _) => {
+            ScriptedProcesses::ok(r#"{"auth":{"kube2.test":{"password":"kubelet-garbage-K1""#)
+        }
         _ => ScriptedProcesses::exit(1, "credentials not found in native keychain"),
     }
 }
@@ -169,13 +179,25 @@ async fn no_source_leaks_a_secret_into_logs_errors_or_debug_output() {
         "store-secret-H8",
         "kubelet-pw-J0",
     ] {
-        assert!(found.contains(&expected), "fixture did not yield {expected}: {hits:?}");
+        assert!(
+            found.contains(&expected),
+            "fixture did not yield {expected}: {hits:?}"
+        );
     }
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("garbage.test"), "garbage helper failure was not logged:\n{logs}");
-    assert!(logs.contains("kube2.test") || logs.contains("broken-provider"), "{logs}");
+    assert!(
+        logs.contains("garbage.test"),
+        "garbage helper failure was not logged:\n{logs}"
+    );
+    assert!(
+        logs.contains("kube2.test") || logs.contains("broken-provider"),
+        "{logs}"
+    );
     for secret in SECRETS {
         assert!(!logs.contains(secret), "log leaked {secret}:\n{logs}");
-        assert!(!seen.contains(secret), "debug/error output leaked {secret}:\n{seen}");
+        assert!(
+            !seen.contains(secret),
+            "debug/error output leaked {secret}:\n{seen}"
+        );
     }
 }

@@ -27,7 +27,11 @@ impl LookupOutput {
         let target = &decision.ranking.target;
         let mut out = Self {
             registry: target.registry.to_string(),
-            repository: target.repository.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            repository: target
+                .repository
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
             auth_type: AuthType::None,
             username: String::new(),
             secret: None,
@@ -37,7 +41,8 @@ impl LookupOutput {
         if let (Some(winner), Some(candidate)) = (&decision.winner, decision.winner_candidate()) {
             out.auth_type = winner.credential.auth_type();
             out.username = winner.credential.username.clone();
-            out.secret = show_secret.then(|| winner.credential.transfer_secret().expose().to_string());
+            out.secret =
+                show_secret.then(|| winner.credential.transfer_secret().expose().to_string());
             out.source = format!("{} ({})", candidate.source, candidate.offer.origin);
             out.matched = candidate.offer.scope.to_string();
         }
@@ -66,13 +71,22 @@ impl LookupOutput {
     }
 }
 
-pub async fn lookup(config: &Config, system: &System, reference: &str, json: bool, show_secret: bool) -> Result<(), CliError> {
+pub async fn lookup(
+    config: &Config,
+    system: &System,
+    reference: &str,
+    json: bool,
+    show_secret: bool,
+) -> Result<(), CliError> {
     let target = Target::parse(reference)?;
     let keychain = Keychain::from_config(config, system);
     let decision = keychain.lookup(&target).await;
     let out = LookupOutput::from_decision(&decision, show_secret);
     if json {
-        println!("{}", serde_json::to_string(&out).expect("lookup output serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&out).expect("lookup output serializes")
+        );
     } else {
         print!("{}", out.render_text());
     }
@@ -112,9 +126,14 @@ fn render_explanation(config: &Config, e: &Explanation) -> String {
     if e.ranking.candidates.is_empty() {
         out += "  (none)\n";
     }
-    for (rank, (candidate, explained)) in e.ranking.candidates.iter().zip(&e.candidates).enumerate() {
+    for (rank, (candidate, explained)) in e.ranking.candidates.iter().zip(&e.candidates).enumerate()
+    {
         let s = candidate.specificity();
-        let host = if s.exact_host { "exact host" } else { "glob host" };
+        let host = if s.exact_host {
+            "exact host"
+        } else {
+            "glob host"
+        };
         let result = match &explained.attempt {
             Attempt::Hit => format!(
                 "credential: {} for {:?}",

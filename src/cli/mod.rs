@@ -13,7 +13,11 @@ mod lookup;
 mod serve;
 
 #[derive(Debug, Parser)]
-#[command(name = "credgate", version, about = "One registry credential lookup for every image pull on a containerd node")]
+#[command(
+    name = "credgate",
+    version,
+    about = "One registry credential lookup for every image pull on a containerd node"
+)]
 pub struct Cli {
     /// Config file [default: $CREDGATE_CONFIG, else /etc/credgate/config.toml if it exists,
     /// else built-in defaults]
@@ -120,7 +124,9 @@ pub fn run(cli: Cli, vars: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> Res
 pub fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     match explicit {
         Some(path) => Config::load(path),
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Config::load(Path::new(DEFAULT_CONFIG_PATH)),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Config::load(Path::new(DEFAULT_CONFIG_PATH))
+        }
         None => Ok(Config::builtin()),
     }
 }

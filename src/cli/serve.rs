@@ -16,7 +16,8 @@ use crate::system::System;
 pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
     let mut keychain = start(&config, &system);
-    let signal_err = |e: std::io::Error| CliError::Failed(format!("cannot install signal handlers: {e}"));
+    let signal_err =
+        |e: std::io::Error| CliError::Failed(format!("cannot install signal handlers: {e}"));
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;

@@ -99,9 +99,14 @@ impl fmt::Display for WinReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Only => f.write_str("the only candidate with a credential"),
-            Self::MoreSpecific { runner_up } => write!(f, "its scope is more specific than {runner_up}"),
+            Self::MoreSpecific { runner_up } => {
+                write!(f, "its scope is more specific than {runner_up}")
+            }
             Self::ListedFirst { runner_up } => {
-                write!(f, "same specificity as {runner_up}, and its source is listed first")
+                write!(
+                    f,
+                    "same specificity as {runner_up}, and its source is listed first"
+                )
             }
         }
     }

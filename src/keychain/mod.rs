@@ -18,7 +18,7 @@ use crate::system::System;
 
 mod explain;
 
-pub use explain::{Explanation, ExplainedCandidate, WinReason};
+pub use explain::{ExplainedCandidate, Explanation, WinReason};
 
 /// One offer, with the source it came from, in ranking order.
 #[derive(Debug, Clone)]
@@ -85,7 +85,9 @@ pub struct Decision {
 
 impl Decision {
     pub fn winner_candidate(&self) -> Option<&Candidate> {
-        self.winner.as_ref().map(|w| &self.ranking.candidates[w.rank])
+        self.winner
+            .as_ref()
+            .map(|w| &self.ranking.candidates[w.rank])
     }
 
     /// True when some source or candidate failed, so "anonymous" may be the wrong answer.
@@ -94,7 +96,10 @@ impl Decision {
             .sources
             .iter()
             .any(|s| matches!(s.outcome, SourceOutcome::Failed(_)))
-            || self.attempts.iter().any(|(_, a)| matches!(a, Attempt::Failed(_)))
+            || self
+                .attempts
+                .iter()
+                .any(|(_, a)| matches!(a, Attempt::Failed(_)))
     }
 }
 
@@ -145,10 +150,17 @@ impl Keychain {
                     SourceOutcome::Failed(e.to_string())
                 }
             };
-            sources.push(SourceReport { source: name, outcome });
+            sources.push(SourceReport {
+                source: name,
+                outcome,
+            });
         }
         // Stable: equal specificity keeps source order, and each source's own order.
-        candidates.sort_by(|a, b| b.specificity().cmp(&a.specificity()).then(a.source_index.cmp(&b.source_index)));
+        candidates.sort_by(|a, b| {
+            b.specificity()
+                .cmp(&a.specificity())
+                .then(a.source_index.cmp(&b.source_index))
+        });
         Ranking {
             target: target.clone(),
             candidates,
@@ -188,13 +200,22 @@ impl Ranking {
     }
 }
 
-async fn fetch_logged(target: &Target, candidate: &Candidate) -> Result<Option<Credential>, String> {
+async fn fetch_logged(
+    target: &Target,
+    candidate: &Candidate,
+) -> Result<Option<Credential>, String> {
     let result = candidate.offer.fetch().await;
     let scope = candidate.offer.scope.to_string();
     match &result {
-        Ok(Some(c)) => tracing::debug!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, auth_type = %c.auth_type(), username = %c.username, "candidate hit"),
-        Ok(None) => tracing::debug!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, "candidate had no credential"),
-        Err(e) => tracing::warn!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, error = %e, "candidate failed; trying the next"),
+        Ok(Some(c)) => {
+            tracing::debug!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, auth_type = %c.auth_type(), username = %c.username, "candidate hit")
+        }
+        Ok(None) => {
+            tracing::debug!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, "candidate had no credential")
+        }
+        Err(e) => {
+            tracing::warn!(%target, source = %candidate.source, %scope, origin = %candidate.offer.origin, error = %e, "candidate failed; trying the next")
+        }
     }
     result.map_err(|e| e.to_string())
 }
@@ -202,8 +223,12 @@ async fn fetch_logged(target: &Target, candidate: &Candidate) -> Result<Option<C
 fn source_for(entry: &SourceEntry, system: &System, timeout: Duration) -> Arc<dyn Source> {
     match entry {
         SourceEntry::Registry(e) => Arc::new(StaticRegistrySource::new(e, system.clone(), timeout)),
-        SourceEntry::DockerConfig(e) => Arc::new(DockerConfigSource::new(e, system.clone(), timeout)),
-        SourceEntry::KubeletProvider(e) => Arc::new(KubeletProviderSource::new(e, system.clone(), timeout)),
+        SourceEntry::DockerConfig(e) => {
+            Arc::new(DockerConfigSource::new(e, system.clone(), timeout))
+        }
+        SourceEntry::KubeletProvider(e) => {
+            Arc::new(KubeletProviderSource::new(e, system.clone(), timeout))
+        }
     }
 }
 

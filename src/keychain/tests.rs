@@ -47,11 +47,28 @@ password = "p3"
 #[tokio::test]
 async fn the_most_specific_scope_wins() {
     let k = keychain(LAYERED, Arc::default());
-    assert_eq!(winner(&k, "git.example.com/group/sub/app").await.as_deref(), Some("sub"));
-    assert_eq!(winner(&k, "git.example.com:443/group/sub/app").await.as_deref(), Some("sub"));
-    assert_eq!(winner(&k, "git.example.com/group/subway").await.as_deref(), Some("group"));
-    assert_eq!(winner(&k, "git.example.com/other").await.as_deref(), Some("host"));
-    assert_eq!(winner(&k, "ci.example.com/group/sub/app").await.as_deref(), Some("glob"));
+    assert_eq!(
+        winner(&k, "git.example.com/group/sub/app").await.as_deref(),
+        Some("sub")
+    );
+    assert_eq!(
+        winner(&k, "git.example.com:443/group/sub/app")
+            .await
+            .as_deref(),
+        Some("sub")
+    );
+    assert_eq!(
+        winner(&k, "git.example.com/group/subway").await.as_deref(),
+        Some("group")
+    );
+    assert_eq!(
+        winner(&k, "git.example.com/other").await.as_deref(),
+        Some("host")
+    );
+    assert_eq!(
+        winner(&k, "ci.example.com/group/sub/app").await.as_deref(),
+        Some("glob")
+    );
     assert_eq!(winner(&k, "git.example.com:5000/group/sub/app").await, None);
     assert_eq!(winner(&k, "a.b.example.com/x").await, None);
 }
@@ -60,10 +77,19 @@ async fn the_most_specific_scope_wins() {
 async fn the_ranking_lists_every_match_best_first() {
     let k = keychain(LAYERED, Arc::default());
     let ranking = k.rank(&target("git.example.com/group/sub/app")).await;
-    let scopes: Vec<String> = ranking.candidates.iter().map(|c| c.offer.scope.to_string()).collect();
+    let scopes: Vec<String> = ranking
+        .candidates
+        .iter()
+        .map(|c| c.offer.scope.to_string())
+        .collect();
     assert_eq!(
         scopes,
-        ["git.example.com/group/sub", "git.example.com/group", "git.example.com", "*.example.com"]
+        [
+            "git.example.com/group/sub",
+            "git.example.com/group",
+            "git.example.com",
+            "*.example.com"
+        ]
     );
     let (next, _) = ranking.resolve_from(1).await;
     assert_eq!(next.unwrap().credential.username, "group");
@@ -76,7 +102,11 @@ async fn equal_specificity_goes_to_the_source_listed_first() {
     assert_eq!(winner(&k, "r.test/a/b").await.as_deref(), Some("first"));
     let e = k.explain(&target("r.test/a/b")).await;
     assert_eq!(e.winner, Some(0));
-    assert!(matches!(e.reason, Some(WinReason::ListedFirst { .. })), "{:?}", e.reason);
+    assert!(
+        matches!(e.reason, Some(WinReason::ListedFirst { .. })),
+        "{:?}",
+        e.reason
+    );
 }
 
 #[tokio::test]
@@ -99,8 +129,16 @@ async fn explain_reports_sources_that_found_nothing() {
     let toml = "[[registry]]\nmatch = \"other.test\"\nusername = \"u\"\npassword = \"p\"\n\n[[registry]]\nmatch = \"r.test\"\nusername = \"u2\"\npassword = \"p2\"\n";
     let k = keychain(toml, Arc::default());
     let e = k.explain(&target("r.test/app")).await;
-    let outcomes: Vec<_> = e.ranking.sources.iter().map(|s| s.outcome.clone()).collect();
-    assert_eq!(outcomes, [SourceOutcome::NothingMatched, SourceOutcome::Offered(1)]);
+    let outcomes: Vec<_> = e
+        .ranking
+        .sources
+        .iter()
+        .map(|s| s.outcome.clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [SourceOutcome::NothingMatched, SourceOutcome::Offered(1)]
+    );
     assert_eq!(e.candidates[0].username.as_deref(), Some("u2"));
 }
 
@@ -108,5 +146,8 @@ async fn explain_reports_sources_that_found_nothing() {
 async fn a_bare_registry_matches_only_host_wide_scopes() {
     let k = keychain(LAYERED, Arc::default());
     assert_eq!(winner(&k, "git.example.com").await.as_deref(), Some("host"));
-    assert_eq!(winner(&k, "https://git.example.com:443/").await.as_deref(), Some("host"));
+    assert_eq!(
+        winner(&k, "https://git.example.com:443/").await.as_deref(),
+        Some("host")
+    );
 }

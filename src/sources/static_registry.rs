@@ -35,7 +35,11 @@ impl StaticRegistrySource {
     /// missing file is not fatal because it may be provisioned after credgate starts.
     pub fn new(entry: &RegistryEntry, system: System, helper_timeout: Duration) -> Self {
         let helper = match &entry.secret {
-            SecretSpec::Helper(name) => Some(Arc::new(CredentialHelper::new(name, &system, helper_timeout))),
+            SecretSpec::Helper(name) => Some(Arc::new(CredentialHelper::new(
+                name,
+                &system,
+                helper_timeout,
+            ))),
             _ => None,
         };
         let source = Self {
@@ -52,9 +56,12 @@ impl StaticRegistrySource {
         let scope = self.entry.scope.to_string();
         match secret_file(&self.entry.secret) {
             Some((path, _)) => warn_if_exposed(files, path, &scope, "secret file"),
-            None if is_inline(&self.entry.secret) => {
-                warn_if_exposed(files, &self.entry.location.path, &scope, "config file with an inline secret")
-            }
+            None if is_inline(&self.entry.secret) => warn_if_exposed(
+                files,
+                &self.entry.location.path,
+                &scope,
+                "config file with an inline secret",
+            ),
             None => {}
         }
     }
@@ -86,7 +93,9 @@ fn warn_if_exposed(files: &dyn Files, path: &Path, scope: &str, what: &str) {
             path.display()
         ),
         Ok(_) => {}
-        Err(e) => tracing::warn!(path = %path.display(), scope, error = %e, "{what} cannot be read"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), scope, error = %e, "{what} cannot be read")
+        }
     }
 }
 
@@ -103,19 +112,33 @@ impl Source for StaticRegistrySource {
         let scope = self.entry.scope.clone();
         let username = self.entry.username.clone();
         let offer = match &self.entry.secret {
-            SecretSpec::Password(s) => Offer::ready(scope, "password", Credential::new(username, s.expose(), SecretKind::Password)),
-            SecretSpec::IdentityToken(s) => {
-                Offer::ready(scope, "identity_token", Credential::new(username, s.expose(), SecretKind::IdentityToken))
-            }
-            SecretSpec::RegistryToken(s) => {
-                Offer::ready(scope, "registry_token", Credential::new(username, s.expose(), SecretKind::RegistryToken))
-            }
+            SecretSpec::Password(s) => Offer::ready(
+                scope,
+                "password",
+                Credential::new(username, s.expose(), SecretKind::Password),
+            ),
+            SecretSpec::IdentityToken(s) => Offer::ready(
+                scope,
+                "identity_token",
+                Credential::new(username, s.expose(), SecretKind::IdentityToken),
+            ),
+            SecretSpec::RegistryToken(s) => Offer::ready(
+                scope,
+                "registry_token",
+                Credential::new(username, s.expose(), SecretKind::RegistryToken),
+            ),
             SecretSpec::Helper(_) => {
                 let helper = self.helper.as_ref().expect("helper entries build a helper");
                 let origin = format!("helper {}", helper.name());
-                Offer::new(scope, origin, helper.fetch_for(target.registry.docker_config_key()))
+                Offer::new(
+                    scope,
+                    origin,
+                    helper.fetch_for(target.registry.docker_config_key()),
+                )
             }
-            SecretSpec::PasswordFile(path) | SecretSpec::IdentityTokenFile(path) | SecretSpec::RegistryTokenFile(path) => {
+            SecretSpec::PasswordFile(path)
+            | SecretSpec::IdentityTokenFile(path)
+            | SecretSpec::RegistryTokenFile(path) => {
                 let (_, kind) = secret_file(&self.entry.secret).expect("file specs have a kind");
                 let origin = format!("secret file {}", path.display());
                 let fetch = SecretFileFetch {
@@ -144,14 +167,21 @@ struct SecretFileFetch {
 #[async_trait]
 impl Fetch for SecretFileFetch {
     async fn fetch(&self) -> Result<Option<Credential>, SourceError> {
-        let bytes = self.system.files.read(&self.path).map_err(|source| StaticError::SecretFile {
-            path: self.path.clone(),
-            scope: self.scope.clone(),
-            source,
-        })?;
+        let bytes =
+            self.system
+                .files
+                .read(&self.path)
+                .map_err(|source| StaticError::SecretFile {
+                    path: self.path.clone(),
+                    scope: self.scope.clone(),
+                    source,
+                })?;
         let text = String::from_utf8_lossy(&bytes);
         // Files written by `echo` end in a newline that is not part of the secret.
-        let secret = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
+        let secret = text
+            .strip_suffix('\n')
+            .map(|s| s.strip_suffix('\r').unwrap_or(s))
+            .unwrap_or(&text);
         if secret.is_empty() {
             return Err(StaticError::EmptySecretFile {
                 path: self.path.clone(),
@@ -159,7 +189,11 @@ impl Fetch for SecretFileFetch {
             }
             .into());
         }
-        Ok(Some(Credential::new(self.username.clone(), secret, self.kind)))
+        Ok(Some(Credential::new(
+            self.username.clone(),
+            secret,
+            self.kind,
+        )))
     }
 }
 
@@ -167,19 +201,26 @@ impl Fetch for SecretFileFetch {
 mod tests {
     use super::*;
     use crate::config::{Config, SourceEntry};
-    use crate::system::fake::{ManualClock, MemoryFiles, ScriptedProcesses};
     use crate::sources::AuthType;
+    use crate::system::fake::{ManualClock, MemoryFiles, ScriptedProcesses};
 
     fn source(toml: &str, files: Arc<MemoryFiles>) -> StaticRegistrySource {
         let config = Config::parse(toml, Path::new("/etc/credgate/config.toml")).unwrap();
-        let SourceEntry::Registry(entry) = &config.sources[0] else { panic!("not a registry") };
-        let processes = Arc::new(ScriptedProcesses::new(|_| ScriptedProcesses::exit(1, "credentials not found in native keychain")));
+        let SourceEntry::Registry(entry) = &config.sources[0] else {
+            panic!("not a registry")
+        };
+        let processes = Arc::new(ScriptedProcesses::new(|_| {
+            ScriptedProcesses::exit(1, "credentials not found in native keychain")
+        }));
         let system = System::fake(Arc::new(ManualClock::new()), processes, files);
         StaticRegistrySource::new(entry, system, Duration::from_secs(1))
     }
 
     async fn first(source: &StaticRegistrySource, target: &str) -> Option<Credential> {
-        let offers = source.offers(&Target::parse(target).unwrap()).await.unwrap();
+        let offers = source
+            .offers(&Target::parse(target).unwrap())
+            .await
+            .unwrap();
         match offers.first() {
             Some(offer) => offer.fetch().await.unwrap(),
             None => None,
@@ -189,7 +230,9 @@ mod tests {
     #[tokio::test]
     async fn inline_password_serves_its_scope_only() {
         let s = source("[[registry]]\nmatch = \"git.example.com/group\"\nusername = \"deploy\"\npassword = \"pw\"\n", Arc::default());
-        let c = first(&s, "git.example.com:443/group/sub/app").await.unwrap();
+        let c = first(&s, "git.example.com:443/group/sub/app")
+            .await
+            .unwrap();
         assert_eq!((c.username.as_str(), c.secret.expose()), ("deploy", "pw"));
         assert!(first(&s, "git.example.com/groupie/app").await.is_none());
     }
@@ -198,20 +241,35 @@ mod tests {
     async fn secret_files_are_read_at_fetch_time_without_the_newline() {
         let files = Arc::new(MemoryFiles::new());
         files.write("/s/token", "tok-1\n", 0o600);
-        let s = source("[[registry]]\nmatch = \"r.test\"\nidentity_token_file = \"/s/token\"\n", files.clone());
+        let s = source(
+            "[[registry]]\nmatch = \"r.test\"\nidentity_token_file = \"/s/token\"\n",
+            files.clone(),
+        );
         let c = first(&s, "r.test/a").await.unwrap();
-        assert_eq!((c.secret.expose(), c.auth_type()), ("tok-1", AuthType::Refresh));
+        assert_eq!(
+            (c.secret.expose(), c.auth_type()),
+            ("tok-1", AuthType::Refresh)
+        );
         files.write("/s/token", "tok-2\r\n", 0o600);
-        assert_eq!(first(&s, "r.test/a").await.unwrap().secret.expose(), "tok-2");
+        assert_eq!(
+            first(&s, "r.test/a").await.unwrap().secret.expose(),
+            "tok-2"
+        );
     }
 
     #[tokio::test]
     async fn a_missing_or_empty_secret_file_is_an_error_naming_it() {
         let files = Arc::new(MemoryFiles::new());
-        let s = source("[[registry]]\nmatch = \"r.test\"\nregistry_token_file = \"/s/missing\"\n", files.clone());
+        let s = source(
+            "[[registry]]\nmatch = \"r.test\"\nregistry_token_file = \"/s/missing\"\n",
+            files.clone(),
+        );
         let offers = s.offers(&Target::parse("r.test/a").unwrap()).await.unwrap();
         let err = offers[0].fetch().await.unwrap_err().to_string();
-        assert!(err.contains("/s/missing") && err.contains("r.test"), "{err}");
+        assert!(
+            err.contains("/s/missing") && err.contains("r.test"),
+            "{err}"
+        );
         files.write("/s/missing", "\n", 0o600);
         let err = offers[0].fetch().await.unwrap_err().to_string();
         assert!(err.contains("is empty"), "{err}");
@@ -219,10 +277,22 @@ mod tests {
 
     #[tokio::test]
     async fn helper_entries_ask_for_the_registry_as_docker_saves_it() {
-        let processes = Arc::new(ScriptedProcesses::new(|_| ScriptedProcesses::exit(1, "credentials not found in native keychain")));
-        let config = Config::parse("[[registry]]\nmatch = \"docker.io\"\nhelper = \"pass\"\n", Path::new("/c.toml")).unwrap();
-        let SourceEntry::Registry(entry) = &config.sources[0] else { panic!() };
-        let system = System::fake(Arc::new(ManualClock::new()), processes.clone(), Arc::default());
+        let processes = Arc::new(ScriptedProcesses::new(|_| {
+            ScriptedProcesses::exit(1, "credentials not found in native keychain")
+        }));
+        let config = Config::parse(
+            "[[registry]]\nmatch = \"docker.io\"\nhelper = \"pass\"\n",
+            Path::new("/c.toml"),
+        )
+        .unwrap();
+        let SourceEntry::Registry(entry) = &config.sources[0] else {
+            panic!()
+        };
+        let system = System::fake(
+            Arc::new(ManualClock::new()),
+            processes.clone(),
+            Arc::default(),
+        );
         let s = StaticRegistrySource::new(entry, system, Duration::from_secs(1));
         let offers = s.offers(&Target::parse("busybox").unwrap()).await.unwrap();
         assert_eq!(offers[0].origin, "helper docker-credential-pass");
