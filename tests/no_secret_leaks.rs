@@ -88,6 +88,7 @@ providers:
     apiVersion: credentialprovider.kubelet.k8s.io/v1
   - name: broken-provider
     matchImages: ["kube2.test"]
+    defaultCacheDuration: "0s"
     apiVersion: credentialprovider.kubelet.k8s.io/v1
 "#;
     files.write("/k/config.yaml", kubelet, 0o600);
@@ -162,6 +163,12 @@ async fn no_source_leaks_a_secret_into_logs_errors_or_debug_output() {
         let decision = keychain.lookup(&target).await;
         let explanation = keychain.explain(&target).await;
         seen += &format!("{decision:?}\n{explanation:?}\n");
+        if std::env::var_os("LEAK_DEBUG").is_some() {
+            eprintln!(
+                "{target}: {:?} {:?}",
+                explanation.ranking.sources, explanation.candidates
+            );
+        }
         if let Some(w) = &decision.winner {
             hits.push((target.to_string(), w.credential.secret.expose().to_string()));
         }
