@@ -5,10 +5,13 @@
 //! one wins, and the [`cli`] shows the decision.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod duration;
 pub mod identity;
 pub mod keychain;
+pub mod service;
 pub mod sources;
 pub mod system;

@@ -8,7 +8,17 @@ use clap::Parser;
 use credgate::cli::{run, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Invoked under this name (a symlink), the binary is a docker credential helper.
+const DOCKER_HELPER_NAME: &str = "docker-credential-credgate";
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let invoked_as = args.next().map(std::path::PathBuf::from);
+    if invoked_as.as_deref().and_then(|p| p.file_name()) == Some(DOCKER_HELPER_NAME.as_ref()) {
+        init_logging(LogFormat::Text, "warn");
+        let action = args.next().map(|a| a.to_string_lossy().into_owned());
+        return credgate::cli::docker_helper(action, std::env::vars_os().collect());
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.command.default_log_level());
     match run(cli, std::env::vars_os().collect()) {

@@ -232,14 +232,19 @@ pub const HELPER_ENV_PASSTHROUGH: &[&str] = &[
     "GOOGLE_APPLICATION_CREDENTIALS",
 ];
 
+/// Set in every helper's environment, so that `docker-credential-credgate`, run by credgate
+/// itself because a docker config names it, answers "not found" instead of calling back.
+pub const NESTED_HELPER_VAR: &str = "CREDGATE_NESTED";
+
 impl System {
     /// The real system, with the helper environment taken from `vars` (pass
     /// `std::env::vars_os()` at the edge).
     pub fn real(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
-        let helper_env: Vec<_> = vars
+        let mut helper_env: Vec<_> = vars
             .into_iter()
             .filter(|(k, _)| HELPER_ENV_PASSTHROUGH.iter().any(|p| k == p))
             .collect();
+        helper_env.push((NESTED_HELPER_VAR.into(), "1".into()));
         let helper_path = helper_env
             .iter()
             .find(|(k, _)| k == "PATH")

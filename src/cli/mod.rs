@@ -1,6 +1,7 @@
 //! The command line: argument definitions, config resolution, and the one place errors
 //! become exit codes (0 ok, 1 operation failed, 2 bad usage or input).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -59,6 +60,8 @@ pub enum Command {
         #[arg(value_name = "REF")]
         reference: String,
     },
+    /// kubelet credential provider plugin: CredentialProviderRequest on stdin, response on stdout
+    KubeletProvider,
 }
 
 impl Command {
@@ -80,21 +83,25 @@ pub enum CliError {
     #[error(transparent)]
     Reference(#[from] IdentityError),
     #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
     Failed(String),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Config(_) | CliError::Reference(_) => ExitCode::from(2),
+            CliError::Config(_) | CliError::Reference(_) | CliError::BadInput(_) => {
+                ExitCode::from(2)
+            }
             CliError::Failed(_) => ExitCode::from(1),
         }
     }
 }
 
 /// Runs a parsed command line; `vars` is the process environment, captured by `main`.
-pub fn run(cli: Cli, vars: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> Result<(), CliError> {
-    let system = crate::system::System::real(vars);
+pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
+    let system = crate::system::System::real(vars.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,8 +122,52 @@ pub fn run(cli: Cli, vars: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> Res
                 let config = load_config(config_path.as_deref())?;
                 lookup::explain(&config, &system, &reference).await
             }
+            Command::KubeletProvider => kubelet_provider(config_path.as_deref(), &vars).await,
         }
     })
+}
+
+async fn kubelet_provider(
+    config: Option<&Path>,
+    vars: &[(OsString, OsString)],
+) -> Result<(), CliError> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .map_err(|e| CliError::Failed(format!("cannot read the request from stdin: {e}")))?;
+    match crate::clients::kubelet_provider::run(&input, vars, config).await {
+        Ok(response) => {
+            println!("{response}");
+            Ok(())
+        }
+        Err(e) if e.is_bad_input() => Err(CliError::BadInput(e.to_string())),
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
+/// `docker-credential-credgate ACTION`: the credential helper protocol on stdin/stdout.
+pub fn docker_helper(action: Option<String>, vars: Vec<(OsString, OsString)>) -> ExitCode {
+    let mut input = String::new();
+    if action.as_deref() == Some("get") {
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+            println!("cannot read the server URL from stdin: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        println!("cannot start the async runtime");
+        return ExitCode::from(1);
+    };
+    let reply = runtime.block_on(crate::clients::docker_helper::run(
+        action.as_deref(),
+        &input,
+        &vars,
+    ));
+    // Errors go to stdout too: docker's helper client shows stdout in its error message.
+    print!("{}", reply.stdout);
+    ExitCode::from(reply.code)
 }
 
 /// An explicit path must exist; without one, the default path is used if present, else the

@@ -3,6 +3,7 @@
 //! one yields a credential. The rest of the ranking is kept for fallback: when an upstream
 //! rejects the winner, the next candidate is tried before anonymous.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +167,28 @@ impl Keychain {
             candidates,
             sources,
         }
+    }
+
+    /// Every scope the sources can name without running a helper, with usernames where
+    /// known; on duplicates the source listed first wins.
+    pub async fn list(&self) -> BTreeMap<String, String> {
+        let answers = join_all(self.sources.iter().map(|s| s.listing())).await;
+        let mut listed = BTreeMap::new();
+        for (source, answer) in self.sources.iter().zip(answers) {
+            match answer {
+                Ok(entries) => {
+                    for entry in entries {
+                        listed
+                            .entry(entry.scope.to_string())
+                            .or_insert(entry.username);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %source.name(), error = %e, "credential source failed to list")
+                }
+            }
+        }
+        listed
     }
 
     /// Ranks, then fetches in order until a candidate yields a credential.

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::exec_helper::CredentialHelper;
 use super::file_cache::FileCache;
-use super::{Credential, Fetch, Offer, Source, SourceError};
+use super::{Credential, Fetch, Listed, Offer, Source, SourceError};
 use crate::config::DockerConfigEntry;
 use crate::identity::{RegistryHost, Scope, Target};
 use crate::system::System;
@@ -189,6 +189,26 @@ impl Source for DockerConfigSource {
             return Ok(Vec::new());
         };
         Ok(self.offers_from(&file, target)?)
+    }
+
+    /// `auths` keys with their usernames, and `credHelpers` keys (whose usernames only the
+    /// helper knows). A `credsStore` is not listed: asking it would run a helper.
+    async fn listing(&self) -> Result<Vec<Listed>, SourceError> {
+        let Some(file) = self.load()? else {
+            return Ok(Vec::new());
+        };
+        let auths = file.auths.iter().filter_map(|entry| {
+            let credential = entry.credential.as_ref().ok()?.as_ref()?;
+            Some(Listed {
+                scope: entry.scope.clone(),
+                username: credential.username.clone(),
+            })
+        });
+        let helpers = file.cred_helpers.iter().map(|entry| Listed {
+            scope: Scope::registry(entry.registry.clone()),
+            username: String::new(),
+        });
+        Ok(auths.chain(helpers).collect())
     }
 }
 

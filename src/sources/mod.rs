@@ -30,6 +30,19 @@ pub trait Source: Send + Sync {
 
     /// The scopes this source has for `target`, each with a way to fetch its credential.
     async fn offers(&self, target: &Target) -> Result<Vec<Offer>, SourceError>;
+
+    /// The scopes this source can name without running anything, for the docker helper's
+    /// `list`. Sources that only know scopes once a plugin has run list nothing.
+    async fn listing(&self) -> Result<Vec<Listed>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One scope a source knows, with the username when it is known without a helper run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub scope: Scope,
+    pub username: String,
 }
 
 /// Produces the credential behind an offer. `Ok(None)` is a miss (a helper that has no

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::exec_helper::CredentialHelper;
-use super::{Credential, Fetch, Offer, SecretKind, Source, SourceError};
+use super::{Credential, Fetch, Listed, Offer, SecretKind, Source, SourceError};
 use crate::config::{RegistryEntry, SecretSpec};
 use crate::identity::Target;
 use crate::system::{Files, System};
@@ -103,6 +103,13 @@ fn warn_if_exposed(files: &dyn Files, path: &Path, scope: &str, what: &str) {
 impl Source for StaticRegistrySource {
     fn name(&self) -> String {
         format!("[[registry]] at {}", self.entry.location)
+    }
+
+    async fn listing(&self) -> Result<Vec<Listed>, SourceError> {
+        Ok(vec![Listed {
+            scope: self.entry.scope.clone(),
+            username: self.entry.username.clone(),
+        }])
     }
 
     async fn offers(&self, target: &Target) -> Result<Vec<Offer>, SourceError> {

@@ -1,0 +1,323 @@
+//! The ttrpc `Credentials` service: the API every client outside containerd's own resolver
+//! uses (the docker credential helper, the kubelet provider, `credgate pull`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::api;
+use crate::identity::{IdentityError, RegistryHost, Repository, Target};
+use crate::keychain::{Attempt, Decision, Explanation, Keychain, SourceOutcome};
+use crate::sources::AuthType;
+
+mod socket;
+
+pub use socket::{bind, serve_socket, SocketError};
+
+/// Why a request could not be answered; [`to_status`] is the only mapping to ttrpc codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    InvalidRequest(#[from] IdentityError),
+    #[error("this caller's uid is not in credgate's allowed_uids")]
+    PermissionDenied,
+}
+
+fn to_status(error: ServiceError) -> ttrpc::Error {
+    let code = match &error {
+        ServiceError::InvalidRequest(_) => ttrpc::Code::INVALID_ARGUMENT,
+        ServiceError::PermissionDenied => ttrpc::Code::PERMISSION_DENIED,
+    };
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, error.to_string()))
+}
+
+/// Counters reported by `Status`.
+#[derive(Default)]
+pub struct Counters {
+    pub lookups: AtomicU64,
+    pub hits: AtomicU64,
+    pub anonymous: AtomicU64,
+    pub invalid_requests: AtomicU64,
+    pub refused_callers: AtomicU64,
+    pub reloads: AtomicU64,
+    pub failed_reloads: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        [
+            ("lookups", &self.lookups),
+            ("hits", &self.hits),
+            ("anonymous", &self.anonymous),
+            ("invalid_requests", &self.invalid_requests),
+            ("refused_callers", &self.refused_callers),
+            ("reloads", &self.reloads),
+            ("failed_reloads", &self.failed_reloads),
+        ]
+        .into_iter()
+        .map(|(name, counter)| (name.to_string(), counter.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The state of a running daemon, shared by every front door and swapped on reload.
+pub struct Daemon {
+    keychain: RwLock<Arc<Keychain>>,
+    allowed_uids: RwLock<Vec<u32>>,
+    /// Each source's last outcome, by name: `None` healthy, `Some(reason)` failed.
+    health: Mutex<BTreeMap<String, Option<String>>>,
+    started: Instant,
+    pub counters: Counters,
+}
+
+impl Daemon {
+    pub fn new(keychain: Keychain, allowed_uids: Vec<u32>) -> Self {
+        let health = keychain
+            .source_names()
+            .into_iter()
+            .map(|n| (n, None))
+            .collect();
+        Self {
+            keychain: RwLock::new(Arc::new(keychain)),
+            allowed_uids: RwLock::new(allowed_uids),
+            health: Mutex::new(health),
+            started: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn keychain(&self) -> Arc<Keychain> {
+        self.keychain.read().expect("keychain lock").clone()
+    }
+
+    /// Swaps in a new keychain and caller list; requests already running finish on the old.
+    pub fn reload(&self, keychain: Keychain, allowed_uids: Vec<u32>) {
+        let health = keychain
+            .source_names()
+            .into_iter()
+            .map(|n| (n, None))
+            .collect();
+        *self.keychain.write().expect("keychain lock") = Arc::new(keychain);
+        *self.allowed_uids.write().expect("uid lock") = allowed_uids;
+        *self.health.lock().expect("health lock") = health;
+        bump(&self.counters.reloads);
+    }
+
+    pub fn allows(&self, uid: u32) -> bool {
+        self.allowed_uids.read().expect("uid lock").contains(&uid)
+    }
+
+    fn record_sources(&self, decision_sources: &[crate::keychain::SourceReport]) {
+        let mut health = self.health.lock().expect("health lock");
+        for report in decision_sources {
+            let state = match &report.outcome {
+                SourceOutcome::Failed(reason) => Some(reason.clone()),
+                _ => None,
+            };
+            health.insert(report.source.clone(), state);
+        }
+    }
+}
+
+/// The real service.
+pub struct CredentialsService {
+    daemon: Arc<Daemon>,
+}
+
+impl CredentialsService {
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        Self { daemon }
+    }
+
+    fn target(&self, host: &str, repository: &str) -> Result<Target, ttrpc::Error> {
+        parse_target(host, repository).map_err(|e| {
+            bump(&self.daemon.counters.invalid_requests);
+            to_status(e.into())
+        })
+    }
+}
+
+/// `host` in any form a client sends (`host`, `host:443`, `https://index.docker.io/v1/`);
+/// an empty `repository` asks for the registry as a whole.
+pub fn parse_target(host: &str, repository: &str) -> Result<Target, IdentityError> {
+    let registry = RegistryHost::parse(host)?;
+    let repository = match repository {
+        "" => None,
+        repo => Some(Repository::parse(repo)?),
+    };
+    Ok(Target::new(registry, repository))
+}
+
+#[async_trait]
+impl api::Credentials for CredentialsService {
+    async fn lookup(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::LookupRequest,
+    ) -> ttrpc::Result<api::LookupResponse> {
+        let target = self.target(&req.host, &req.repository)?;
+        let decision = self.daemon.keychain().lookup(&target).await;
+        self.daemon.record_sources(&decision.ranking.sources);
+        bump(&self.daemon.counters.lookups);
+        bump(match decision.winner {
+            Some(_) => &self.daemon.counters.hits,
+            None => &self.daemon.counters.anonymous,
+        });
+        let response = lookup_response(&decision);
+        tracing::debug!(%target, auth_type = ?response.auth_type, source = %response.source, matched = %response.matched, "lookup");
+        Ok(response)
+    }
+
+    async fn explain(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExplainRequest,
+    ) -> ttrpc::Result<api::ExplainResponse> {
+        let target = self.target(&req.host, &req.repository)?;
+        let explanation = self.daemon.keychain().explain(&target).await;
+        self.daemon.record_sources(&explanation.ranking.sources);
+        Ok(explain_response(&explanation))
+    }
+
+    async fn status(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatusRequest,
+    ) -> ttrpc::Result<api::StatusResponse> {
+        let health = self.daemon.health.lock().expect("health lock").clone();
+        Ok(api::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.daemon.started.elapsed().as_secs(),
+            sources: health
+                .into_iter()
+                .map(|(name, failure)| api::SourceHealth {
+                    name,
+                    healthy: failure.is_none(),
+                    detail: failure.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect(),
+            counters: self.daemon.counters.snapshot().into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn list(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ListRequest,
+    ) -> ttrpc::Result<api::ListResponse> {
+        Ok(api::ListResponse {
+            entries: self.daemon.keychain().list().await.into_iter().collect(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Served to callers whose uid is not allowed: every method answers `PERMISSION_DENIED`.
+/// (The refusal, with uid and pid, is logged when the connection is accepted.)
+pub struct RefusedCaller;
+
+#[async_trait]
+impl api::Credentials for RefusedCaller {
+    async fn lookup(
+        &self,
+        _: &TtrpcContext,
+        _: api::LookupRequest,
+    ) -> ttrpc::Result<api::LookupResponse> {
+        Err(self.refuse())
+    }
+    async fn explain(
+        &self,
+        _: &TtrpcContext,
+        _: api::ExplainRequest,
+    ) -> ttrpc::Result<api::ExplainResponse> {
+        Err(self.refuse())
+    }
+    async fn status(
+        &self,
+        _: &TtrpcContext,
+        _: api::StatusRequest,
+    ) -> ttrpc::Result<api::StatusResponse> {
+        Err(self.refuse())
+    }
+    async fn list(
+        &self,
+        _: &TtrpcContext,
+        _: api::ListRequest,
+    ) -> ttrpc::Result<api::ListResponse> {
+        Err(self.refuse())
+    }
+}
+
+impl RefusedCaller {
+    fn refuse(&self) -> ttrpc::Error {
+        to_status(ServiceError::PermissionDenied)
+    }
+}
+
+fn api_auth_type(auth_type: AuthType) -> api::AuthType {
+    match auth_type {
+        AuthType::None => api::AuthType::NONE,
+        AuthType::Credentials => api::AuthType::CREDENTIALS,
+        AuthType::Refresh => api::AuthType::REFRESH,
+        AuthType::Header => api::AuthType::HEADER,
+    }
+}
+
+fn lookup_response(decision: &Decision) -> api::LookupResponse {
+    let mut response = api::LookupResponse::default();
+    if let (Some(winner), Some(candidate)) = (&decision.winner, decision.winner_candidate()) {
+        response.auth_type = api_auth_type(winner.credential.auth_type()).into();
+        response.username = winner.credential.username.clone();
+        response.secret = winner.credential.transfer_secret().expose().to_string();
+        response.source = format!("{} ({})", candidate.source, candidate.offer.origin);
+        response.matched = candidate.offer.scope.to_string();
+    }
+    response
+}
+
+fn explain_response(e: &Explanation) -> api::ExplainResponse {
+    let candidates = e
+        .ranking
+        .candidates
+        .iter()
+        .zip(&e.candidates)
+        .map(|(candidate, explained)| {
+            let specificity = candidate.specificity();
+            api::Candidate {
+                scope: candidate.offer.scope.to_string(),
+                source: candidate.source.clone(),
+                origin: candidate.offer.origin.clone(),
+                path_segments: u32::try_from(specificity.path_segments).unwrap_or(u32::MAX),
+                exact_host: specificity.exact_host,
+                outcome: match &explained.attempt {
+                    Attempt::Hit => "hit".to_string(),
+                    Attempt::Miss => "miss".to_string(),
+                    Attempt::Failed(reason) => format!("failed: {reason}"),
+                },
+                username: explained.username.clone().unwrap_or_default(),
+                auth_type: api_auth_type(explained.auth_type.unwrap_or(AuthType::None)).into(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    api::ExplainResponse {
+        candidates,
+        winner: e.winner.and_then(|w| i32::try_from(w).ok()).unwrap_or(-1),
+        reason: e
+            .reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
