@@ -112,8 +112,21 @@ impl fmt::Display for Target {
     }
 }
 
+/// `registry.test`, `registry.test:5000`, `localhost:5000`, `[::1]:5000`; but `busybox:1.36`
+/// and `myhost:5000` are images with tags, as docker parses them.
 fn looks_like_bare_registry(input: &str) -> bool {
-    !input.contains(['/', '@']) && (input.contains(['.', ':']) || input == "localhost")
+    if input.contains(['/', '@']) {
+        return false;
+    }
+    if input.starts_with('[') {
+        return true;
+    }
+    let host = match input.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some(_) => return false,
+        None => input,
+    };
+    host.contains('.') || host == "localhost"
 }
 
 /// docker's rule: the first component names a registry when it has a `.` or `:`, is
@@ -367,6 +380,20 @@ mod tests {
         let t = Target::parse("localhost:5000").unwrap();
         assert_eq!(t.registry.to_string(), "localhost:5000");
         assert!(Target::parse("Busybox").is_err());
+        assert_eq!(
+            Target::parse("busybox:1.36").unwrap().to_string(),
+            "docker.io/library/busybox"
+        );
+        assert_eq!(
+            Target::parse("myhost:5000").unwrap().to_string(),
+            "docker.io/library/myhost"
+        );
+        assert_eq!(
+            Target::parse("registry.test:5000").unwrap().repository,
+            None
+        );
+        assert_eq!(Target::parse("[::1]:5000").unwrap().repository, None);
+        assert_eq!(Target::parse("[::1]").unwrap().repository, None);
         let t = Target::parse("busybox").unwrap();
         assert_eq!(t.to_string(), "docker.io/library/busybox");
         let t = Target::parse("registry.test:443/group/sub/app:v1").unwrap();
