@@ -206,3 +206,27 @@ fn the_shipped_example_config_parses() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("git.example.com/group/sub"));
 }
+
+#[test]
+fn the_shipped_kubelet_provider_config_is_valid_and_runs_credgate() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config-examples/kubelet-credential-provider.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_credgate"), bin_dir.join("credgate")).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[kubelet_provider]]\nconfig = \"{}\"\nbin_dir = \"{}\"\n",
+            example.display(),
+            bin_dir.display()
+        ),
+    );
+    let out = credgate(&config, &["explain", "git.example.com/group/app"]);
+    let stdout = text(&out.stdout);
+    // The example's provider matched and credgate ran as the plugin; with no daemon on the
+    // example's socket it says exactly that.
+    assert!(stdout.contains(r#"provider "credgate""#), "{stdout}");
+    assert!(stdout.contains("/run/credgate/credgate.sock"), "{stdout}");
+}
