@@ -151,7 +151,14 @@ fn serve_survives_a_broken_reload_and_stops_on_sigterm() {
     use std::time::{Duration, Instant};
 
     let dir = tempfile::tempdir().unwrap();
-    let config = layered(dir.path());
+    let socket = dir.path().join("credgate.sock");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[listen]\nsocket = \"{}\"\n\n[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = \"{SECRET}\"\n",
+            socket.display()
+        ),
+    );
     let log = dir.path().join("serve.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_credgate"))
         .args(["serve", "--config"])

@@ -1,0 +1,211 @@
+//! `cargo build --release --bin credgate && cargo bench -p credgate-integration --bench credentials`
+//!
+//! Prints, side by side from one run on the release build:
+//! - `Lookup` latency (p50, p99) and throughput over the ttrpc socket at concurrency 1 and 16;
+//! - one `docker-credential-credgate get`, end to end, against `docker-credential-pass get`
+//!   for the same credential and against a bare spawn of the same binary.
+//!
+//! Targets (from the issue): Lookup p50 under 100 µs; a helper call within 2× of a bare spawn.
+//! This prints numbers, it asserts nothing: shared machines are too noisy for that.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credgate::api::{CredentialsClient, LookupRequest};
+use credgate_integration::PassStore;
+
+const LOOKUPS: usize = 20_000;
+const SPAWNS: usize = 100;
+const SECRET: &str = "bench-secret";
+
+fn main() {
+    let bin = release_binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut daemon = start_daemon(&bin, dir.path());
+    let socket = dir.path().join("credgate.sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let one = runtime.block_on(lookups(&socket, 1));
+    let sixteen = runtime.block_on(lookups(&socket, 16));
+
+    let helper = dir.path().join("docker-credential-credgate");
+    std::os::unix::fs::symlink(&bin, &helper).expect("helper symlink");
+    let pass = PassStore::create();
+    pass.store("bench.test", "deploy", SECRET);
+    let credgate_env = vec![("CREDGATE_SOCKET".into(), socket.clone().into_os_string())];
+    let bare = spawns(&helper, "version", "", &credgate_env);
+    let via_credgate = spawns(&helper, "get", "bench.test", &credgate_env);
+    let via_pass = spawns(Path::new("docker-credential-pass"), "get", "bench.test", &pass.env());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    println!("credgate credentials benchmark (release build)\n");
+    println!("{:<44} {:>10} {:>10} {:>14}", "Lookup over the ttrpc socket", "p50", "p99", "throughput");
+    for (name, run) in [("concurrency 1", &one), ("concurrency 16", &sixteen)] {
+        println!(
+            "  {:<42} {:>10} {:>10} {:>12.0}/s",
+            format!("{name} ({LOOKUPS} lookups)"),
+            micros(run.p50()),
+            micros(run.p99()),
+            run.throughput()
+        );
+    }
+    println!("\n{:<44} {:>10} {:>10} {:>14}", format!("One helper call, end to end ({SPAWNS} runs)"), "p50", "p99", "vs bare spawn");
+    for (name, run) in [
+        ("bare spawn: docker-credential-credgate version", &bare),
+        ("docker-credential-credgate get", &via_credgate),
+        ("docker-credential-pass get (same credential)", &via_pass),
+    ] {
+        let ratio = run.p50().as_secs_f64() / bare.p50().as_secs_f64();
+        println!("  {:<42} {:>10} {:>10} {:>13.2}×", name, micros(run.p50()), micros(run.p99()), ratio);
+    }
+    let helper_ratio = via_credgate.p50().as_secs_f64() / bare.p50().as_secs_f64();
+    println!("\ntargets:");
+    println!("  Lookup p50 < 100 µs at concurrency 1: {} ({})", verdict(one.p50() < Duration::from_micros(100)), micros(one.p50()));
+    println!("  helper get within 2× of a bare spawn:  {} ({helper_ratio:.2}×)", verdict(helper_ratio <= 2.0));
+    println!(
+        "  credgate get vs pass get:              {:.1}× faster",
+        via_pass.p50().as_secs_f64() / via_credgate.p50().as_secs_f64()
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// `target/release/credgate`, next to this bench's own `target/release/deps/…`.
+fn release_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let release = exe.parent().and_then(Path::parent).expect("target/release");
+    let bin = release.join("credgate");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --release --bin credgate` first (the README's benchmark command does)",
+        bin.display()
+    );
+    bin
+}
+
+fn start_daemon(bin: &Path, dir: &Path) -> Child {
+    let socket = dir.join("credgate.sock");
+    let mut config = format!("[listen]\nsocket = \"{}\"\n\n", socket.display());
+    // A realistic keychain: the target among many scopes, and a docker config beside it.
+    for i in 0..50 {
+        config += &format!("[[registry]]\nmatch = \"registry{i}.test/team{i}\"\nusername = \"u{i}\"\npassword = \"p{i}\"\n\n");
+    }
+    config += &format!("[[registry]]\nmatch = \"bench.test\"\nusername = \"deploy\"\npassword = \"{SECRET}\"\n\n");
+    std::fs::write(dir.join("docker.json"), r#"{"auths":{"other.test":{"auth":"dTpw"}}}"#).expect("docker config");
+    config += &format!("[[docker_config]]\npath = \"{}\"\n", dir.join("docker.json").display());
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("CREDGATE_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start credgate serve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "credgate serve did not open {}", socket.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+struct Run {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Run {
+    fn from(mut latencies: Vec<Duration>, wall: Duration) -> Self {
+        latencies.sort();
+        Self { latencies, wall }
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        self.latencies[index.min(self.latencies.len() - 1)]
+    }
+    fn p50(&self) -> Duration {
+        self.percentile(0.50)
+    }
+    fn p99(&self) -> Duration {
+        self.percentile(0.99)
+    }
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+}
+
+fn micros(d: Duration) -> String {
+    if d < Duration::from_millis(10) {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+async fn lookups(socket: &Path, concurrency: usize) -> Run {
+    let address = format!("unix://{}", socket.display());
+    let client = Arc::new(CredentialsClient::new(ttrpc::r#async::Client::connect(&address).await.expect("connect")));
+    let request = Arc::new(LookupRequest {
+        host: "bench.test:443".into(),
+        repository: "group/sub/app".into(),
+        ..Default::default()
+    });
+    // Warm up connections and caches.
+    for _ in 0..500 {
+        let _ = client.lookup(ttrpc::context::with_timeout(0), &request).await;
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, request) = (client.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(LOOKUPS / concurrency);
+                for _ in 0..LOOKUPS / concurrency {
+                    let t = Instant::now();
+                    let response = client.lookup(ttrpc::context::with_timeout(0), &request).await.expect("lookup");
+                    latencies.push(t.elapsed());
+                    assert_eq!(response.username, "deploy");
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("lookup task"));
+    }
+    Run::from(latencies, started.elapsed())
+}
+
+fn spawns(program: &Path, action: &str, input: &str, env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Run {
+    let mut latencies = Vec::with_capacity(SPAWNS);
+    let started = Instant::now();
+    for _ in 0..SPAWNS {
+        let t = Instant::now();
+        let mut child = Command::new(program)
+            .arg(action)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("stdin");
+        let out = child.wait_with_output().expect("wait");
+        latencies.push(t.elapsed());
+        assert!(out.status.success(), "{} {action} failed: {}", program.display(), String::from_utf8_lossy(&out.stdout));
+    }
+    Run::from(latencies, started.elapsed())
+}
