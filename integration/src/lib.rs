@@ -1,7 +1,28 @@
 //! Shared harness for credgate's tests against real parts. A real part that is missing is a
 //! test failure that says which package to install, never a skip.
+//!
+//! Node tests (`tests/node_*.rs`) run inside a private mount and network namespace: see
+//! [`node`]. There [`registry::Registry`] starts real distribution registries on
+//! `<host>:443`, [`token_server::TokenServer`] answers their token requests as GitLab does,
+//! [`images::push_image`] pushes a small image with crane, and [`clients::ClientEnv`] runs
+//! crane, oras and skopeo with a docker config the test writes.
 
-use std::path::PathBuf;
+#![forbid(unsafe_code)]
+
+pub mod clients;
+pub mod https;
+pub mod images;
+pub mod node;
+pub mod pki;
+pub mod process;
+pub mod registry;
+pub mod token_server;
+
+use std::path::{Path, PathBuf};
+
+/// Where integration/test-all.sh unpacks clients Debian packages only after bookworm
+/// (crane, oras).
+pub const TOOL_DIR: &str = "/var/cache/credgate-test/root/usr/bin";
 
 /// The absolute path of `program` on `PATH`; panics naming the Debian package if absent.
 pub fn require_program(program: &str, package: &str) -> PathBuf {
@@ -13,6 +34,23 @@ pub fn require_program(program: &str, package: &str) -> PathBuf {
             panic!(
                 "{program} is not installed; the tests need the real one: \
                  apt-get install -t bookworm {package} (integration/test-all.sh does this)"
+            )
+        })
+}
+
+/// A client program the tests drive: crane and oras from [`TOOL_DIR`], others (skopeo,
+/// docker-registry) from the system. Panics, naming the script that installs it, if absent.
+pub fn tool(name: &str) -> PathBuf {
+    [TOOL_DIR, "/usr/local/bin", "/usr/bin", "/usr/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed (looked in {TOOL_DIR} and the system bin dirs); \
+                 run `bash integration/test-all.sh` as root once: it installs docker-registry \
+                 and skopeo from bookworm and unpacks crane and oras from Debian sid into \
+                 /var/cache/credgate-test"
             )
         })
 }
