@@ -1,0 +1,171 @@
+//! The node harness against real parts: distribution registries with Basic and token auth,
+//! the GitLab-like token server, and crane, oras and skopeo pulling with direct credentials.
+//! A node test: integration/test-all.sh runs it inside a private mount and network namespace.
+
+use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
+use credgate_integration::images::push_image;
+use credgate_integration::registry::{Registry, RegistryAuth};
+use credgate_integration::token_server::{Grant, TokenServer, TokenUser};
+
+const REPO: &str = "group/sub/app";
+
+/// `registry.test` with tokens from `auth.test`: `deploy` owns `group/sub`, `other` owns
+/// `other`, and `deploy` also has an identity token.
+fn gitlab() -> (TokenServer, Registry) {
+    let tokens = TokenServer::builder("auth.test")
+        .user(
+            TokenUser::new("deploy", "deploy-pw", &["group/sub"]).with_identity_token("deploy-idt"),
+        )
+        .user(TokenUser::new("other", "other-pw", &["other"]))
+        .start();
+    let registry = Registry::start(tokens.registry_auth(), "registry.test");
+    (tokens, registry)
+}
+
+#[test]
+fn basic_registry_lets_the_right_user_push_and_pull() {
+    let registry = Registry::start(RegistryAuth::basic(&[("alice", "alice-pw")]), "basic.test");
+    let image = push_image("basic.test", "team/app", "v1", "alice", "alice-pw");
+
+    let alice = ClientEnv::new(&DockerConfig::new().auth("basic.test", "alice", "alice-pw"));
+    alice.pull(Client::Crane, &image.reference).assert_success();
+    let manifest = alice.manifest(Client::Crane, &image.by_digest());
+    manifest.assert_success();
+
+    let wrong = ClientEnv::new(&DockerConfig::new().auth("basic.test", "alice", "nope"));
+    let refused = wrong.manifest(Client::Crane, &image.reference);
+    refused.assert_failure();
+    assert!(
+        refused.combined().contains("401") || refused.combined().contains("UNAUTHORIZED"),
+        "{refused}"
+    );
+
+    let manifest = "/v2/team/app/manifests/v1";
+    let log = registry.access_log();
+    assert!(registry.served("GET", manifest, 200), "access log:\n{log}");
+    assert!(registry.served("GET", manifest, 401), "access log:\n{log}");
+}
+
+#[test]
+fn token_registry_serves_deploy_to_every_client_under_both_host_spellings() {
+    let (tokens, registry) = gitlab();
+    let image = push_image("registry.test", REPO, "v1", "deploy", "deploy-pw");
+    let pushes = tokens.requests();
+    assert!(
+        pushes
+            .iter()
+            .any(|r| r.user.as_deref() == Some("deploy")
+                && r.granted.iter().any(|g| g.contains("push"))),
+        "{pushes:#?}"
+    );
+
+    let config = DockerConfig::new()
+        .auth("registry.test", "deploy", "deploy-pw")
+        .auth("registry.test:443", "deploy", "deploy-pw");
+    let deploy = ClientEnv::new(&config);
+    for client in Client::ALL {
+        for reference in [
+            image.reference.clone(),
+            image
+                .reference
+                .replace("registry.test/", "registry.test:443/"),
+        ] {
+            tokens.clear_requests();
+            deploy.pull(client, &reference).assert_success();
+            let asked = tokens.requests();
+            assert!(
+                asked.iter().any(|r| r.grant == Grant::Basic
+                    && r.user.as_deref() == Some("deploy")
+                    && r.status == 200),
+                "{client:?} {reference}: {asked:#?}"
+            );
+        }
+    }
+    let manifest = format!("/v2/{REPO}/manifests/v1");
+    let agents: Vec<String> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == manifest && r.status == 200)
+        .map(|r| r.user_agent)
+        .collect();
+    for agent in ["go-containerregistry", "oras/", "skopeo/"] {
+        assert!(
+            agents.iter().any(|a| a.starts_with(agent)),
+            "{agent} missing from {agents:?}"
+        );
+    }
+}
+
+#[test]
+fn token_registry_accepts_identity_tokens_from_every_client() {
+    let (tokens, _registry) = gitlab();
+    let image = push_image("registry.test", REPO, "idt", "deploy", "deploy-pw");
+    let env = ClientEnv::new(&DockerConfig::new().identity_token(
+        "registry.test",
+        "deploy",
+        "deploy-idt",
+    ));
+    for client in Client::ALL {
+        tokens.clear_requests();
+        env.manifest(client, &image.reference).assert_success();
+        let asked = tokens.requests();
+        assert!(
+            asked
+                .iter()
+                .any(|r| r.grant == Grant::RefreshToken && r.user.as_deref() == Some("deploy")),
+            "{client:?}: {asked:#?}"
+        );
+    }
+}
+
+#[test]
+fn token_registry_refuses_anonymous_with_403_and_other_users() {
+    let (tokens, registry) = gitlab();
+    let image = push_image("registry.test", REPO, "v1", "deploy", "deploy-pw");
+
+    let anonymous = ClientEnv::new(&DockerConfig::new());
+    for client in Client::ALL {
+        tokens.clear_requests();
+        let refused = anonymous.manifest(client, &image.reference);
+        refused.assert_failure();
+        let asked = tokens.requests();
+        assert!(
+            asked
+                .iter()
+                .any(|r| r.grant == Grant::Anonymous && r.status == 403),
+            "{client:?}: {refused}\n{asked:#?}"
+        );
+    }
+
+    let other = ClientEnv::new(&DockerConfig::new().auth("registry.test", "other", "other-pw"));
+    for client in Client::ALL {
+        tokens.clear_requests();
+        let refused = other.manifest(client, &image.reference);
+        refused.assert_failure();
+        let asked = tokens.requests();
+        assert!(
+            asked
+                .iter()
+                .any(|r| r.user.as_deref() == Some("other") && r.granted.is_empty()),
+            "{client:?}: {refused}\n{asked:#?}"
+        );
+    }
+
+    let wrong = ClientEnv::new(&DockerConfig::new().auth("registry.test", "deploy", "nope"));
+    tokens.clear_requests();
+    wrong
+        .manifest(Client::Crane, &image.reference)
+        .assert_failure();
+    assert!(
+        tokens.requests().iter().any(|r| r.status == 401),
+        "{:#?}",
+        tokens.requests()
+    );
+    let manifest = format!("/v2/{REPO}/manifests/v1");
+    let log = registry.access_log();
+    assert!(registry.served("GET", &manifest, 401), "access log:\n{log}");
+    assert!(
+        !registry.served("GET", &manifest, 200),
+        "access log:\n{log}"
+    );
+}
