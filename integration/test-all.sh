@@ -107,6 +107,7 @@ if ((${#node_tests[@]})); then
     exit 1
   fi
   echo "==> cargo test (node tests, in a private mount and network namespace)"
+  cargo build --locked --bin credgate
   cargo test -p credgate-integration --locked --no-run "${node_tests[@]}"
   CARGO_NET_OFFLINE=true unshare --mount --net -- \
     cargo test -p credgate-integration --locked "${node_tests[@]}"

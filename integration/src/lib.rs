@@ -54,3 +54,22 @@ pub fn tool(name: &str) -> PathBuf {
             )
         })
 }
+
+/// The `credgate` binary of this build (`target/<profile>/credgate`, beside the `deps/` dir
+/// holding this test binary). A test crate can't depend on another package's binary, so it is
+/// built by `cargo build --bin credgate` (or `cargo test --workspace`; test-all.sh does both).
+/// Link it as `docker-credential-credgate` with [`clients::ClientEnv::link_credential_helper`].
+pub fn credgate_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    let binary = profile_dir.join("credgate");
+    assert!(
+        binary.is_file(),
+        "{} is missing; build it first: cargo build --bin credgate",
+        binary.display()
+    );
+    binary
+}

@@ -137,8 +137,9 @@ fn node_command() -> String {
         .rsplit_once('-')
         .map_or(stem.as_str(), |(name, _)| name);
     format!(
-        "unshare --mount --net -- cargo test -p credgate-integration --test {target} \
-         (or: bash integration/test-all.sh, which runs every tests/node_*.rs that way)"
+        "cargo build --bin credgate && unshare --mount --net -- cargo test -p \
+         credgate-integration --test {target} (as root; or bash integration/test-all.sh, which \
+         runs every tests/node_*.rs that way)"
     )
 }
 

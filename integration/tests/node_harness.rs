@@ -2,6 +2,8 @@
 //! the GitLab-like token server, and crane, oras and skopeo pulling with direct credentials.
 //! A node test: integration/test-all.sh runs it inside a private mount and network namespace.
 
+use std::os::unix::fs::PermissionsExt;
+
 use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
 use credgate_integration::images::push_image;
 use credgate_integration::registry::{Registry, RegistryAuth};
@@ -168,4 +170,46 @@ fn token_registry_refuses_anonymous_with_403_and_other_users() {
         !registry.served("GET", &manifest, 200),
         "access log:\n{log}"
     );
+}
+
+/// A credential helper that logs what it is asked and answers with `deploy`'s password.
+const SPY_HELPER: &str = r#"#!/bin/sh
+read -r server
+echo "$1 $server" >> "$SPY_LOG"
+printf '{"ServerURL":"%s","Username":"deploy","Secret":"deploy-pw"}\n' "$server"
+"#;
+
+#[test]
+fn credential_helpers_in_the_docker_config_run_from_the_env_bin_dir() {
+    let (_tokens, _registry) = gitlab();
+    let image = push_image("registry.test", REPO, "helper", "deploy", "deploy-pw");
+    let config = DockerConfig::new()
+        .cred_helper("registry.test", "spy")
+        .cred_helper("registry.test:443", "spy");
+    let mut env = ClientEnv::new(&config);
+    let script = env.scratch().join("spy.sh");
+    std::fs::write(&script, SPY_HELPER).expect("write helper");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    env.link_credential_helper("spy", &script);
+    let log = env.scratch().join("spy.log");
+    env.set_env("SPY_LOG", &log);
+
+    // Each client asks the helper for the host exactly as the reference spells it.
+    let port_443 = image
+        .reference
+        .replace("registry.test/", "registry.test:443/");
+    for (reference, asked) in [
+        (&image.reference, "get registry.test"),
+        (&port_443, "get registry.test:443"),
+    ] {
+        for client in Client::ALL {
+            let _ = std::fs::remove_file(&log);
+            env.manifest(client, reference).assert_success();
+            let calls = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                calls.lines().all(|l| l == asked) && !calls.is_empty(),
+                "{client:?} {reference}: {calls}"
+            );
+        }
+    }
 }
