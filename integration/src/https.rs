@@ -192,7 +192,7 @@ pub fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// What [`get`] received.
+/// What [`request`] received.
 #[derive(Debug)]
 pub struct ClientResponse {
     pub status: StatusCode,
@@ -200,47 +200,108 @@ pub struct ClientResponse {
     pub body: Bytes,
 }
 
-/// `GET https://<authority><path>` trusting only the test CA, with a 10 s limit. The name is
-/// resolved through the node's /etc/hosts. Safe to call from sync or async code (it runs on
-/// a thread of its own).
+impl ClientResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A request [`request`] sends.
+#[derive(Clone, Debug)]
+pub struct ClientRequest {
+    pub method: Method,
+    /// `host` or `host:port` (443 when absent).
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl ClientRequest {
+    pub fn get(authority: &str, path: &str) -> ClientRequest {
+        ClientRequest {
+            method: Method::GET,
+            authority: authority.to_string(),
+            path: path.to_string(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A POST of `application/x-www-form-urlencoded` `fields`.
+    pub fn post_form(authority: &str, path: &str, fields: &[(&str, &str)]) -> ClientRequest {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        ClientRequest {
+            method: Method::POST,
+            body: Bytes::from(body),
+            ..ClientRequest::get(authority, path)
+        }
+        .header("content-type", "application/x-www-form-urlencoded")
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> ClientRequest {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// `GET https://<authority><path>` with `headers`; see [`request`].
 pub fn get(
     authority: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<ClientResponse, String> {
-    let tls = client_config(node().ca().cert_pem());
-    let authority = authority.to_string();
-    let path = path.to_string();
-    let headers: Vec<(String, String)> = headers
+    let request = headers
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        .fold(ClientRequest::get(authority, path), |r, (k, v)| {
+            r.header(k, v)
+        });
+    self::request(request)
+}
+
+/// Sends `request` over HTTPS trusting only the test CA, with a 10 s limit. The name is
+/// resolved through the node's /etc/hosts. Safe to call from sync or async code (it runs on
+/// a thread of its own).
+pub fn request(request: ClientRequest) -> Result<ClientResponse, String> {
+    let tls = client_config(node().ca().cert_pem());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            tokio::time::timeout(CLIENT_TIMEOUT, fetch(tls, &authority, &path, &headers))
+            let label = format!(
+                "{} https://{}{}",
+                request.method, request.authority, request.path
+            );
+            tokio::time::timeout(CLIENT_TIMEOUT, send(tls, request))
                 .await
-                .unwrap_or_else(|_| Err(format!("GET https://{authority}{path}: timed out")))
+                .unwrap_or_else(|_| Err(format!("{label}: timed out")))
         })
     })
     .join()
     .expect("client thread")
 }
 
-async fn fetch(
+async fn send(
     tls: Arc<rustls::ClientConfig>,
-    authority: &str,
-    path: &str,
-    headers: &[(String, String)],
+    request: ClientRequest,
 ) -> Result<ClientResponse, String> {
+    let ClientRequest {
+        method,
+        authority,
+        path,
+        headers,
+        body,
+    } = request;
     let url = format!("https://{authority}{path}");
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("GET {url}: {what}: {e}");
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{method} {url}: {what}: {e}");
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) => (host, port.parse::<u16>().map_err(|e| fail("port", &e))?),
-        None => (authority, 443),
+        None => (authority.as_str(), 443),
     };
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
@@ -254,12 +315,15 @@ async fn fetch(
         .await
         .map_err(|e| fail("handshake", &e))?;
     tokio::spawn(connection);
-    let mut request = Request::get(path).header("host", authority);
-    for (name, value) in headers {
-        request = request.header(name.as_str(), value.as_str());
+    let mut builder = Request::builder()
+        .method(method.clone())
+        .uri(path.as_str())
+        .header("host", authority.as_str());
+    for (name, value) in &headers {
+        builder = builder.header(name.as_str(), value.as_str());
     }
-    let request = request
-        .body(Full::new(Bytes::new()))
+    let request = builder
+        .body(Full::new(body))
         .map_err(|e| fail("request", &e))?;
     let response = sender
         .send_request(request)

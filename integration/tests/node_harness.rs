@@ -4,24 +4,34 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
+use credgate_integration::https::{self, ClientRequest};
 use credgate_integration::images::push_image;
 use credgate_integration::registry::{Registry, RegistryAuth};
 use credgate_integration::token_server::{Grant, TokenServer, TokenUser};
+use serde_json::json;
 
 const REPO: &str = "group/sub/app";
 
-/// `registry.test` with tokens from `auth.test`: `deploy` owns `group/sub`, `other` owns
-/// `other`, and `deploy` also has an identity token.
+/// `registry.test` with tokens from `auth.test`: `deploy` owns `group/sub` and `public`,
+/// `other` owns `other`, `deploy` also has an identity token, and `public` is public.
 fn gitlab() -> (TokenServer, Registry) {
-    let tokens = TokenServer::builder("auth.test")
-        .user(
-            TokenUser::new("deploy", "deploy-pw", &["group/sub"]).with_identity_token("deploy-idt"),
-        )
-        .user(TokenUser::new("other", "other-pw", &["other"]))
-        .start();
+    let tokens = gitlab_tokens();
     let registry = Registry::start(tokens.registry_auth(), "registry.test");
     (tokens, registry)
+}
+
+fn gitlab_tokens() -> TokenServer {
+    TokenServer::builder("auth.test")
+        .user(
+            TokenUser::new("deploy", "deploy-pw", &["group/sub", "public"])
+                .with_identity_token("deploy-idt"),
+        )
+        .user(TokenUser::new("other", "other-pw", &["other"]))
+        .public("public")
+        .start()
 }
 
 #[test]
@@ -211,5 +221,152 @@ fn credential_helpers_in_the_docker_config_run_from_the_env_bin_dir() {
                 "{client:?} {reference}: {calls}"
             );
         }
+    }
+}
+
+/// The token server's contract, asked directly: what distribution and the clients rely on.
+#[test]
+fn token_server_answers_as_gitlab_does() {
+    let tokens = gitlab_tokens();
+    let realm = "/jwt/auth?service=container_registry";
+    let basic = |user: &str, password: &str| {
+        format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+    };
+    let ask = |scope: &str, authorization: Option<String>| {
+        let path = format!(
+            "{realm}&scope={}",
+            scope.replace('/', "%2F").replace(':', "%3A")
+        );
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        https::get("auth.test", &path, &headers).expect("token request")
+    };
+    let pull_push = "repository:group/sub/app:pull,push";
+
+    let granted = ask(pull_push, Some(basic("deploy", "deploy-pw")));
+    assert_eq!(granted.status, 200, "{}", granted.text());
+    let claims = token_claims(&granted.text());
+    assert_eq!(claims["aud"], json!("container_registry"));
+    assert_eq!(claims["sub"], json!("deploy"));
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": "group/sub/app", "actions": ["pull", "push"]}])
+    );
+
+    assert_eq!(ask(pull_push, Some(basic("deploy", "nope"))).status, 401);
+    assert_eq!(ask(pull_push, None).status, 403);
+    let sibling = ask(
+        "repository:group/subway/app:pull",
+        Some(basic("deploy", "deploy-pw")),
+    );
+    assert_eq!(token_claims(&sibling.text())["access"], json!([]));
+    let other = ask(pull_push, Some(basic("other", "other-pw")));
+    assert_eq!(token_claims(&other.text())["access"], json!([]));
+
+    let post = |fields: &[(&str, &str)]| {
+        https::request(ClientRequest::post_form("auth.test", "/jwt/auth", fields)).expect("POST")
+    };
+    let common = [
+        ("service", "container_registry"),
+        ("scope", "repository:group/sub/app:pull"),
+    ];
+    let refreshed = post(
+        &[
+            &common[..],
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "deploy-idt"),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(token_claims(&refreshed.text())["sub"], json!("deploy"));
+    let password = post(
+        &[
+            &common[..],
+            &[
+                ("grant_type", "password"),
+                ("username", "deploy"),
+                ("password", "deploy-pw"),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(token_claims(&password.text())["sub"], json!("deploy"));
+    assert_eq!(
+        post(
+            &[
+                &common[..],
+                &[("grant_type", "refresh_token"), ("refresh_token", "stale")]
+            ]
+            .concat()
+        )
+        .status,
+        401
+    );
+
+    let grants: Vec<(Grant, u16)> = tokens
+        .requests()
+        .into_iter()
+        .map(|r| (r.grant, r.status))
+        .collect();
+    assert_eq!(
+        grants,
+        [
+            (Grant::Basic, 200),
+            (Grant::Basic, 401),
+            (Grant::Anonymous, 403),
+            (Grant::Basic, 200),
+            (Grant::Basic, 200),
+            (Grant::RefreshToken, 200),
+            (Grant::Password, 200),
+            (Grant::RefreshToken, 401),
+        ]
+    );
+}
+
+/// Checks a token response's shape and the JWT's header and signature form; returns its claims.
+fn token_claims(response: &str) -> serde_json::Value {
+    let body: serde_json::Value = serde_json::from_str(response).expect("token JSON");
+    assert_eq!(body["token"], body["access_token"], "{body}");
+    assert!(body["expires_in"].is_u64(), "{body}");
+    humantime::parse_rfc3339(body["issued_at"].as_str().expect("issued_at")).expect("RFC 3339");
+    let token = body["token"].as_str().expect("token");
+    let parts: Vec<Vec<u8>> = token
+        .split('.')
+        .map(|p| URL_SAFE_NO_PAD.decode(p).expect("base64url"))
+        .collect();
+    assert_eq!(parts.len(), 3);
+    let header: serde_json::Value = serde_json::from_slice(&parts[0]).expect("header");
+    assert_eq!(header["alg"], json!("ES256"));
+    assert_eq!(header["x5c"].as_array().map(Vec::len), Some(1));
+    assert_eq!(parts[2].len(), 64, "ES256 signatures are r||s, 64 bytes");
+    serde_json::from_slice(&parts[1]).expect("claims")
+}
+
+#[test]
+fn open_registries_and_public_repositories_need_no_credentials() {
+    let open = Registry::start(RegistryAuth::Anonymous, "open.test");
+    let image = push_image("open.test", "library/app", "v1", "anyone", "anything");
+    let anonymous = ClientEnv::new(&DockerConfig::new());
+    for client in Client::ALL {
+        anonymous.pull(client, &image.reference).assert_success();
+    }
+    assert!(open.served("GET", "/v2/library/app/manifests/v1", 200));
+
+    let (tokens, _registry) = gitlab();
+    let public = push_image("registry.test", "public/app", "v1", "deploy", "deploy-pw");
+    for client in Client::ALL {
+        tokens.clear_requests();
+        anonymous.pull(client, &public.reference).assert_success();
+        let asked = tokens.requests();
+        assert!(
+            asked
+                .iter()
+                .all(|r| r.grant == Grant::Anonymous && r.status == 200),
+            "{client:?}: {asked:#?}"
+        );
     }
 }
