@@ -5,11 +5,13 @@
 //! [`node`]. There [`registry::Registry`] starts real distribution registries on
 //! `<host>:443`, [`token_server::TokenServer`] answers their token requests as GitLab does,
 //! [`images::push_image`] pushes a small image with crane, and [`clients::ClientEnv`] runs
-//! crane, oras and skopeo with a docker config the test writes.
+//! crane, oras and skopeo with a docker config the test writes; [`daemon::CredgateDaemon`]
+//! runs `credgate serve` and gives clients `docker-credential-credgate` pointed at it.
 
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod daemon;
 pub mod https;
 pub mod images;
 pub mod node;

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
+use credgate_integration::daemon::CredgateDaemon;
 use credgate_integration::https::{self, ClientRequest};
 use credgate_integration::images::push_image;
 use credgate_integration::registry::{Registry, RegistryAuth};
@@ -366,6 +367,30 @@ fn open_registries_and_public_repositories_need_no_credentials() {
             asked
                 .iter()
                 .all(|r| r.grant == Grant::Anonymous && r.status == 200),
+            "{client:?}: {asked:#?}"
+        );
+    }
+}
+
+/// The plumbing the credgate tests stand on: a daemon, and clients that reach it through
+/// `docker-credential-credgate` named in their docker config.
+#[test]
+fn clients_reach_a_credgate_daemon_through_its_credential_helper() {
+    let (tokens, _registry) = gitlab();
+    let image = push_image("registry.test", REPO, "credgate", "deploy", "deploy-pw");
+    let daemon = CredgateDaemon::start(
+        "[[registry]]\nmatch = \"registry.test\"\nusername = \"deploy\"\npassword = \"deploy-pw\"\n",
+    );
+    let env = daemon.client_env(&DockerConfig::new().cred_helper("registry.test", "credgate"));
+    for client in Client::ALL {
+        tokens.clear_requests();
+        let pulled = env.manifest(client, &image.reference);
+        assert!(pulled.success(), "{pulled}\ndaemon log:\n{}", daemon.log());
+        let asked = tokens.requests();
+        assert!(
+            asked
+                .iter()
+                .any(|r| r.user.as_deref() == Some("deploy") && r.status == 200),
             "{client:?}: {asked:#?}"
         );
     }
