@@ -1,7 +1,30 @@
 //! Shared harness for credgate's tests against real parts. A real part that is missing is a
 //! test failure that says which package to install, never a skip.
+//!
+//! Node tests (`tests/node_*.rs`) run inside a private mount and network namespace: see
+//! [`node`]. There [`registry::Registry`] starts real distribution registries on
+//! `<host>:443`, [`token_server::TokenServer`] answers their token requests as GitLab does,
+//! [`images::push_image`] pushes a small image with crane, and [`clients::ClientEnv`] runs
+//! crane, oras and skopeo with a docker config the test writes; [`daemon::CredgateDaemon`]
+//! runs `credgate serve` and gives clients `docker-credential-credgate` pointed at it.
 
-use std::path::PathBuf;
+#![forbid(unsafe_code)]
+
+pub mod clients;
+pub mod daemon;
+pub mod https;
+pub mod images;
+pub mod node;
+pub mod pki;
+pub mod process;
+pub mod registry;
+pub mod token_server;
+
+use std::path::{Path, PathBuf};
+
+/// Where integration/test-all.sh unpacks clients Debian packages only after bookworm
+/// (crane, oras).
+pub const TOOL_DIR: &str = "/var/cache/credgate-test/root/usr/bin";
 
 /// The absolute path of `program` on `PATH`; panics naming the Debian package if absent.
 pub fn require_program(program: &str, package: &str) -> PathBuf {
@@ -15,4 +38,40 @@ pub fn require_program(program: &str, package: &str) -> PathBuf {
                  apt-get install -t bookworm {package} (integration/test-all.sh does this)"
             )
         })
+}
+
+/// A client program the tests drive: crane and oras from [`TOOL_DIR`], others (skopeo,
+/// docker-registry) from the system. Panics, naming the script that installs it, if absent.
+pub fn tool(name: &str) -> PathBuf {
+    [TOOL_DIR, "/usr/local/bin", "/usr/bin", "/usr/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed (looked in {TOOL_DIR} and the system bin dirs); \
+                 run `bash integration/test-all.sh` as root once: it installs docker-registry \
+                 and skopeo from bookworm and unpacks crane and oras from Debian sid into \
+                 /var/cache/credgate-test"
+            )
+        })
+}
+
+/// The `credgate` binary of this build (`target/<profile>/credgate`, beside the `deps/` dir
+/// holding this test binary). A test crate can't depend on another package's binary, so it is
+/// built by `cargo build --bin credgate` (or `cargo test --workspace`; test-all.sh does both).
+/// Link it as `docker-credential-credgate` with [`clients::ClientEnv::link_credential_helper`].
+pub fn credgate_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    let binary = profile_dir.join("credgate");
+    assert!(
+        binary.is_file(),
+        "{} is missing; build it first: cargo build --bin credgate",
+        binary.display()
+    );
+    binary
 }

@@ -1,0 +1,104 @@
+//! `credgate serve` as a test runs it: its own config and socket in a temp dir, its log in a
+//! file, killed and reaped on drop; and client environments that reach it through
+//! `docker-credential-credgate`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::clients::{ClientEnv, DockerConfig};
+use crate::process::ChildGuard;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `credgate serve`.
+pub struct CredgateDaemon {
+    dir: TempDir,
+    child: ChildGuard,
+}
+
+impl CredgateDaemon {
+    /// Writes `<dir>/config.toml` (0600) as a `[listen]` table with `socket = <dir>/credgate.sock`
+    /// followed by `sources` (the rest of a credgate config, without `[listen]`), starts
+    /// `credgate serve --config` on it and waits until the socket exists.
+    pub fn start(sources: &str) -> CredgateDaemon {
+        let dir = tempfile::tempdir().expect("daemon temp dir");
+        let socket = dir.path().join("credgate.sock");
+        let config = format!(
+            "[listen]\nsocket = {:?}\n\n{sources}",
+            socket.display().to_string()
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("write config.toml");
+        std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod config.toml");
+        let log = std::fs::File::create(dir.path().join("serve.log")).expect("serve.log");
+        let child = Command::new(crate::credgate_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CREDGATE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start credgate serve: {e}"));
+        let mut daemon = CredgateDaemon {
+            dir,
+            child: ChildGuard::new(child, "credgate serve"),
+        };
+        daemon.wait_for_socket();
+        daemon
+    }
+
+    fn wait_for_socket(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.socket().exists() {
+            if let Some(status) = self.child.try_wait() {
+                panic!("credgate serve exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "credgate serve made no socket in {START_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("credgate.sock")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the daemon logged so far (stdout and stderr, `CREDGATE_LOG=debug`).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(
+            &std::fs::read(self.dir.path().join("serve.log")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// A [`ClientEnv`] with `config`, `docker-credential-credgate` linked into its bin dir and
+    /// `CREDGATE_SOCKET` pointing at this daemon (clients pass their environment to helpers).
+    pub fn client_env(&self, config: &DockerConfig) -> ClientEnv {
+        let mut env = ClientEnv::new(config);
+        env.link_credential_helper("credgate", &crate::credgate_binary());
+        env.set_env("CREDGATE_SOCKET", self.socket());
+        env
+    }
+}
