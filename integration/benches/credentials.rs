@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credgate::api::{CredentialsClient, LookupRequest};
-use credgate_integration::PassStore;
+use credgate_integration::pass_store::PassStore;
 
 const LOOKUPS: usize = 20_000;
 const SPAWNS: usize = 100;

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod https;
 pub mod images;
 pub mod node;
+pub mod pass_store;
 pub mod pki;
 pub mod process;
 pub mod registry;

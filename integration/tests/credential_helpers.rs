@@ -6,10 +6,8 @@
 //! install.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use credgate::config::{DockerConfigEntry, Location};
@@ -18,150 +16,13 @@ use credgate::sources::docker_config::DockerConfigSource;
 use credgate::sources::exec_helper::CredentialHelper;
 use credgate::sources::{Credential, Source};
 use credgate::system::System;
-use tempfile::TempDir;
+use credgate_integration::pass_store::{PassStore, SYSTEM_PATH};
 
 /// Writing an executable while another test thread forks can make its exec fail with
 /// ETXTBSY, so the tests here, which all write or run programs, take turns.
 static TAKE_TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The programs the pass tests run, with the Debian package that ships each.
-const PASS_PROGRAMS: &[(&str, &str)] = &[
-    ("gpg", "gnupg"),
-    ("gpgconf", "gnupg"),
-    ("pass", "pass"),
-    ("docker-credential-pass", "golang-docker-credential-helpers"),
-];
-
-fn require_pass_programs() {
-    let missing: Vec<String> = PASS_PROGRAMS
-        .iter()
-        .filter(|(program, _)| find_on_path(program).is_none())
-        .map(|(program, package)| format!("{program} (Debian package {package})"))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "not on PATH ({SYSTEM_PATH}): {}; install them with \
-         `apt-get install -y -t bookworm golang-docker-credential-helpers pass gnupg`",
-        missing.join(", ")
-    );
-}
-
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(SYSTEM_PATH)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A gpg key and a `pass` store in a temporary directory, and the environment to reach them.
-struct PassStore {
-    env: Vec<(OsString, OsString)>,
-    dir: TempDir,
-}
-
-impl PassStore {
-    fn create() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let gnupg = dir.path().join("gnupg");
-        let home = dir.path().join("home");
-        std::fs::create_dir(&gnupg).expect("GNUPGHOME");
-        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        std::fs::create_dir(&home).expect("HOME");
-        let env = vec![
-            ("PATH".into(), SYSTEM_PATH.into()),
-            ("HOME".into(), home.into_os_string()),
-            ("GNUPGHOME".into(), gnupg.into_os_string()),
-            (
-                "PASSWORD_STORE_DIR".into(),
-                dir.path().join("store").into_os_string(),
-            ),
-        ];
-        let store = Self { env, dir };
-        store.init();
-        store
-    }
-
-    /// A passphrase-less key (ed25519 + cv25519: instant, unlike RSA), and `pass init`.
-    fn init(&self) {
-        self.run(
-            "gpg",
-            &["--batch", "--passphrase", "", "--quick-gen-key"],
-            &[
-                "credgate test <test@credgate.invalid>",
-                "future-default",
-                "default",
-                "never",
-            ],
-            None,
-        );
-        let keys = self.run(
-            "gpg",
-            &["--batch", "--with-colons", "--list-secret-keys"],
-            &[],
-            None,
-        );
-        let fingerprint = keys
-            .lines()
-            .find_map(|line| line.strip_prefix("fpr:"))
-            .and_then(|rest| rest.split(':').find(|field| !field.is_empty()))
-            .unwrap_or_else(|| panic!("no fingerprint in gpg's key list:\n{keys}"));
-        self.run("pass", &["init"], &[fingerprint], None);
-    }
-
-    /// Stores a credential with the real helper, as `docker login` would.
-    fn store(&self, server_url: &str, username: &str, secret: &str) {
-        let json = format!(
-            r#"{{"ServerURL":"{server_url}","Username":"{username}","Secret":"{secret}"}}"#
-        );
-        self.run(
-            "docker-credential-pass",
-            &["store"],
-            &[],
-            Some(json.as_bytes()),
-        );
-    }
-
-    fn system(&self) -> System {
-        System::real(self.env.clone())
-    }
-
-    fn run(&self, program: &str, args: &[&str], more: &[&str], stdin: Option<&[u8]>) -> String {
-        let mut child = Command::new(program)
-            .args(args)
-            .args(more)
-            .env_clear()
-            .envs(self.env.iter().cloned())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        let mut input = child.stdin.take().expect("stdin is piped");
-        input.write_all(stdin.unwrap_or_default()).expect("stdin");
-        drop(input);
-        let output = child.wait_with_output().expect("wait");
-        assert!(
-            output.status.success(),
-            "{program} {args:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for PassStore {
-    fn drop(&mut self) {
-        // gpg started an agent for this GNUPGHOME; it must not outlive the test.
-        let _ = Command::new("gpgconf")
-            .args(["--kill", "gpg-agent"])
-            .env_clear()
-            .envs(self.env.iter().cloned())
-            .status();
-    }
-}
 
 fn docker_config(dir: &Path, name: &str, json: &str, system: System) -> DockerConfigSource {
     let path = dir.join(name);
@@ -187,10 +48,9 @@ async fn lookup(source: &DockerConfigSource, target: &str) -> Option<Credential>
 #[tokio::test]
 async fn pass_serves_docker_configs_through_store_and_helper() {
     let _turn = TAKE_TURNS.lock().await;
-    require_pass_programs();
     let pass = PassStore::create();
     pass.store("git.example.com:443", "deploy", "glpat-test-secret");
-    let dir = pass.dir.path();
+    let dir = pass.dir();
 
     let store = docker_config(dir, "store.json", r#"{"credsStore":"pass"}"#, pass.system());
     let credential = lookup(&store, "git.example.com/group/sub/app").await;
