@@ -26,7 +26,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut daemon = start_daemon(&bin, dir.path());
     let socket = dir.path().join("credgate.sock");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let one = runtime.block_on(lookups(&socket, 1));
     let sixteen = runtime.block_on(lookups(&socket, 16));
 
@@ -37,12 +40,20 @@ fn main() {
     let credgate_env = vec![("CREDGATE_SOCKET".into(), socket.clone().into_os_string())];
     let bare = spawns(&helper, "version", "", &credgate_env);
     let via_credgate = spawns(&helper, "get", "bench.test", &credgate_env);
-    let via_pass = spawns(Path::new("docker-credential-pass"), "get", "bench.test", &pass.env());
+    let via_pass = spawns(
+        Path::new("docker-credential-pass"),
+        "get",
+        "bench.test",
+        &pass.env(),
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
 
     println!("credgate credentials benchmark (release build)\n");
-    println!("{:<44} {:>10} {:>10} {:>14}", "Lookup over the ttrpc socket", "p50", "p99", "throughput");
+    println!(
+        "{:<44} {:>10} {:>10} {:>14}",
+        "Lookup over the ttrpc socket", "p50", "p99", "throughput"
+    );
     for (name, run) in [("concurrency 1", &one), ("concurrency 16", &sixteen)] {
         println!(
             "  {:<42} {:>10} {:>10} {:>12.0}/s",
@@ -52,19 +63,38 @@ fn main() {
             run.throughput()
         );
     }
-    println!("\n{:<44} {:>10} {:>10} {:>14}", format!("One helper call, end to end ({SPAWNS} runs)"), "p50", "p99", "vs bare spawn");
+    println!(
+        "\n{:<44} {:>10} {:>10} {:>14}",
+        format!("One helper call, end to end ({SPAWNS} runs)"),
+        "p50",
+        "p99",
+        "vs bare spawn"
+    );
     for (name, run) in [
         ("bare spawn: docker-credential-credgate version", &bare),
         ("docker-credential-credgate get", &via_credgate),
         ("docker-credential-pass get (same credential)", &via_pass),
     ] {
         let ratio = run.p50().as_secs_f64() / bare.p50().as_secs_f64();
-        println!("  {:<42} {:>10} {:>10} {:>13.2}×", name, micros(run.p50()), micros(run.p99()), ratio);
+        println!(
+            "  {:<42} {:>10} {:>10} {:>13.2}×",
+            name,
+            micros(run.p50()),
+            micros(run.p99()),
+            ratio
+        );
     }
     let helper_ratio = via_credgate.p50().as_secs_f64() / bare.p50().as_secs_f64();
     println!("\ntargets:");
-    println!("  Lookup p50 < 100 µs at concurrency 1: {} ({})", verdict(one.p50() < Duration::from_micros(100)), micros(one.p50()));
-    println!("  helper get within 2× of a bare spawn:  {} ({helper_ratio:.2}×)", verdict(helper_ratio <= 2.0));
+    println!(
+        "  Lookup p50 < 100 µs at concurrency 1: {} ({})",
+        verdict(one.p50() < Duration::from_micros(100)),
+        micros(one.p50())
+    );
+    println!(
+        "  helper get within 2× of a bare spawn:  {} ({helper_ratio:.2}×)",
+        verdict(helper_ratio <= 2.0)
+    );
     println!(
         "  credgate get vs pass get:              {:.1}× faster",
         via_pass.p50().as_secs_f64() / via_credgate.p50().as_secs_f64()
@@ -99,9 +129,18 @@ fn start_daemon(bin: &Path, dir: &Path) -> Child {
     for i in 0..50 {
         config += &format!("[[registry]]\nmatch = \"registry{i}.test/team{i}\"\nusername = \"u{i}\"\npassword = \"p{i}\"\n\n");
     }
-    config += &format!("[[registry]]\nmatch = \"bench.test\"\nusername = \"deploy\"\npassword = \"{SECRET}\"\n\n");
-    std::fs::write(dir.join("docker.json"), r#"{"auths":{"other.test":{"auth":"dTpw"}}}"#).expect("docker config");
-    config += &format!("[[docker_config]]\npath = \"{}\"\n", dir.join("docker.json").display());
+    config += &format!(
+        "[[registry]]\nmatch = \"bench.test\"\nusername = \"deploy\"\npassword = \"{SECRET}\"\n\n"
+    );
+    std::fs::write(
+        dir.join("docker.json"),
+        r#"{"auths":{"other.test":{"auth":"dTpw"}}}"#,
+    )
+    .expect("docker config");
+    config += &format!(
+        "[[docker_config]]\npath = \"{}\"\n",
+        dir.join("docker.json").display()
+    );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).expect("config");
     let child = Command::new(bin)
@@ -113,7 +152,11 @@ fn start_daemon(bin: &Path, dir: &Path) -> Child {
         .expect("start credgate serve");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "credgate serve did not open {}", socket.display());
+        assert!(
+            Instant::now() < deadline,
+            "credgate serve did not open {}",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child
@@ -154,7 +197,11 @@ fn micros(d: Duration) -> String {
 
 async fn lookups(socket: &Path, concurrency: usize) -> Run {
     let address = format!("unix://{}", socket.display());
-    let client = Arc::new(CredentialsClient::new(ttrpc::r#async::Client::connect(&address).await.expect("connect")));
+    let client = Arc::new(CredentialsClient::new(
+        ttrpc::r#async::Client::connect(&address)
+            .await
+            .expect("connect"),
+    ));
     let request = Arc::new(LookupRequest {
         host: "bench.test:443".into(),
         repository: "group/sub/app".into(),
@@ -162,7 +209,9 @@ async fn lookups(socket: &Path, concurrency: usize) -> Run {
     });
     // Warm up connections and caches.
     for _ in 0..500 {
-        let _ = client.lookup(ttrpc::context::with_timeout(0), &request).await;
+        let _ = client
+            .lookup(ttrpc::context::with_timeout(0), &request)
+            .await;
     }
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -172,7 +221,10 @@ async fn lookups(socket: &Path, concurrency: usize) -> Run {
                 let mut latencies = Vec::with_capacity(LOOKUPS / concurrency);
                 for _ in 0..LOOKUPS / concurrency {
                     let t = Instant::now();
-                    let response = client.lookup(ttrpc::context::with_timeout(0), &request).await.expect("lookup");
+                    let response = client
+                        .lookup(ttrpc::context::with_timeout(0), &request)
+                        .await
+                        .expect("lookup");
                     latencies.push(t.elapsed());
                     assert_eq!(response.username, "deploy");
                 }
@@ -187,7 +239,12 @@ async fn lookups(socket: &Path, concurrency: usize) -> Run {
     Run::from(latencies, started.elapsed())
 }
 
-fn spawns(program: &Path, action: &str, input: &str, env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Run {
+fn spawns(
+    program: &Path,
+    action: &str,
+    input: &str,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Run {
     let mut latencies = Vec::with_capacity(SPAWNS);
     let started = Instant::now();
     for _ in 0..SPAWNS {
@@ -202,10 +259,20 @@ fn spawns(program: &Path, action: &str, input: &str, env: &[(std::ffi::OsString,
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("stdin");
         let out = child.wait_with_output().expect("wait");
         latencies.push(t.elapsed());
-        assert!(out.status.success(), "{} {action} failed: {}", program.display(), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{} {action} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Run::from(latencies, started.elapsed())
 }

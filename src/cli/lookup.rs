@@ -24,7 +24,7 @@ pub struct LookupOutput {
 
 impl LookupOutput {
     pub fn from_decision(decision: &Decision, show_secret: bool) -> Self {
-        let target = &decision.ranking.target;
+        let target = &decision.requested;
         let mut out = Self {
             registry: target.registry.to_string(),
             repository: target

@@ -74,6 +74,19 @@ impl Scope {
         }
     }
 
+    /// The registry when the host is exact (not a glob).
+    pub fn exact_registry(&self) -> Option<&RegistryHost> {
+        match &self.host {
+            HostPattern::Exact(host) => Some(host),
+            HostPattern::Glob { .. } => None,
+        }
+    }
+
+    /// The repository prefix, if the scope has one.
+    pub fn path(&self) -> Option<&Repository> {
+        self.path.as_ref()
+    }
+
     pub fn matches(&self, target: &Target) -> bool {
         self.host.matches(&target.registry) && self.path_matches(target.repository.as_ref())
     }

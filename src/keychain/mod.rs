@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use crate::config::{Config, SourceEntry};
-use crate::identity::{Specificity, Target};
+use crate::identity::{RegistryHost, Scope, Specificity, Target};
 use crate::sources::docker_config::DockerConfigSource;
 use crate::sources::kubelet_provider::KubeletProviderSource;
 use crate::sources::static_registry::StaticRegistrySource;
@@ -78,6 +78,8 @@ pub struct Resolved {
 /// The outcome of a lookup. `winner` is `None` for anonymous.
 #[derive(Debug, Clone)]
 pub struct Decision {
+    /// What was asked; `ranking.target` differs when a bare registry was narrowed to a path.
+    pub requested: Target,
     pub ranking: Ranking,
     pub winner: Option<Resolved>,
     /// Fetch attempts up to and including the winner, by rank.
@@ -172,34 +174,82 @@ impl Keychain {
     /// Every scope the sources can name without running a helper, with usernames where
     /// known; on duplicates the source listed first wins.
     pub async fn list(&self) -> BTreeMap<String, String> {
-        let answers = join_all(self.sources.iter().map(|s| s.listing())).await;
         let mut listed = BTreeMap::new();
+        for (scope, username) in self.list_in_order().await {
+            listed.entry(scope.to_string()).or_insert(username);
+        }
+        listed
+    }
+
+    /// Ranks, then fetches in order until a candidate yields a credential.
+    ///
+    /// A lookup for a bare registry (what docker credential helpers are asked: crane, oras and
+    /// skopeo name only the host) that finds no registry-wide credential is narrowed to the
+    /// first path-scoped scope the sources list for that exact host. Without this, a GitLab
+    /// deploy token scoped to `host/group/sub` would never reach those clients and they would
+    /// pull anonymously, the very 403 credgate exists to remove.
+    pub async fn lookup(&self, target: &Target) -> Decision {
+        let decision = self.lookup_exact(target).await;
+        if decision.winner.is_some() || target.repository.is_some() {
+            return decision;
+        }
+        let Some(narrowed) = self.path_scope_for(&target.registry).await else {
+            return decision;
+        };
+        tracing::info!(
+            requested = %target,
+            narrowed = %narrowed,
+            "no registry-wide credential; the client named no repository, so the path-scoped one is used"
+        );
+        Decision {
+            requested: target.clone(),
+            ..self.lookup_exact(&narrowed).await
+        }
+    }
+
+    async fn lookup_exact(&self, target: &Target) -> Decision {
+        let ranking = self.rank(target).await;
+        let (winner, attempts) = ranking.resolve_from(0).await;
+        Decision {
+            requested: target.clone(),
+            ranking,
+            winner,
+            attempts,
+        }
+    }
+
+    /// The first path-scoped scope listed for exactly `registry`, as a target.
+    pub async fn path_scope_for(&self, registry: &RegistryHost) -> Option<Target> {
+        let listed = self.list_in_order().await;
+        let mut paths = listed
+            .iter()
+            .filter(|(scope, _)| scope.exact_registry() == Some(registry))
+            .filter_map(|(scope, user)| scope.path().map(|p| (p, user)));
+        let (first, first_user) = paths.next()?;
+        if let Some((other, _)) = paths.find(|(_, user)| user != &first_user) {
+            tracing::warn!(
+                %registry,
+                chosen = %first,
+                other = %other,
+                "several path-scoped credentials with different users for a client that named only the host; using the first listed (add a registry-wide [[registry]] entry to choose)"
+            );
+        }
+        Some(Target::new(registry.clone(), Some(first.clone())))
+    }
+
+    /// Every listed scope with its username, in source order.
+    async fn list_in_order(&self) -> Vec<(Scope, String)> {
+        let answers = join_all(self.sources.iter().map(|s| s.listing())).await;
+        let mut listed = Vec::new();
         for (source, answer) in self.sources.iter().zip(answers) {
             match answer {
-                Ok(entries) => {
-                    for entry in entries {
-                        listed
-                            .entry(entry.scope.to_string())
-                            .or_insert(entry.username);
-                    }
-                }
+                Ok(entries) => listed.extend(entries.into_iter().map(|e| (e.scope, e.username))),
                 Err(e) => {
                     tracing::warn!(source = %source.name(), error = %e, "credential source failed to list")
                 }
             }
         }
         listed
-    }
-
-    /// Ranks, then fetches in order until a candidate yields a credential.
-    pub async fn lookup(&self, target: &Target) -> Decision {
-        let ranking = self.rank(target).await;
-        let (winner, attempts) = ranking.resolve_from(0).await;
-        Decision {
-            ranking,
-            winner,
-            attempts,
-        }
     }
 }
 

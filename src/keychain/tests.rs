@@ -151,3 +151,18 @@ async fn a_bare_registry_matches_only_host_wide_scopes() {
         Some("host")
     );
 }
+
+#[tokio::test]
+async fn a_bare_registry_falls_back_to_the_path_scoped_credential_helpers_are_asked_for() {
+    let toml = "[[registry]]\nmatch = \"git.example.com/group/sub\"\nusername = \"deploy\"\npassword = \"p\"\n\n[[registry]]\nmatch = \"git.example.com/other\"\nusername = \"second\"\npassword = \"q\"\n";
+    let k = keychain(toml, Arc::default());
+    let d = k.lookup(&target("git.example.com:443")).await;
+    assert_eq!(d.winner.unwrap().credential.username, "deploy");
+    assert_eq!(d.requested, target("git.example.com"));
+    assert_eq!(d.ranking.target, target("git.example.com/group/sub"));
+    assert_eq!(winner(&k, "other.example.com").await, None);
+    // A registry-wide entry, when there is one, is what a bare registry gets.
+    let with_wide = format!("{toml}\n[[registry]]\nmatch = \"git.example.com\"\nusername = \"wide\"\npassword = \"w\"\n");
+    let k = keychain(&with_wide, Arc::default());
+    assert_eq!(winner(&k, "git.example.com").await.as_deref(), Some("wide"));
+}
