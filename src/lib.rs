@@ -5,6 +5,9 @@
 //! one wins, and the [`cli`] shows the decision.
 #![forbid(unsafe_code)]
 
+/// The credgate version, as `Status` and `docker-credential-credgate version` report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod api;
 pub mod cli;
 pub mod clients;

@@ -67,7 +67,7 @@ pub async fn run(action: Option<&str>, input: &str, vars: &[(OsString, OsString)
         ),
         Some("version") => Reply::ok(format!(
             "docker-credential-credgate (credgate) {}\n",
-            env!("CARGO_PKG_VERSION")
+            crate::VERSION
         )),
         Some(other) => Reply::fail(
             format!("unknown action {other:?}; expected get, list, store, erase or version"),

@@ -194,7 +194,7 @@ impl api::Credentials for CredentialsService {
     ) -> ttrpc::Result<api::StatusResponse> {
         let health = self.daemon.health.lock().expect("health lock").clone();
         Ok(api::StatusResponse {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             uptime_seconds: self.daemon.started.elapsed().as_secs(),
             sources: health
                 .into_iter()

@@ -31,11 +31,11 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink(
-            env!("CARGO_BIN_EXE_credgate"),
+            credgate_integration::credgate_binary(),
             dir.path().join("docker-credential-credgate"),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_credgate"))
+        let child = Command::new(credgate_integration::credgate_binary())
             .args(["serve", "--config"])
             .arg(&config_path)
             .env_remove("CREDGATE_CONFIG")
@@ -110,7 +110,7 @@ impl Daemon {
     }
 
     fn kubelet_provider(&self, input: &str) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_credgate"));
+        let mut command = Command::new(credgate_integration::credgate_binary());
         command
             .arg("kubelet-provider")
             .env_clear()
@@ -307,7 +307,7 @@ fn a_stale_socket_is_replaced_and_a_foreign_file_is_not() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     assert!(socket.exists(), "a killed daemon leaves its socket");
-    let out = Command::new(env!("CARGO_BIN_EXE_credgate"))
+    let out = Command::new(credgate_integration::credgate_binary())
         .args(["serve", "--config"])
         .arg(&config_path)
         .env("CREDGATE_LOG", "info")
@@ -337,7 +337,7 @@ fn a_stale_socket_is_replaced_and_a_foreign_file_is_not() {
         format!("[listen]\nsocket = \"{}\"\n", file.display()),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_credgate"))
+    let out = Command::new(credgate_integration::credgate_binary())
         .args(["serve", "--config"])
         .arg(&config)
         .output()
@@ -393,7 +393,7 @@ fn status_and_explain_over_ttrpc() {
         let client = CredentialsClient::new(ttrpc::r#async::Client::connect(&address).await.unwrap());
         let ctx = || ttrpc::context::with_timeout(5_000_000_000);
         let status = client.status(ctx(), &StatusRequest::default()).await.unwrap();
-        assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(status.version, credgate::VERSION);
         assert_eq!(status.counters["lookups"], 2);
         assert_eq!(status.counters["hits"], 1);
         assert_eq!(status.counters["anonymous"], 1);
