@@ -175,20 +175,11 @@ async fn no_source_leaks_a_secret_into_logs_errors_or_debug_output() {
     }
     // The fixture really produces secrets: otherwise the test could not fail.
     let found: Vec<&str> = hits.iter().map(|(_, s)| s.as_str()).collect();
-    for expected in [
-        "inline-pw-A1",
-        "file-token-B2",
-        "helper-secret-C3",
-        "auths-pw-D4",
-        "identity-token-E5",
-        "registry-token-F6",
-        "cred-helper-G7",
-        "store-secret-H8",
-        "kubelet-pw-J0",
-    ] {
+    // Every secret but the ones inside malformed output is a credential some source serves.
+    for expected in SECRETS.iter().filter(|s| !s.contains("garbage")) {
         assert!(
-            found.contains(&expected),
-            "fixture did not yield {expected}: {hits:?}"
+            found.contains(expected),
+            "fixture did not yield {expected}: {hits:?}\n{seen}"
         );
     }
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

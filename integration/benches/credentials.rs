@@ -9,7 +9,7 @@
 //! This prints numbers, it asserts nothing: shared machines are too noisy for that.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,8 @@ const SPAWNS: usize = 100;
 const SECRET: &str = "bench-secret";
 
 fn main() {
-    let bin = release_binary();
+    // The bench runs from target/release, so this is the release build of credgate.
+    let bin = credgate_integration::credgate_binary();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut daemon = start_daemon(&bin, dir.path());
     let socket = dir.path().join("credgate.sock");
@@ -107,19 +108,6 @@ fn verdict(met: bool) -> &'static str {
     } else {
         "NOT met"
     }
-}
-
-/// `target/release/credgate`, next to this bench's own `target/release/deps/…`.
-fn release_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let release = exe.parent().and_then(Path::parent).expect("target/release");
-    let bin = release.join("credgate");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --release --bin credgate` first (the README's benchmark command does)",
-        bin.display()
-    );
-    bin
 }
 
 fn start_daemon(bin: &Path, dir: &Path) -> Child {
