@@ -109,6 +109,10 @@ if ((${#node_tests[@]})); then
   echo "==> cargo test (node tests, in a private mount and network namespace)"
   cargo build --locked --bin credgate
   cargo test -p credgate-integration --locked --no-run "${node_tests[@]}"
-  CARGO_NET_OFFLINE=true unshare --mount --net -- \
-    cargo test -p credgate-integration --locked "${node_tests[@]}"
+  # One fresh namespace per test binary: each sets up its own /etc/hosts and CA bundle
+  # with bind mounts over files the previous binary's mounts would still shadow.
+  for ((i = 1; i < ${#node_tests[@]}; i += 2)); do
+    CARGO_NET_OFFLINE=true unshare --mount --net -- \
+      cargo test -p credgate-integration --locked --test "${node_tests[i]}"
+  done
 fi
