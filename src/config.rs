@@ -41,6 +41,7 @@ pub struct Config {
     pub path: Option<PathBuf>,
     pub listen: Listen,
     pub helpers: HelperSettings,
+    pub upstream: UpstreamSettings,
     /// Credential sources in the order the file lists them; ties in ranking go to the first.
     pub sources: Vec<SourceEntry>,
 }
@@ -80,6 +81,19 @@ impl Default for HelperSettings {
             timeout: DEFAULT_HELPER_TIMEOUT,
         }
     }
+}
+
+/// What the pull-through endpoint may reach beyond the defaults (see DESIGN.md's security
+/// rules): upstreams on loopback, link-local, private or metadata addresses are refused, and
+/// token realms must be on the upstream's own domain, unless listed here. A `[[registry]]`
+/// entry with an exact host also allows that host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// Hosts (`host[:port]`) the endpoint may dial even when they resolve to non-public addresses.
+    pub allow_private: Vec<String>,
+    /// Token realm hosts allowed although they are not on the upstream's own domain.
+    pub allow_realm_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +162,8 @@ struct RawConfig {
     #[serde(default)]
     helpers: RawHelpers,
     #[serde(default)]
+    upstream: UpstreamSettings,
+    #[serde(default)]
     registry: Vec<Spanned<RawRegistry>>,
     #[serde(default)]
     docker_config: Vec<Spanned<RawDockerConfig>>,
@@ -197,6 +213,7 @@ impl Config {
             path: None,
             listen: Listen::default(),
             helpers: HelperSettings::default(),
+            upstream: UpstreamSettings::default(),
             sources: vec![SourceEntry::DockerConfig(DockerConfigEntry {
                 path: PathBuf::from("/root/.docker/config.json"),
                 location: Location {
@@ -273,6 +290,7 @@ impl Config {
             path: Some(path.to_path_buf()),
             listen: raw.listen,
             helpers,
+            upstream: raw.upstream,
             sources: sources.into_iter().map(|(_, s)| s).collect(),
         })
     }

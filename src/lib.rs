@@ -15,6 +15,8 @@ pub mod config;
 pub mod duration;
 pub mod identity;
 pub mod keychain;
+pub mod metrics;
 pub mod service;
 pub mod sources;
 pub mod system;
+pub mod upstream;

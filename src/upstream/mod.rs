@@ -1,0 +1,63 @@
+//! Upstream auth: turn the keychain's ranked candidates into an authorized request to the
+//! real registry, so containerd never sees a 401 from credgate that it would answer with its
+//! own (possibly missing) credentials.
+//!
+//! The endpoint reaches the upstream only through [`SendUpstream`]; [`Upstream`] is the real
+//! implementation (TLS-verified, token-caching, SSRF-checked), and tests may put an
+//! in-process fake behind the seam for faults a real registry cannot produce.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+
+use crate::identity::{RegistryHost, Repository};
+use crate::keychain::Keychain;
+
+/// Any error inside a streamed body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body streamed from upstream.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// One request as the endpoint forwards it: the upstream registry (from `ns`), the
+/// repository (absent for `/v2/`), and the distribution API path without `ns`.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub registry: RegistryHost,
+    pub repository: Option<Repository>,
+    pub method: http::Method,
+    /// `/v2/`, `/v2/<name>/manifests/<ref>` or `/v2/<name>/blobs/<digest>`.
+    pub path: String,
+    /// Only the headers worth forwarding: `Accept`, `Range`, `If-None-Match`, `User-Agent`.
+    pub headers: http::HeaderMap,
+}
+
+/// Why no upstream response could be had. Each variant names the host or realm and never a
+/// secret; the endpoint maps them to HTTP statuses in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The SSRF boundary: a loopback, link-local, private or metadata address not allowed.
+    #[error("upstream {host} is not allowed: {reason}")]
+    NotAllowed { host: String, reason: String },
+    #[error("token realm {realm} is not allowed: {reason}")]
+    RealmNotAllowed { realm: String, reason: String },
+    #[error("upstream {host} is unreachable: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error("upstream {host} did not answer in time")]
+    TimedOut { host: String },
+    #[error("upstream {host} answered in a way credgate cannot use: {reason}")]
+    Protocol { host: String, reason: String },
+    #[error("token endpoint {realm} failed: {reason}")]
+    Token { realm: String, reason: String },
+}
+
+/// Sends one request upstream with the keychain's credentials: candidates in ranking
+/// order, then anonymous; blob redirects followed without credentials.
+#[async_trait]
+pub trait SendUpstream: Send + Sync {
+    async fn send(
+        &self,
+        keychain: &Keychain,
+        request: UpstreamRequest,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError>;
+}
