@@ -26,7 +26,7 @@ pub use explain::{ExplainedCandidate, Explanation, WinReason};
 pub struct Candidate {
     /// Position of the source in the config; lower wins ties.
     pub source_index: usize,
-    pub source: String,
+    pub source: Arc<str>,
     pub offer: Offer,
 }
 
@@ -47,7 +47,7 @@ pub enum SourceOutcome {
 
 #[derive(Debug, Clone)]
 pub struct SourceReport {
-    pub source: String,
+    pub source: Arc<str>,
     pub outcome: SourceOutcome,
 }
 
@@ -108,12 +108,15 @@ impl Decision {
 
 pub struct Keychain {
     sources: Vec<Arc<dyn Source>>,
+    /// Each source's name, made once: a lookup is on the hot path.
+    names: Vec<Arc<str>>,
 }
 
 impl Keychain {
     /// Sources in the order given; that order breaks ties.
     pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
-        Self { sources }
+        let names = sources.iter().map(|s| Arc::from(s.name())).collect();
+        Self { sources, names }
     }
 
     pub fn from_config(config: &Config, system: &System) -> Self {
@@ -127,7 +130,7 @@ impl Keychain {
     }
 
     pub fn source_names(&self) -> Vec<String> {
-        self.sources.iter().map(|s| s.name()).collect()
+        self.names.iter().map(|n| n.to_string()).collect()
     }
 
     /// Asks every source (concurrently) and ranks what they offer. Cheap: no helper runs.
@@ -135,8 +138,7 @@ impl Keychain {
         let answers = join_all(self.sources.iter().map(|s| s.offers(target))).await;
         let mut candidates = Vec::new();
         let mut sources = Vec::new();
-        for (index, (source, answer)) in self.sources.iter().zip(answers).enumerate() {
-            let name = source.name();
+        for (index, (name, answer)) in self.names.iter().zip(answers).enumerate() {
             let outcome = match answer {
                 Ok(offers) if offers.is_empty() => SourceOutcome::NothingMatched,
                 Ok(offers) => {
@@ -154,7 +156,7 @@ impl Keychain {
                 }
             };
             sources.push(SourceReport {
-                source: name,
+                source: name.clone(),
                 outcome,
             });
         }

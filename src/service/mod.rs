@@ -115,14 +115,18 @@ impl Daemon {
         self.allowed_uids.read().expect("uid lock").contains(&uid)
     }
 
-    fn record_sources(&self, decision_sources: &[crate::keychain::SourceReport]) {
+    /// Records each source's outcome; the map is only written when a source's health
+    /// changed, because this runs on every lookup.
+    fn record_sources(&self, reports: &[crate::keychain::SourceReport]) {
         let mut health = self.health.lock().expect("health lock");
-        for report in decision_sources {
-            let state = match &report.outcome {
-                SourceOutcome::Failed(reason) => Some(reason.clone()),
+        for report in reports {
+            let failure = match &report.outcome {
+                SourceOutcome::Failed(reason) => Some(reason),
                 _ => None,
             };
-            health.insert(report.source.clone(), state);
+            if health.get(&*report.source).map(Option::as_ref) != Some(failure) {
+                health.insert(report.source.to_string(), failure.cloned());
+            }
         }
     }
 }
@@ -295,7 +299,7 @@ fn explain_response(e: &Explanation) -> api::ExplainResponse {
             let specificity = candidate.specificity();
             api::Candidate {
                 scope: candidate.offer.scope.to_string(),
-                source: candidate.source.clone(),
+                source: candidate.source.to_string(),
                 origin: candidate.offer.origin.clone(),
                 path_segments: u32::try_from(specificity.path_segments).unwrap_or(u32::MAX),
                 exact_host: specificity.exact_host,
