@@ -102,6 +102,8 @@ for file in integration/tests/node_*.rs; do
   node_tests+=(--test "$name")
 done
 if ((${#node_tests[@]})); then
+  echo "==> cargo clippy (node tests: --all-targets skips test = false targets)"
+  cargo clippy -p credgate-integration --locked "${node_tests[@]}" -- -D warnings
   if [[ $(id -u) -ne 0 ]]; then
     echo "integration/test-all.sh: node tests need root (unshare --mount --net)" >&2
     exit 1

@@ -2,6 +2,7 @@
 //! file, killed and reaped on drop; and client environments that reach it through
 //! `docker-credential-credgate`.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,22 @@ use crate::process::ChildGuard;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The `X-Credgate-Secret` every test daemon expects.
+pub const MIRROR_SECRET: &str = "test-mirror-secret-3f9a";
+
+/// A loopback port nothing listens on now, so parallel daemons don't collide.
+fn free_loopback_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
 /// A running `credgate serve`.
 pub struct CredgateDaemon {
+    /// The pull-through endpoint's address (`listen.mirror`).
+    pub mirror: SocketAddr,
+    /// The metrics listener's address (`listen.metrics`).
+    pub metrics: SocketAddr,
     dir: TempDir,
     child: ChildGuard,
 }
@@ -28,9 +43,15 @@ impl CredgateDaemon {
     pub fn start(sources: &str) -> CredgateDaemon {
         let dir = tempfile::tempdir().expect("daemon temp dir");
         let socket = dir.path().join("credgate.sock");
+        let secret_file = dir.path().join("mirror-secret");
+        std::fs::write(&secret_file, MIRROR_SECRET).expect("write mirror-secret");
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod mirror-secret");
+        let (mirror, metrics) = (free_loopback_port(), free_loopback_port());
         let config = format!(
-            "[listen]\nsocket = {:?}\n\n{sources}",
-            socket.display().to_string()
+            "[listen]\nsocket = {:?}\nmirror = \"{mirror}\"\nmetrics = \"{metrics}\"\nmirror_secret_file = {:?}\n\n{sources}",
+            socket.display().to_string(),
+            secret_file.display().to_string()
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write config.toml");
@@ -51,6 +72,8 @@ impl CredgateDaemon {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start credgate serve: {e}"));
         let mut daemon = CredgateDaemon {
+            mirror,
+            metrics,
             dir,
             child: ChildGuard::new(child, "credgate serve"),
         };

@@ -341,3 +341,10 @@ async fn send(
         body,
     })
 }
+
+/// A plain-HTTP `GET` on loopback (the metrics listener); the body as text.
+pub fn plain_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let response = crate::mirror::send(addr, "GET", path, None, &[]);
+    assert_eq!(response.status, 200, "GET {path} on {addr}: {response:?}");
+    String::from_utf8_lossy(response.bytes()).into_owned()
+}

@@ -14,6 +14,7 @@ pub mod clients;
 pub mod daemon;
 pub mod https;
 pub mod images;
+pub mod mirror;
 pub mod node;
 pub mod pass_store;
 pub mod pki;
