@@ -150,9 +150,11 @@ async fn kubelet_provider(
 /// `docker-credential-credgate ACTION`: the credential helper protocol on stdin/stdout.
 pub fn docker_helper(action: Option<String>, vars: Vec<(OsString, OsString)>) -> ExitCode {
     let mut input = String::new();
-    if action.as_deref() == Some("get") {
+    // store and erase are refused, but their input is read first so the client's write
+    // doesn't fail with a broken pipe before it sees the reason.
+    if matches!(action.as_deref(), Some("get" | "store" | "erase")) {
         if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
-            println!("cannot read the server URL from stdin: {e}");
+            println!("cannot read stdin: {e}");
             return ExitCode::from(1);
         }
     }
