@@ -96,6 +96,11 @@ impl CredgateDaemon {
         }
     }
 
+    /// The daemon's pid, for reading its memory use from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("credgate.sock")
     }
