@@ -15,6 +15,15 @@ use crate::process::ChildGuard;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `[listen]` keys that keep a test daemon's pull-through endpoint and metrics listener to
+/// itself: ephemeral loopback ports and a mirror secret generated in `dir`.
+pub fn private_listeners(dir: &Path) -> String {
+    format!(
+        "mirror = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nmirror_secret_file = {:?}\n",
+        dir.join("mirror-secret").display().to_string()
+    )
+}
+
 /// A running `credgate serve`.
 pub struct CredgateDaemon {
     dir: TempDir,
@@ -23,14 +32,15 @@ pub struct CredgateDaemon {
 
 impl CredgateDaemon {
     /// Writes `<dir>/config.toml` (0600) as a `[listen]` table with `socket = <dir>/credgate.sock`
-    /// followed by `sources` (the rest of a credgate config, without `[listen]`), starts
+    /// and [`private_listeners`], followed by `sources` (the rest of a credgate config, without `[listen]`), starts
     /// `credgate serve --config` on it and waits until the socket exists.
     pub fn start(sources: &str) -> CredgateDaemon {
         let dir = tempfile::tempdir().expect("daemon temp dir");
         let socket = dir.path().join("credgate.sock");
         let config = format!(
-            "[listen]\nsocket = {:?}\n\n{sources}",
-            socket.display().to_string()
+            "[listen]\nsocket = {:?}\n{}\n{sources}",
+            socket.display().to_string(),
+            private_listeners(dir.path())
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write config.toml");
