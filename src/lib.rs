@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod duration;
+pub mod endpoint;
 pub mod identity;
 pub mod keychain;
 pub mod metrics;

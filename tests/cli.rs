@@ -155,8 +155,11 @@ fn serve_survives_a_broken_reload_and_stops_on_sigterm() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[listen]\nsocket = \"{}\"\n\n[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = \"{SECRET}\"\n",
-            socket.display()
+            "[listen]\nsocket = \"{}\"\nmirror = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
+             mirror_secret_file = \"{}\"\n\n\
+             [[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = \"{SECRET}\"\n",
+            socket.display(),
+            dir.path().join("mirror-secret").display()
         ),
     );
     let log = dir.path().join("serve.log");

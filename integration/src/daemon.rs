@@ -26,6 +26,15 @@ fn free_loopback_port() -> SocketAddr {
         .expect("a free loopback port")
 }
 
+/// `[listen]` keys that keep a test daemon's pull-through endpoint and metrics listener to
+/// itself: ephemeral loopback ports and a mirror secret generated in `dir`.
+pub fn private_listeners(dir: &Path) -> String {
+    format!(
+        "mirror = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nmirror_secret_file = {:?}\n",
+        dir.join("mirror-secret").display().to_string()
+    )
+}
+
 /// A running `credgate serve`.
 pub struct CredgateDaemon {
     /// The pull-through endpoint's address (`listen.mirror`).
@@ -38,7 +47,7 @@ pub struct CredgateDaemon {
 
 impl CredgateDaemon {
     /// Writes `<dir>/config.toml` (0600) as a `[listen]` table with `socket = <dir>/credgate.sock`
-    /// followed by `sources` (the rest of a credgate config, without `[listen]`), starts
+    /// and [`private_listeners`], followed by `sources` (the rest of a credgate config, without `[listen]`), starts
     /// `credgate serve --config` on it and waits until the socket exists.
     pub fn start(sources: &str) -> CredgateDaemon {
         let dir = tempfile::tempdir().expect("daemon temp dir");

@@ -26,7 +26,11 @@ impl Daemon {
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("run/credgate.sock");
-        let config = format!("[listen]\nsocket = \"{}\"\n{config_body}", socket.display());
+        let config = format!(
+            "[listen]\nsocket = \"{}\"\n{}{config_body}",
+            socket.display(),
+            credgate_integration::daemon::private_listeners(dir.path())
+        );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();

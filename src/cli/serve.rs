@@ -1,17 +1,23 @@
-//! `credgate serve`: the daemon's lifecycle. It loads the config, opens the ttrpc socket,
-//! reloads on SIGHUP (a bad new config is reported and the old one keeps serving) and stops
-//! cleanly on SIGTERM or SIGINT, removing its socket.
+//! `credgate serve`: the daemon's lifecycle. It loads the config, opens the ttrpc socket, the
+//! pull-through endpoint and the metrics listener, reloads on SIGHUP (a bad new config is
+//! reported and the old one keeps serving) and stops cleanly on SIGTERM or SIGINT, removing
+//! its socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{load_config, CliError};
-use crate::config::Config;
+use crate::config::{Config, Listen};
+use crate::endpoint::{
+    self, EndpointState, HttpServer, MirrorSecret, SecretOrigin, UpstreamNotBuilt,
+};
 use crate::keychain::Keychain;
+use crate::metrics::Metrics;
 use crate::service::{self, Daemon};
 use crate::system::System;
+use crate::upstream::SendUpstream;
 
 pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
@@ -25,53 +31,155 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
     let socket = service::serve_socket(listener, &socket_path, daemon.clone())
         .await
         .map_err(failed)?;
+    // Placeholder until the real upstream client is wired in (issue 4, part 3).
+    let upstream: Arc<dyn SendUpstream> = Arc::new(UpstreamNotBuilt);
+    let pull_through = match PullThrough::open(&config.listen, daemon.clone(), upstream).await {
+        Ok(pull_through) => pull_through,
+        Err(e) => {
+            socket.shutdown().await;
+            return Err(e);
+        }
+    };
     let signal_err =
         |e: std::io::Error| CliError::Failed(format!("cannot install signal handlers: {e}"));
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;
     tracing::info!(socket = %socket_path.display(), "credgate is up; serving the Credentials API");
+    let running = Running {
+        config_path,
+        system,
+        daemon,
+        socket_path,
+        pull_through,
+    };
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(config_path.as_deref(), &system, &daemon, &socket_path),
+            _ = hangup.recv() => running.reload(),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
+    running.pull_through.shutdown().await;
     socket.shutdown().await;
     tracing::info!("credgate stopped");
     Ok(())
 }
 
-fn reload(
-    config_path: Option<&std::path::Path>,
-    system: &System,
-    daemon: &Daemon,
-    socket_path: &std::path::Path,
-) {
-    let config = match load_config(config_path) {
-        Ok(config) => config,
-        Err(e) => {
-            daemon
-                .counters
-                .failed_reloads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "reload failed; still serving the previous config");
-            return;
+/// What a running daemon reloads.
+struct Running {
+    config_path: Option<PathBuf>,
+    system: System,
+    daemon: Arc<Daemon>,
+    socket_path: PathBuf,
+    pull_through: PullThrough,
+}
+
+impl Running {
+    fn reload(&self) {
+        let config = match load_config(self.config_path.as_deref()) {
+            Ok(config) => config,
+            Err(e) => {
+                self.daemon
+                    .counters
+                    .failed_reloads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "reload failed; still serving the previous config");
+                return;
+            }
+        };
+        if config.listen.socket != self.socket_path {
+            tracing::warn!(
+                new = %config.listen.socket.display(),
+                current = %self.socket_path.display(),
+                "listen.socket changed; restart credgate to move the socket"
+            );
         }
-    };
-    if config.listen.socket != socket_path {
-        tracing::warn!(
-            new = %config.listen.socket.display(),
-            current = %socket_path.display(),
-            "listen.socket changed; restart credgate to move the socket"
+        self.pull_through.reload(&config.listen);
+        self.daemon.reload(
+            keychain(&config, &self.system),
+            config.listen.allowed_uids.clone(),
+        );
+        tracing::info!("config reloaded");
+    }
+}
+
+/// The pull-through endpoint and the metrics listener, and what they were opened with.
+struct PullThrough {
+    state: Arc<EndpointState>,
+    endpoint: HttpServer,
+    metrics: HttpServer,
+    listen: Listen,
+}
+
+impl PullThrough {
+    /// Reads (or, at first start, generates) the mirror secret and binds both loopback
+    /// listeners; any failure stops `serve` with one line.
+    async fn open(
+        listen: &Listen,
+        daemon: Arc<Daemon>,
+        upstream: Arc<dyn SendUpstream>,
+    ) -> Result<PullThrough, CliError> {
+        let failed = |e: &dyn std::fmt::Display| CliError::Failed(e.to_string());
+        let secret = start_secret(&listen.mirror_secret_file).map_err(|e| failed(&e))?;
+        let mirror = endpoint::bind_loopback("listen.mirror", listen.mirror)
+            .await
+            .map_err(|e| failed(&e))?;
+        let metrics_listener = endpoint::bind_loopback("listen.metrics", listen.metrics)
+            .await
+            .map_err(|e| failed(&e))?;
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(EndpointState::new(
+            daemon,
+            upstream,
+            secret,
+            metrics.clone(),
+        ));
+        let endpoint = endpoint::serve_endpoint(mirror, state.clone());
+        let metrics = endpoint::serve_metrics(metrics_listener, metrics);
+        tracing::info!(address = %endpoint.local_addr(), "pull-through endpoint listening");
+        tracing::info!(address = %metrics.local_addr(), "metrics listening");
+        Ok(PullThrough {
+            state,
+            endpoint,
+            metrics,
+            listen: listen.clone(),
+        })
+    }
+
+    /// Re-reads the secret (never generates one: a file that vanished keeps the old secret
+    /// serving); listener addresses need a restart.
+    fn reload(&self, listen: &Listen) {
+        for (key, current, new) in [
+            ("listen.mirror", self.listen.mirror, listen.mirror),
+            ("listen.metrics", self.listen.metrics, listen.metrics),
+        ] {
+            if current != new {
+                tracing::warn!(key, %new, %current, "listener address changed; restart credgate to move it");
+            }
+        }
+        match MirrorSecret::read(&listen.mirror_secret_file) {
+            Ok(secret) => self.state.replace_secret(secret),
+            Err(error) => {
+                tracing::error!(%error, "mirror secret not reloaded; still using the previous one")
+            }
+        }
+    }
+
+    async fn shutdown(self) {
+        tokio::join!(self.endpoint.shutdown(), self.metrics.shutdown());
+    }
+}
+
+fn start_secret(path: &Path) -> Result<MirrorSecret, endpoint::SecretError> {
+    let (secret, origin) = MirrorSecret::read_or_generate(path)?;
+    if origin == SecretOrigin::Generated {
+        tracing::info!(
+            path = %path.display(),
+            "generated a new mirror secret (mode 0600); hosts.toml must send it as X-Credgate-Secret"
         );
     }
-    daemon.reload(
-        keychain(&config, system),
-        config.listen.allowed_uids.clone(),
-    );
-    tracing::info!("config reloaded");
+    Ok(secret)
 }
 
 /// When any allowed uid is not root, the socket must be connectable by others and

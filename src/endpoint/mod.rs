@@ -1,0 +1,197 @@
+//! The pull-through endpoint: the loopback HTTP mirror containerd reaches through hosts.toml.
+//!
+//! containerd sends `GET|HEAD /v2/<name>/{manifests|blobs}/<ref>?ns=<registry>` with the
+//! hosts.toml `[header]` values; credgate checks the access boundary, fetches from the
+//! upstream in `ns` with the keychain's credentials (through [`SendUpstream`]) and streams
+//! the answer back. Decisions:
+//!
+//! - **Access.** Every request, whatever its path, must carry `X-Credgate-Secret` equal to the
+//!   install's secret ([`MirrorSecret`], compared in constant time); otherwise 403. Requests
+//!   are checked in this order: secret (403), path (404), method (405 with `Allow`), `ns`
+//!   and names (400).
+//! - **`/v2/`** is answered locally with 200 `{}` once the secret checks out, with or without
+//!   `ns`: it is an API version probe and says nothing about any upstream.
+//! - **`ns`** is required (400 without it: the endpoint never guesses an upstream), must be
+//!   exactly one bare `host[:port]`, and is a lookup key: whether it may be dialled is the
+//!   upstream half's allow-list (`UpstreamError::NotAllowed`, mapped to 403).
+//! - **Paths** are validated before anything goes upstream: any percent-encoding, `.`/`..`
+//!   segments, names outside the distribution grammar, bad tags, and digests other than
+//!   `sha256`/`sha512` get 400; blobs must be addressed by digest.
+//! - **Upstream answers** pass through with their status, so containerd moves on to its next
+//!   host on anything >= 400. Only `Content-Length`, `Content-Type`, `Docker-Content-Digest`,
+//!   `ETag`, `Content-Range`, `Accept-Ranges` and `Last-Modified` are kept (no hop-by-hop or
+//!   auth headers such as `Www-Authenticate`); only `Accept`, `Range`, `If-None-Match` and
+//!   `User-Agent` are forwarded.
+//! - **Integrity.** A full (200) GET of a blob, or of a manifest by digest, is verified as it
+//!   streams; a mismatch, a short or long body, or an upstream failure aborts the client's
+//!   connection ([`body`]). Partial (206) answers are passed through unverified: a range
+//!   cannot be checked against a whole-content digest, and the client verifies the assembled
+//!   content.
+//! - **Metrics** label requests with the canonical registry from `ns`; requests that name
+//!   none (`/v2/`, and refusals before a valid `ns` was read) count under `-`, so callers
+//!   without the secret cannot create label values.
+//! - **Transport.** HTTP/1.1 only (containerd speaks HTTP/1.1 to `http://` mirrors); request
+//!   heads are bounded to [`MAX_HEADERS`] headers and [`MAX_HEADER_BYTES`] bytes (431 beyond).
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::identity::RegistryHost;
+use crate::metrics::Metrics;
+use crate::service::Daemon;
+use crate::upstream::{SendUpstream, UpstreamBody};
+
+mod body;
+mod error;
+mod metrics_listener;
+mod placeholder;
+mod proxy;
+mod route;
+mod secret;
+mod server;
+
+pub use body::BodyError;
+pub use error::EndpointError;
+pub use metrics_listener::serve_metrics;
+pub use placeholder::UpstreamNotBuilt;
+pub use route::{ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route};
+pub use secret::{MirrorSecret, SecretError, SecretOrigin};
+pub use server::{bind_loopback, HttpServer, ListenError, MAX_HEADERS, MAX_HEADER_BYTES};
+
+/// The header hosts.toml sends with the install's secret.
+pub const SECRET_HEADER: &str = "x-credgate-secret";
+
+/// The metrics label of requests that named no valid registry.
+const NO_REGISTRY: &str = "-";
+
+/// Everything a request needs, shared by every connection.
+pub struct EndpointState {
+    daemon: Arc<Daemon>,
+    upstream: Arc<dyn SendUpstream>,
+    secret: RwLock<MirrorSecret>,
+    metrics: Arc<Metrics>,
+}
+
+impl EndpointState {
+    /// The keychain is taken from `daemon` on every request, so a SIGHUP reload applies to
+    /// the next one.
+    pub fn new(
+        daemon: Arc<Daemon>,
+        upstream: Arc<dyn SendUpstream>,
+        secret: MirrorSecret,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            daemon,
+            upstream,
+            secret: RwLock::new(secret),
+            metrics,
+        }
+    }
+
+    /// Swaps in a new secret (reload); requests already admitted are not affected.
+    pub fn replace_secret(&self, secret: MirrorSecret) {
+        *self.secret.write().expect("secret lock") = secret;
+    }
+
+    /// Exactly one `X-Credgate-Secret`, equal to the secret.
+    fn check_secret(&self, headers: &HeaderMap) -> Result<(), EndpointError> {
+        let mut presented = headers.get_all(SECRET_HEADER).iter();
+        let (Some(value), None) = (presented.next(), presented.next()) else {
+            return Err(EndpointError::BadSecret);
+        };
+        let secret = self.secret.read().expect("secret lock");
+        if secret.matches(value.as_bytes()) {
+            Ok(())
+        } else {
+            Err(EndpointError::BadSecret)
+        }
+    }
+}
+
+/// Serves the endpoint on `listener` until [`HttpServer::shutdown`].
+pub fn serve_endpoint(listener: tokio::net::TcpListener, state: Arc<EndpointState>) -> HttpServer {
+    server::spawn(listener, "pull-through endpoint", move |request| {
+        respond(state.clone(), request)
+    })
+}
+
+/// Answers one request; every outcome is counted and none escapes as an error.
+async fn respond(state: Arc<EndpointState>, request: Request<Incoming>) -> Response<UpstreamBody> {
+    let mut registry = None;
+    let response = match answer(&state, &request, &mut registry).await {
+        Ok(response) => response,
+        Err(error) => {
+            log_refusal(&request, &error);
+            error.into_response()
+        }
+    };
+    let label = registry.as_ref().map(RegistryHost::to_string);
+    let status = response.status();
+    state
+        .metrics
+        .request(label.as_deref().unwrap_or(NO_REGISTRY), status.as_u16());
+    tracing::debug!(
+        method = %request.method(),
+        path = request.uri().path(),
+        registry = label.as_deref().unwrap_or(NO_REGISTRY),
+        status = status.as_u16(),
+        "pull-through request"
+    );
+    response
+}
+
+/// `registry` is set as soon as the request names a valid one, for the metrics label.
+async fn answer(
+    state: &EndpointState,
+    request: &Request<Incoming>,
+    registry: &mut Option<RegistryHost>,
+) -> Result<Response<UpstreamBody>, EndpointError> {
+    state.check_secret(request.headers())?;
+    match Route::parse(request.method(), request.uri())? {
+        Route::ApiVersion => Ok(api_version()),
+        Route::Content(route) => {
+            *registry = Some(route.registry.clone());
+            proxy::forward(state, route, request).await
+        }
+    }
+}
+
+/// The answer to containerd's `/v2/` probe.
+fn api_version() -> Response<UpstreamBody> {
+    let mut response = Response::new(error::full_body(Bytes::from_static(b"{}")));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// Refusals at the boundary and upstream failures are warnings; malformed requests from an
+/// authenticated caller are debug noise.
+fn log_refusal(request: &Request<Incoming>, error: &EndpointError) {
+    let method = request.method();
+    let path = request.uri().path();
+    match error {
+        EndpointError::BadSecret | EndpointError::Upstream(_) => {
+            tracing::warn!(%method, path, status = error.status().as_u16(), %error, "pull-through request refused")
+        }
+        _ => {
+            tracing::debug!(%method, path, status = error.status().as_u16(), %error, "pull-through request refused")
+        }
+    }
+}
+
+/// Bytes as lower-case hex, the form digests and generated secrets are written in.
+fn lower_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

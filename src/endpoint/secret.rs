@@ -1,0 +1,241 @@
+//! The per-install secret that hosts.toml sends in `X-Credgate-Secret`: the endpoint's access
+//! boundary. Read from `listen.mirror_secret_file`; generated there at first start.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use subtle::ConstantTimeEq;
+
+/// Random bytes in a generated secret (written as 64 hex characters).
+const GENERATED_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read the mirror secret {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the mirror secret {path} is empty")]
+    Empty { path: PathBuf },
+    #[error("the mirror secret {path} is not one line of visible ASCII (a header value)")]
+    NotAHeaderValue { path: PathBuf },
+    #[error("cannot write a new mirror secret to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no system randomness for a new mirror secret")]
+    Random,
+}
+
+/// The secret's value. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct MirrorSecret(Vec<u8>);
+
+impl std::fmt::Debug for MirrorSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MirrorSecret(..)")
+    }
+}
+
+/// Where a loaded secret came from, for the start-up log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretOrigin {
+    Read,
+    Generated,
+}
+
+impl MirrorSecret {
+    /// A secret with this value (tests, and callers that manage the file themselves).
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Self(value.into())
+    }
+
+    /// Constant-time comparison with a header value; only the length may leak, and every
+    /// generated secret has the same length.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_slice().ct_eq(presented).into()
+    }
+
+    /// Reads the secret at `path`, trimming one trailing newline. A file that group or
+    /// others can read is used with a warning (as for every other secret file credgate
+    /// reads), because refusing to start would send every pull around credgate.
+    pub fn read(path: &Path) -> Result<Self, SecretError> {
+        let read_err = |source| SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read(path).map_err(read_err)?;
+        warn_if_readable_by_others(path);
+        Self::from_file_text(path, text)
+    }
+
+    /// Reads the secret at `path`, or, if there is no file, generates one and writes it there
+    /// (mode 0600, atomically: a temp file renamed into place).
+    pub fn read_or_generate(path: &Path) -> Result<(Self, SecretOrigin), SecretError> {
+        match Self::read(path) {
+            Ok(secret) => Ok((secret, SecretOrigin::Read)),
+            Err(SecretError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok((Self::generate(path)?, SecretOrigin::Generated))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn from_file_text(path: &Path, mut text: Vec<u8>) -> Result<Self, SecretError> {
+        if text.last() == Some(&b'\n') {
+            text.pop();
+        }
+        if text.is_empty() {
+            return Err(SecretError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        if !text.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(SecretError::NotAHeaderValue {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self(text))
+    }
+
+    fn generate(path: &Path) -> Result<Self, SecretError> {
+        let mut bytes = [0u8; GENERATED_BYTES];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| SecretError::Random)?;
+        let hex = super::lower_hex(&bytes);
+        write_atomically(path, format!("{hex}\n").as_bytes()).map_err(|source| {
+            SecretError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Self(hex.into_bytes()))
+    }
+}
+
+/// Writes `contents` to a 0600 temp file next to `path`, syncs it, and renames it into place,
+/// so the secret never exists half-written or with looser permissions.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".tmp.{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:04o}"),
+            fix = format!("chmod 600 {}", path.display()),
+            "the mirror secret is readable by group or others: any local user who reads it \
+             can pull through credgate with the node's credentials"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_secret_is_generated_0600_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/credgate/mirror-secret");
+        let (generated, origin) = MirrorSecret::read_or_generate(&path).unwrap();
+        assert_eq!(origin, SecretOrigin::Generated);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let value = text.strip_suffix('\n').unwrap();
+        assert_eq!(value.len(), 2 * GENERATED_BYTES);
+        assert!(value.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(generated.matches(value.as_bytes()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        // Atomic: nothing but the secret is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("mirror-secret")]);
+
+        let (again, origin) = MirrorSecret::read_or_generate(&path).unwrap();
+        assert_eq!(origin, SecretOrigin::Read);
+        assert!(again.matches(value.as_bytes()));
+    }
+
+    #[test]
+    fn two_generated_secrets_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _) = MirrorSecret::read_or_generate(&dir.path().join("a")).unwrap();
+        let (_, _) = MirrorSecret::read_or_generate(&dir.path().join("b")).unwrap();
+        let a = std::fs::read(dir.path().join("a")).unwrap();
+        let b = std::fs::read(dir.path().join("b")).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn an_existing_secret_is_read_with_one_newline_trimmed_and_compared_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirror-secret");
+        std::fs::write(&path, "s3cret-value\n").unwrap();
+        let secret = MirrorSecret::read(&path).unwrap();
+        assert!(secret.matches(b"s3cret-value"));
+        assert!(!secret.matches(b"s3cret-valu"));
+        assert!(!secret.matches(b"s3cret-value\n"));
+        assert!(!secret.matches(b""));
+        assert_eq!(format!("{secret:?}"), "MirrorSecret(..)");
+    }
+
+    #[test]
+    fn empty_or_multi_line_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mirror-secret");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            MirrorSecret::read(&path),
+            Err(SecretError::Empty { .. })
+        ));
+        std::fs::write(&path, "a b\n").unwrap();
+        assert!(matches!(
+            MirrorSecret::read(&path),
+            Err(SecretError::NotAHeaderValue { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_path_is_an_error_not_a_new_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory at the path: reading fails with something other than NotFound.
+        assert!(matches!(
+            MirrorSecret::read_or_generate(dir.path()),
+            Err(SecretError::Read { .. })
+        ));
+    }
+}
