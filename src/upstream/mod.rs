@@ -6,12 +6,32 @@
 //! implementation (TLS-verified, token-caching, SSRF-checked), and tests may put an
 //! in-process fake behind the seam for faults a real registry cannot produce.
 
+use std::path::PathBuf;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
 use crate::identity::{RegistryHost, Repository};
 use crate::keychain::Keychain;
+
+mod address;
+mod auth;
+mod call;
+mod challenge;
+mod client;
+mod connector;
+mod policy;
+mod redirect;
+mod send;
+mod token;
+mod token_cache;
+
+pub use address::non_public_reason;
+pub use client::RESPONSE_TIMEOUT;
+pub use connector::CONNECT_TIMEOUT;
+pub use policy::{on_own_domain, UpstreamPolicy};
+pub use send::Upstream;
 
 /// Any error inside a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,6 +69,11 @@ pub enum UpstreamError {
     Protocol { host: String, reason: String },
     #[error("token endpoint {realm} failed: {reason}")]
     Token { realm: String, reason: String },
+    /// A registry's `ca_file` could not be used; that registry is unreachable until fixed.
+    #[error("CA file {path} for upstream TLS: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("upstream TLS configuration: {reason}")]
+    Tls { reason: String },
 }
 
 /// Sends one request upstream with the keychain's credentials: candidates in ranking

@@ -1,0 +1,342 @@
+//! One identity against the registry: authorize up front from the challenge last seen, and
+//! on a 401 read the new challenge, fetch (or reuse) a token and try once more.
+//!
+//! - Bearer: a token for exactly `repository:<name>:pull` (or the challenge's own scope when
+//!   it asks only to pull), from the realm, with the candidate's credential: a password as
+//!   GET with Basic, an identity token as an OAuth2 refresh-token POST (GET with Basic where
+//!   POST answers 404/405), nothing for anonymous.
+//! - Basic: the username and secret directly.
+//! - A registry token (`SecretKind::RegistryToken`) is sent as `Bearer <token>`, always.
+//! - The realm must be https and on the upstream's own domain
+//!   ([`super::policy::on_own_domain`]) or listed in `[upstream] allow_realm_hosts`.
+//!
+//! An identity is *rejected* by a 401/403 from the registry after auth, or any 4xx from the
+//! token endpoint (401/403 in practice; a 400 for a grant it does not know is the same
+//! verdict on this credential). A token endpoint that fails otherwise (5xx, unreachable,
+//! not JSON) is an error for the whole request: every candidate would meet it too.
+//!
+//! One retry after a 401 at most: when nothing was sent, when the token came from the cache
+//! (it is dropped and fetched anew), or when the challenge changed realm or service.
+
+use http::uri::Scheme;
+use http::{HeaderValue, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::identity::{RegistryHost, Repository};
+use crate::keychain::Candidate;
+use crate::sources::{Credential, Secret, SecretKind};
+
+use super::call::{duplicate, Call, Outcome, Reply};
+use super::challenge::{self, AuthScheme, Challenge};
+use super::token::{
+    basic_authorization, bearer_authorization, Grant, TokenEndpoint, TokenError, TokenFetcher,
+};
+use super::token_cache::{Got, IdentityHash, TokenKey};
+use super::UpstreamError;
+
+/// Who a request is sent as.
+pub(crate) enum Identity<'a> {
+    Anonymous,
+    Candidate {
+        candidate: &'a Candidate,
+        credential: &'a Credential,
+    },
+}
+
+impl Identity<'_> {
+    fn hash(&self) -> IdentityHash {
+        match self {
+            Self::Anonymous => IdentityHash::anonymous(),
+            Self::Candidate {
+                candidate,
+                credential,
+            } => IdentityHash::of(&candidate.source, credential),
+        }
+    }
+
+    fn grant(&self) -> Grant {
+        let Self::Candidate { credential, .. } = self else {
+            return Grant::Anonymous;
+        };
+        let username = credential.username.clone();
+        match credential.kind {
+            SecretKind::IdentityToken => Grant::Refresh {
+                username,
+                token: credential.secret.clone(),
+            },
+            // Registry tokens are sent as they are and never reach a token endpoint.
+            SecretKind::Password | SecretKind::RegistryToken => Grant::Basic {
+                username,
+                password: credential.secret.clone(),
+            },
+        }
+    }
+
+    fn registry_token(&self) -> Option<&Secret> {
+        match self {
+            Self::Candidate { credential, .. } if credential.kind == SecretKind::RegistryToken => {
+                Some(&credential.secret)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The `Authorization` for one identity, or why there is none.
+pub(crate) enum Auth {
+    None,
+    Header {
+        value: HeaderValue,
+        /// The bearer token behind it, when it came through the token cache.
+        token: Option<CachedToken>,
+    },
+    /// The token endpoint refused the identity.
+    Refused(super::token::TokenRefusal),
+}
+
+pub(crate) struct CachedToken {
+    key: TokenKey,
+    value: Secret,
+    /// Reused from the cache rather than fetched (or joined) for this request.
+    from_cache: bool,
+}
+
+impl Auth {
+    fn header(&self) -> Option<&HeaderValue> {
+        match self {
+            Self::Header { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    fn reused_from_cache(&self) -> bool {
+        matches!(self, Self::Header { token: Some(t), .. } if t.from_cache)
+    }
+}
+
+impl Call<'_> {
+    /// Sends the request as `identity`: accepted, or rejected (401/403 after auth, or the
+    /// token endpoint's refusal).
+    pub async fn attempt(&self, identity: &Identity<'_>) -> Result<Outcome, UpstreamError> {
+        let known = self.challenges.get(&self.request.registry);
+        let first = self.authorize(identity, known.as_ref(), None).await?;
+        if let Auth::Refused(refusal) = first {
+            return Ok(Outcome::Rejected(Reply::TokenRefused(refusal)));
+        }
+        let header = first.header().cloned();
+        let response = self.send_registry(header.as_ref()).await?;
+        match response.status() {
+            StatusCode::UNAUTHORIZED => {
+                self.after_unauthorized(identity, known, first, response)
+                    .await
+            }
+            StatusCode::FORBIDDEN if header.is_some() => {
+                Ok(Outcome::Rejected(Reply::Registry(response)))
+            }
+            _ => Ok(Outcome::Accepted {
+                response,
+                auth: header,
+            }),
+        }
+    }
+
+    /// A 401: answer its challenge once, unless the same answer was just refused.
+    async fn after_unauthorized(
+        &self,
+        identity: &Identity<'_>,
+        known: Option<Challenge>,
+        first: Auth,
+        response: Response<Incoming>,
+    ) -> Result<Outcome, UpstreamError> {
+        let rejected = |response| Ok(Outcome::Rejected(Reply::Registry(response)));
+        let Some(challenge) = challenge::preferred(response.headers()) else {
+            return rejected(response);
+        };
+        self.challenges.remember(&self.request.registry, &challenge);
+        if let Auth::Header { token: Some(t), .. } = &first {
+            self.tokens.invalidate(&t.key, &t.value);
+        }
+        let changed = known.map_or(true, |k| !k.same_authority(&challenge));
+        if first.header().is_some() && !first.reused_from_cache() && !changed {
+            return rejected(response);
+        }
+        let header = match self
+            .authorize(identity, Some(&challenge), Some(&challenge))
+            .await?
+        {
+            Auth::Refused(refusal) => return Ok(Outcome::Rejected(Reply::TokenRefused(refusal))),
+            Auth::None => return rejected(response),
+            Auth::Header { value, .. } => value,
+        };
+        drop(response);
+        let response = self.send_registry(Some(&header)).await?;
+        match response.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => rejected(response),
+            _ => Ok(Outcome::Accepted {
+                response,
+                auth: Some(header),
+            }),
+        }
+    }
+
+    /// The `Authorization` for `identity` under `challenge` (none known: none, unless a
+    /// registry token, which is always sent). `scope_from` is the challenge of this very
+    /// request, whose scope may be used.
+    async fn authorize(
+        &self,
+        identity: &Identity<'_>,
+        challenge: Option<&Challenge>,
+        scope_from: Option<&Challenge>,
+    ) -> Result<Auth, UpstreamError> {
+        if let Some(token) = identity.registry_token() {
+            return Ok(header(bearer_authorization(token)));
+        }
+        let Some(challenge) = challenge else {
+            return Ok(Auth::None);
+        };
+        match (&challenge.scheme, identity) {
+            (AuthScheme::Bearer, _) => self.bearer(identity, challenge, scope_from).await,
+            (AuthScheme::Basic, Identity::Candidate { credential, .. }) => Ok(header(
+                basic_authorization(&credential.username, &credential.secret),
+            )),
+            _ => Ok(Auth::None),
+        }
+    }
+
+    async fn bearer(
+        &self,
+        identity: &Identity<'_>,
+        challenge: &Challenge,
+        scope_from: Option<&Challenge>,
+    ) -> Result<Auth, UpstreamError> {
+        let realm = self.checked_realm(challenge)?;
+        let scope = token_scope(scope_from, self.request.repository.as_ref());
+        let key = TokenKey {
+            registry: self.label.clone(),
+            scope: scope.clone().unwrap_or_default(),
+            identity: identity.hash(),
+        };
+        let endpoint = TokenEndpoint {
+            realm,
+            service: challenge.param("service").map(str::to_string),
+            scope,
+        };
+        let fetcher = TokenFetcher {
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+            registry: self.label.clone(),
+        };
+        let (fetched, got) = self
+            .tokens
+            .get_or_fetch(&key, || fetcher.fetch(endpoint, identity.grant()))
+            .await;
+        if got != Got::Fetched {
+            self.metrics.token_cache_hit(&self.label);
+        }
+        match fetched {
+            Ok(token) => Ok(Auth::Header {
+                value: bearer_authorization(&token.value),
+                token: Some(CachedToken {
+                    key,
+                    value: token.value,
+                    from_cache: got == Got::Cached,
+                }),
+            }),
+            Err(error) => match &*error {
+                TokenError::Refused(refusal) => Ok(Auth::Refused(refusal.clone())),
+                TokenError::Failed(failure) => Err(duplicate(failure)),
+            },
+        }
+    }
+
+    /// The challenge's realm, if it is https and allowed for this upstream.
+    fn checked_realm(&self, challenge: &Challenge) -> Result<Uri, UpstreamError> {
+        let raw = challenge
+            .param("realm")
+            .ok_or_else(|| self.protocol("a Bearer challenge without a realm"))?;
+        let refused = |reason: String| UpstreamError::RealmNotAllowed {
+            realm: raw.to_string(),
+            reason,
+        };
+        let realm: Uri = raw.parse().map_err(|_| refused("not a URL".into()))?;
+        if realm.scheme() != Some(&Scheme::HTTPS) {
+            return Err(refused("token realms must be https".into()));
+        }
+        let realm_host = realm
+            .authority()
+            .and_then(|a| RegistryHost::parse(a.as_str()).ok())
+            .ok_or_else(|| refused("no valid host".into()))?;
+        let upstream_host = self.authority_host();
+        if !self.policy.realm_allowed(upstream_host, &realm_host) {
+            return Err(refused(format!(
+                "{realm_host} is not on the domain of {upstream_host}; list it in [upstream] \
+                 allow_realm_hosts to allow it"
+            )));
+        }
+        Ok(realm)
+    }
+
+    /// The host dialled, without the port.
+    fn authority_host(&self) -> &str {
+        match self.authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => host,
+            _ => &self.authority,
+        }
+    }
+}
+
+fn header(value: HeaderValue) -> Auth {
+    Auth::Header { value, token: None }
+}
+
+/// The scope a token is asked for: the challenge's, when it asks only to pull; else
+/// `repository:<name>:pull` for this request's repository (none for `/v2/`). Never push.
+fn token_scope(challenge: Option<&Challenge>, repository: Option<&Repository>) -> Option<String> {
+    let theirs = challenge.and_then(|c| c.param("scope"));
+    match theirs {
+        Some(scope)
+            if !scope.is_empty()
+                && scope
+                    .split(' ')
+                    .all(|s| s.starts_with("repository:") && s.ends_with(":pull")) =>
+        {
+            Some(scope.to_string())
+        }
+        _ => repository.map(|r| format!("repository:{r}:pull")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(scope: &str) -> Challenge {
+        Challenge {
+            scheme: AuthScheme::Bearer,
+            params: vec![("scope".into(), scope.into())],
+        }
+    }
+
+    #[test]
+    fn tokens_are_asked_for_pull_only() {
+        let repo = Repository::parse("group/sub/app").unwrap();
+        assert_eq!(
+            token_scope(None, Some(&repo)).as_deref(),
+            Some("repository:group/sub/app:pull")
+        );
+        assert_eq!(
+            token_scope(Some(&challenge("repository:library/app:pull")), Some(&repo)).as_deref(),
+            Some("repository:library/app:pull")
+        );
+        assert_eq!(
+            token_scope(
+                Some(&challenge("repository:group/sub/app:pull,push")),
+                Some(&repo)
+            )
+            .as_deref(),
+            Some("repository:group/sub/app:pull")
+        );
+        assert_eq!(token_scope(Some(&challenge("")), None), None);
+        assert_eq!(token_scope(None, None), None);
+    }
+}

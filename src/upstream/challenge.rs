@@ -1,0 +1,286 @@
+//! `WWW-Authenticate` challenges (RFC 7235): what a registry wants before it answers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use http::header::WWW_AUTHENTICATE;
+use http::HeaderMap;
+
+use crate::identity::RegistryHost;
+
+/// One challenge: its scheme and parameters (names lower-cased, values unquoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: AuthScheme,
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthScheme {
+    Basic,
+    Bearer,
+    Other(String),
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Same scheme, realm and service: a token fetched for one serves the other.
+    pub fn same_authority(&self, other: &Challenge) -> bool {
+        self.scheme == other.scheme
+            && self.param("realm") == other.param("realm")
+            && self.param("service") == other.param("service")
+    }
+}
+
+/// The last Basic or Bearer challenge (scheme, realm, service) each registry sent, so the
+/// next request is authorized up front instead of first earning a 401. The scope is not
+/// kept: it belongs to the request that was challenged.
+#[derive(Default)]
+pub struct Challenges(Mutex<HashMap<RegistryHost, Challenge>>);
+
+impl Challenges {
+    pub fn get(&self, registry: &RegistryHost) -> Option<Challenge> {
+        self.lock().get(registry).cloned()
+    }
+
+    pub fn remember(&self, registry: &RegistryHost, challenge: &Challenge) {
+        if matches!(challenge.scheme, AuthScheme::Other(_)) {
+            return;
+        }
+        let kept = Challenge {
+            scheme: challenge.scheme.clone(),
+            params: challenge
+                .params
+                .iter()
+                .filter(|(k, _)| k == "realm" || k == "service")
+                .cloned()
+                .collect(),
+        };
+        self.lock().insert(registry.clone(), kept);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RegistryHost, Challenge>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The challenge credgate answers among all `WWW-Authenticate` headers: Bearer if offered,
+/// else Basic; `None` when there is neither.
+pub fn preferred(headers: &HeaderMap) -> Option<Challenge> {
+    let all: Vec<Challenge> = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(parse)
+        .collect();
+    let pick = |scheme: AuthScheme| all.iter().find(|c| c.scheme == scheme).cloned();
+    pick(AuthScheme::Bearer).or_else(|| pick(AuthScheme::Basic))
+}
+
+/// Every challenge in one header value: `Basic realm="a", Bearer realm="b",service="c"`.
+/// Lenient: an unquoted value runs to the next comma or space (some registries leave realm
+/// URLs unquoted); a token68 is ignored.
+pub fn parse(value: &str) -> Vec<Challenge> {
+    let mut cursor = Cursor {
+        text: value.as_bytes(),
+        at: 0,
+    };
+    let mut challenges = Vec::new();
+    loop {
+        cursor.skip(|c| c == b',' || c.is_ascii_whitespace());
+        if cursor.done() {
+            return challenges;
+        }
+        let scheme = cursor.token();
+        if scheme.is_empty() {
+            cursor.at += 1;
+            continue;
+        }
+        let params = cursor.params();
+        challenges.push(Challenge {
+            scheme: scheme_of(&scheme),
+            params,
+        });
+    }
+}
+
+fn scheme_of(name: &str) -> AuthScheme {
+    match name.to_ascii_lowercase().as_str() {
+        "basic" => AuthScheme::Basic,
+        "bearer" => AuthScheme::Bearer,
+        _ => AuthScheme::Other(name.to_string()),
+    }
+}
+
+struct Cursor<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn done(&self) -> bool {
+        self.at >= self.text.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn skip(&mut self, what: impl Fn(u8) -> bool) {
+        while self.peek().is_some_and(&what) {
+            self.at += 1;
+        }
+    }
+
+    fn skip_space(&mut self) {
+        self.skip(|c| c == b' ' || c == b'\t');
+    }
+
+    /// An RFC 7230 token.
+    fn token(&mut self) -> String {
+        let start = self.at;
+        self.skip(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        String::from_utf8_lossy(&self.text[start..self.at]).into_owned()
+    }
+
+    /// `name=value` pairs after a scheme, up to the next challenge or the end.
+    fn params(&mut self) -> Vec<(String, String)> {
+        let mut params = Vec::new();
+        while let Some(name) = self.param_name() {
+            let value = self.value();
+            params.push((name.to_ascii_lowercase(), value));
+            self.skip_space();
+            if self.peek() != Some(b',') {
+                break;
+            }
+            self.at += 1;
+        }
+        params
+    }
+
+    /// The next parameter's name and its `=`, or `None` (position unchanged) when what follows
+    /// is a new challenge, a token68 or the end.
+    fn param_name(&mut self) -> Option<String> {
+        let start = self.at;
+        self.skip(|c| c.is_ascii_whitespace() || c == b',');
+        let name = self.token();
+        self.skip_space();
+        if name.is_empty() || self.peek() != Some(b'=') {
+            self.at = start;
+            return None;
+        }
+        self.at += 1;
+        self.skip_space();
+        Some(name)
+    }
+
+    fn value(&mut self) -> String {
+        if self.peek() != Some(b'"') {
+            let start = self.at;
+            self.skip(|c| c != b',' && !c.is_ascii_whitespace());
+            return String::from_utf8_lossy(&self.text[start..self.at]).into_owned();
+        }
+        self.at += 1;
+        let mut value = Vec::new();
+        while let Some(c) = self.peek() {
+            self.at += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    if let Some(escaped) = self.peek() {
+                        value.push(escaped);
+                        self.at += 1;
+                    }
+                }
+                _ => value.push(c),
+            }
+        }
+        String::from_utf8_lossy(&value).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(c: &Challenge) -> Vec<(&str, &str)> {
+        c.params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_distribution_bearer_challenge() {
+        let c = parse(
+            r#"Bearer realm="https://auth.test/jwt/auth",service="container_registry",scope="repository:group/sub/app:pull""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, AuthScheme::Bearer);
+        assert_eq!(
+            pairs(&c[0]),
+            [
+                ("realm", "https://auth.test/jwt/auth"),
+                ("service", "container_registry"),
+                ("scope", "repository:group/sub/app:pull"),
+            ]
+        );
+    }
+
+    #[test]
+    fn commas_and_escapes_inside_quotes_stay_in_the_value() {
+        let c = parse(
+            r#"bearer Realm="https://a.test/token", scope="repository:a:pull,push repository:b:pull", error="say \"hi\"""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].param("realm"), Some("https://a.test/token"));
+        assert_eq!(
+            c[0].param("scope"),
+            Some("repository:a:pull,push repository:b:pull")
+        );
+        assert_eq!(c[0].param("error"), Some(r#"say "hi""#));
+    }
+
+    #[test]
+    fn several_challenges_in_one_header() {
+        let c = parse(
+            r#"Basic realm="basic, realm", Bearer realm="https://auth.test/t",service=reg , Negotiate abc=="#,
+        );
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert_eq!(c[0].scheme, AuthScheme::Basic);
+        assert_eq!(c[0].param("realm"), Some("basic, realm"));
+        assert_eq!(c[1].scheme, AuthScheme::Bearer);
+        assert_eq!(c[1].param("service"), Some("reg"));
+        assert_eq!(c[2].scheme, AuthScheme::Other("Negotiate".into()));
+    }
+
+    #[test]
+    fn unquoted_realm_urls_and_bare_schemes() {
+        let c = parse("Bearer realm=https://auth.test/token?x=1,service=s");
+        assert_eq!(c[0].param("realm"), Some("https://auth.test/token?x=1"));
+        assert_eq!(c[0].param("service"), Some("s"));
+        let bare = parse("Basic");
+        assert_eq!(bare.len(), 1);
+        assert!(bare[0].params.is_empty());
+        assert!(parse("").is_empty());
+    }
+
+    #[test]
+    fn bearer_is_preferred_across_headers() {
+        let mut headers = HeaderMap::new();
+        headers.append(WWW_AUTHENTICATE, r#"Basic realm="r""#.parse().unwrap());
+        headers.append(
+            WWW_AUTHENTICATE,
+            r#"Bearer realm="https://a.test/t""#.parse().unwrap(),
+        );
+        assert_eq!(preferred(&headers).unwrap().scheme, AuthScheme::Bearer);
+        headers.remove(WWW_AUTHENTICATE);
+        assert_eq!(preferred(&headers), None);
+    }
+}

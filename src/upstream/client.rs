@@ -1,0 +1,209 @@
+//! The pooled HTTPS clients: hyper-util's legacy client over rustls (ring), always verifying
+//! against the system roots plus the registry's `ca_file`, offering HTTP/2 and HTTP/1.1 by
+//! ALPN. Plain `http://` is never used for an upstream: the connector is https-only.
+//!
+//! One client (and so one connection pool) per distinct `ca_file`, the system-roots-only
+//! client included, built on first use and kept until the policy is replaced.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+use super::connector::{ConnectError, GuardedConnector};
+use super::policy::PolicyCell;
+use super::UpstreamError;
+
+/// Waiting for an upstream's response headers (connecting included) ends after this. A body,
+/// once it streams, has no total deadline: blobs can be gigabytes on a slow link.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle pooled connections are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub(crate) type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
+/// The clients, keyed by the extra CA file they trust.
+pub(crate) struct Clients {
+    system_roots: Arc<RootCertStore>,
+    policy: PolicyCell,
+    by_ca: Mutex<HashMap<Option<PathBuf>, HttpClient>>,
+}
+
+impl Clients {
+    /// Loads the system roots once (a warning, not an error, when there are none: a
+    /// registry with its own `ca_file` still works).
+    pub(crate) fn new(policy: PolicyCell) -> Result<Self, UpstreamError> {
+        let clients = Self {
+            system_roots: Arc::new(system_roots()),
+            policy,
+            by_ca: Mutex::new(HashMap::new()),
+        };
+        clients.get(None)?;
+        Ok(clients)
+    }
+
+    /// The client trusting the system roots and `ca_file`.
+    pub(crate) fn get(&self, ca_file: Option<&Path>) -> Result<HttpClient, UpstreamError> {
+        let key = ca_file.map(Path::to_path_buf);
+        if let Some(client) = self.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let client = self.build(ca_file)?;
+        Ok(self.lock().entry(key).or_insert(client).clone())
+    }
+
+    /// Drops every client (and its pool), so the next request uses fresh policy and CA files.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PathBuf>, HttpClient>> {
+        self.by_ca.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn build(&self, ca_file: Option<&Path>) -> Result<HttpClient, UpstreamError> {
+        let mut roots = (*self.system_roots).clone();
+        if let Some(path) = ca_file {
+            add_ca_file(&mut roots, path)?;
+        }
+        let tls = tls_config(roots)?;
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(GuardedConnector::new(self.policy.clone()));
+        Ok(Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(https))
+    }
+}
+
+/// `credgate/<version>`, for requests credgate makes on its own behalf.
+pub(crate) fn user_agent() -> http::HeaderValue {
+    http::HeaderValue::from_static(concat!("credgate/", env!("CARGO_PKG_VERSION")))
+}
+
+/// A failed request as an [`UpstreamError`] naming `host`: the connector's own verdict
+/// (refused, timed out) when it made one, else the error chain.
+pub(crate) fn request_error(
+    host: &str,
+    error: &hyper_util::client::legacy::Error,
+) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(connect) = e.downcast_ref::<ConnectError>() {
+            return connect_error(connect);
+        }
+        source = e.source();
+    }
+    UpstreamError::Unreachable {
+        host: host.to_string(),
+        reason: error_chain(error),
+    }
+}
+
+fn connect_error(error: &ConnectError) -> UpstreamError {
+    match error {
+        ConnectError::NotAllowed { host, reason } => UpstreamError::NotAllowed {
+            host: host.clone(),
+            reason: reason.clone(),
+        },
+        ConnectError::TimedOut { host } => UpstreamError::TimedOut { host: host.clone() },
+        other => UpstreamError::Unreachable {
+            host: other.host().to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// `outer: cause: root cause`, each message once.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+fn system_roots() -> RootCertStore {
+    let loaded = rustls_native_certs::load_native_certs();
+    for error in &loaded.errors {
+        tracing::warn!(%error, "reading the system's root certificates");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+    if ignored > 0 {
+        tracing::warn!(ignored, "system root certificates rustls cannot use");
+    }
+    if added == 0 {
+        tracing::warn!(
+            "no system root certificates: only registries with a ca_file can be verified"
+        );
+    }
+    roots
+}
+
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), UpstreamError> {
+    let error = |reason: String| UpstreamError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(error("no usable PEM certificate in it".to_string()));
+    }
+    Ok(())
+}
+
+fn tls_config(roots: RootCertStore) -> Result<ClientConfig, UpstreamError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Tls {
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::policy::UpstreamPolicy;
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_an_error_naming_it() {
+        let clients = Clients::new(PolicyCell::new(UpstreamPolicy::default())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = clients.get(Some(&missing)).unwrap_err().to_string();
+        assert!(error.contains("missing.pem"), "{error}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = clients.get(Some(&empty)).unwrap_err().to_string();
+        assert!(error.contains("no usable PEM certificate"), "{error}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The TCP side of every upstream connection: resolve the host once, check every address
+//! against the policy, and connect only to the addresses checked. Because nothing resolves
+//! the name a second time, a DNS answer that changes between check and connect (rebinding)
+//! cannot slip a private address through.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::identity::RegistryHost;
+
+use super::policy::PolicyCell;
+
+/// Resolving and connecting together may take this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no connection was made; each names the host.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("upstream {host} is not allowed: {reason}")]
+    NotAllowed { host: String, reason: String },
+    /// The URL is not named: a redirect's query may be a presigned credential.
+    #[error("a URL without a host")]
+    NoHost,
+    #[error("{host}: cannot resolve: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host}: no address to connect to")]
+    NoAddress { host: String },
+    #[error("{host}: cannot connect to {addresses}: {source}")]
+    Connect {
+        host: String,
+        addresses: String,
+        source: std::io::Error,
+    },
+    #[error("{host}: connecting took longer than {CONNECT_TIMEOUT:?}")]
+    TimedOut { host: String },
+}
+
+impl ConnectError {
+    /// The host (`host:port`) or URI the error is about.
+    pub fn host(&self) -> &str {
+        match self {
+            Self::NotAllowed { host, .. }
+            | Self::Resolve { host, .. }
+            | Self::NoAddress { host }
+            | Self::Connect { host, .. }
+            | Self::TimedOut { host } => host,
+            Self::NoHost => "",
+        }
+    }
+}
+
+/// A hyper-util connector (a `tower::Service<Uri>`) that applies the policy in force when
+/// each connection is made.
+#[derive(Clone)]
+pub(crate) struct GuardedConnector {
+    policy: PolicyCell,
+}
+
+impl GuardedConnector {
+    pub(crate) fn new(policy: PolicyCell) -> Self {
+        Self { policy }
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, ConnectError>> + Send>>;
+
+impl tower_service::Service<Uri> for GuardedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let (host, port) = host_port(&uri)?;
+            let name = display_name(&host, port);
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(policy, &host, port));
+            match connected.await {
+                Ok(result) => result.map(TokioIo::new),
+                Err(_) => Err(ConnectError::TimedOut { host: name }),
+            }
+        })
+    }
+}
+
+async fn connect(policy: PolicyCell, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    let name = display_name(host, port);
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            host: name.clone(),
+            source,
+        })?
+        .collect();
+    if addresses.is_empty() {
+        return Err(ConnectError::NoAddress { host: name });
+    }
+    let registry = RegistryHost::parse(&name).map_err(|e| ConnectError::NotAllowed {
+        host: name.clone(),
+        reason: e.to_string(),
+    })?;
+    policy
+        .get()
+        .check_addresses(&registry, &addresses)
+        .map_err(|reason| ConnectError::NotAllowed {
+            host: name.clone(),
+            reason,
+        })?;
+    connect_first(&name, &addresses).await
+}
+
+/// The checked addresses in resolver order; the first that accepts wins.
+async fn connect_first(name: &str, addresses: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ConnectError::Connect {
+        host: name.to_string(),
+        addresses: addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+    })
+}
+
+/// The host without IPv6 brackets (as the resolver wants it) and the port (443 by default).
+fn host_port(uri: &Uri) -> Result<(String, u16), ConnectError> {
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or(ConnectError::NoHost)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((bare.to_string(), uri.port_u16().unwrap_or(443)))
+}
+
+/// `host:port`, brackets restored for IPv6, as [`RegistryHost::parse`] reads it.
+fn display_name(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_service::Service;
+
+    use super::super::policy::UpstreamPolicy;
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_loopback_unless_allowed_and_connects_when_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uri: Uri = format!("https://127.0.0.1:{port}/v2/").parse().unwrap();
+
+        let mut refused = GuardedConnector::new(PolicyCell::new(UpstreamPolicy::default()));
+        let error = refused.call(uri.clone()).await.unwrap_err();
+        assert!(
+            matches!(&error, ConnectError::NotAllowed { reason, .. } if reason.contains("loopback")),
+            "{error}"
+        );
+
+        let host = RegistryHost::parse(&format!("127.0.0.1:{port}")).unwrap();
+        let policy = UpstreamPolicy::default().allow_private(host);
+        let mut allowed = GuardedConnector::new(PolicyCell::new(policy));
+        allowed
+            .call(uri)
+            .await
+            .expect("connects to the allowed host");
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_and_checked() {
+        let mut connector = GuardedConnector::new(PolicyCell::new(UpstreamPolicy::default()));
+        let uri: Uri = "https://localhost:1/v2/".parse().unwrap();
+        let error = connector.call(uri).await.unwrap_err();
+        assert!(
+            error.to_string().contains("localhost:1 is not allowed"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Upstream`], the real [`SendUpstream`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+
+use crate::identity::{RegistryHost, Target};
+use crate::keychain::Keychain;
+use crate::metrics::Metrics;
+use crate::system::{Clock, SystemClock};
+
+use super::call::Call;
+use super::challenge::Challenges;
+use super::client::Clients;
+use super::policy::{PolicyCell, UpstreamPolicy};
+use super::token_cache::TokenCache;
+use super::{SendUpstream, UpstreamBody, UpstreamError, UpstreamRequest};
+
+/// Where Docker Hub's registry API is served; `docker.io` itself is not it.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// Sends requests to real registries with the keychain's credentials.
+///
+/// - **Transport**: https only (a registry served over plain http, as containerd's own
+///   `http://` hosts entries allow, is out of scope), TLS verified against the system roots plus the registry's
+///   `ca_file`, HTTP/2 when the upstream offers it by ALPN, pooled connections (one pool per
+///   `ca_file`). Connecting (resolving included) times out after
+///   [`super::CONNECT_TIMEOUT`], response headers after [`super::RESPONSE_TIMEOUT`]; a body
+///   has no total deadline once it streams (blobs are big; the endpoint bounds idle time if
+///   it wants to).
+/// - **SSRF boundary**: every connection resolves the host once and is refused
+///   ([`UpstreamError::NotAllowed`]) if any address is loopback, link-local, private, CGNAT,
+///   unspecified, multicast or cloud metadata, unless the policy allows that host; it then
+///   connects only to the addresses checked. IP-literal registries are checked before
+///   anything else happens. Token realms and redirect targets go through the same check.
+/// - **Auth**: see [`super::auth`]; tokens are cached per (registry, scope, identity) and
+///   concurrent fetches coalesced. Rejected candidates are logged without secrets and
+///   counted in `auth_failures`, then the next is tried, then anonymous; when all fail the
+///   last upstream answer is returned as is: the registry's 401/403, or the token
+///   endpoint's 4xx (status, `Content-Type` and body) when that is where it ended.
+/// - **Redirects** are followed here (at most 5); `Authorization` is kept only while hops
+///   stay on the same scheme, host and port, and other hops carry only `Accept` and `Range`.
+pub struct Upstream {
+    policy: PolicyCell,
+    clients: Clients,
+    tokens: TokenCache,
+    challenges: Challenges,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(policy: UpstreamPolicy, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
+        Self::with_clock(policy, metrics, Arc::new(SystemClock))
+    }
+
+    /// As [`Upstream::new`], with the clock token expiry is measured by.
+    pub fn with_clock(
+        policy: UpstreamPolicy,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, UpstreamError> {
+        let policy = PolicyCell::new(policy);
+        Ok(Self {
+            clients: Clients::new(policy.clone())?,
+            policy,
+            tokens: TokenCache::new(clock),
+            challenges: Challenges::default(),
+            metrics,
+        })
+    }
+
+    /// Replaces the policy (on SIGHUP). Pooled connections and TLS configs are dropped so
+    /// that new allow-lists and CA files apply to the next request; tokens stay cached.
+    pub fn set_policy(&self, policy: UpstreamPolicy) {
+        self.policy.set(policy);
+        self.clients.clear();
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<UpstreamPolicy> {
+        self.policy.get()
+    }
+
+    fn call<'a>(&'a self, request: &'a UpstreamRequest) -> Result<Call<'a>, UpstreamError> {
+        let policy = self.policy.get();
+        policy
+            .check_literal(&request.registry)
+            .map_err(|reason| UpstreamError::NotAllowed {
+                host: request.registry.to_string(),
+                reason,
+            })?;
+        let client = self.clients.get(policy.ca_file(&request.registry))?;
+        Ok(Call {
+            request,
+            client,
+            policy,
+            tokens: &self.tokens,
+            challenges: &self.challenges,
+            metrics: &self.metrics,
+            authority: dial_authority(&request.registry),
+            label: request.registry.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl SendUpstream for Upstream {
+    async fn send(
+        &self,
+        keychain: &Keychain,
+        request: UpstreamRequest,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let call = self.call(&request)?;
+        let target = Target::new(request.registry.clone(), request.repository.clone());
+        let ranking = keychain.rank(&target).await;
+        call.through_candidates(&ranking).await
+    }
+}
+
+/// `host[:port]` to connect to for `registry`.
+fn dial_authority(registry: &RegistryHost) -> String {
+    if registry.is_docker_hub() {
+        DOCKER_HUB_API.to_string()
+    } else {
+        registry.to_string()
+    }
+}
