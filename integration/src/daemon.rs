@@ -90,9 +90,10 @@ impl CredgateDaemon {
         daemon
     }
 
+    /// Ready means the ttrpc socket exists and the endpoint accepts connections.
     fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
-        while !self.socket().exists() {
+        while !self.socket().exists() || std::net::TcpStream::connect(self.mirror).is_err() {
             if let Some(status) = self.child.try_wait() {
                 panic!("credgate serve exited ({status}):\n{}", self.log());
             }

@@ -10,14 +10,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{load_config, CliError};
 use crate::config::{Config, Listen};
-use crate::endpoint::{
-    self, EndpointState, HttpServer, MirrorSecret, SecretOrigin, UpstreamNotBuilt,
-};
+use crate::endpoint::{self, EndpointState, HttpServer, MirrorSecret, SecretOrigin};
 use crate::keychain::Keychain;
 use crate::metrics::Metrics;
 use crate::service::{self, Daemon};
 use crate::system::System;
-use crate::upstream::SendUpstream;
+use crate::upstream::{Upstream, UpstreamPolicy};
 
 pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
@@ -31,9 +29,16 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
     let socket = service::serve_socket(listener, &socket_path, daemon.clone())
         .await
         .map_err(failed)?;
-    // Placeholder until the real upstream client is wired in (issue 4, part 3).
-    let upstream: Arc<dyn SendUpstream> = Arc::new(UpstreamNotBuilt);
-    let pull_through = match PullThrough::open(&config.listen, daemon.clone(), upstream).await {
+    let metrics = Arc::new(Metrics::new());
+    let upstream = match Upstream::new(UpstreamPolicy::from_config(&config), metrics.clone()) {
+        Ok(upstream) => Arc::new(upstream),
+        Err(e) => {
+            socket.shutdown().await;
+            return Err(CliError::Failed(e.to_string()));
+        }
+    };
+    let opened = PullThrough::open(&config.listen, daemon.clone(), upstream.clone(), metrics).await;
+    let pull_through = match opened {
         Ok(pull_through) => pull_through,
         Err(e) => {
             socket.shutdown().await;
@@ -52,6 +57,7 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
         daemon,
         socket_path,
         pull_through,
+        upstream,
     };
     loop {
         tokio::select! {
@@ -73,6 +79,7 @@ struct Running {
     daemon: Arc<Daemon>,
     socket_path: PathBuf,
     pull_through: PullThrough,
+    upstream: Arc<Upstream>,
 }
 
 impl Running {
@@ -96,6 +103,8 @@ impl Running {
             );
         }
         self.pull_through.reload(&config.listen);
+        self.upstream
+            .set_policy(UpstreamPolicy::from_config(&config));
         self.daemon.reload(
             keychain(&config, &self.system),
             config.listen.allowed_uids.clone(),
@@ -118,7 +127,8 @@ impl PullThrough {
     async fn open(
         listen: &Listen,
         daemon: Arc<Daemon>,
-        upstream: Arc<dyn SendUpstream>,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
     ) -> Result<PullThrough, CliError> {
         let failed = |e: &dyn std::fmt::Display| CliError::Failed(e.to_string());
         let secret = start_secret(&listen.mirror_secret_file).map_err(|e| failed(&e))?;
@@ -128,7 +138,6 @@ impl PullThrough {
         let metrics_listener = endpoint::bind_loopback("listen.metrics", listen.metrics)
             .await
             .map_err(|e| failed(&e))?;
-        let metrics = Arc::new(Metrics::new());
         let state = Arc::new(EndpointState::new(
             daemon,
             upstream,

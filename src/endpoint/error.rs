@@ -95,7 +95,9 @@ fn upstream_status(error: &UpstreamError) -> (StatusCode, &'static str) {
         UpstreamError::TimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
         UpstreamError::Unreachable { .. }
         | UpstreamError::Protocol { .. }
-        | UpstreamError::Token { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        | UpstreamError::Token { .. }
+        | UpstreamError::CaFile { .. }
+        | UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
     }
 }
 

@@ -67,7 +67,7 @@ fn relay(
 ) -> Result<Response<UpstreamBody>, EndpointError> {
     let (parts, upstream_body) = upstream.into_parts();
     let mut response = Response::new(full_body(bytes::Bytes::new()));
-    *response.status_mut() = parts.status;
+    *response.status_mut() = gate_status(parts.status);
     for name in KEPT_RESPONSE_HEADERS {
         for value in parts.headers.get_all(name) {
             response.headers_mut().append(name, value.clone());
@@ -86,6 +86,16 @@ fn relay(
     let body = StreamedBody::new(upstream_body, tally, expectations);
     *response.body_mut() = http_body_util::BodyExt::boxed(body);
     Ok(response)
+}
+
+/// credgate has already tried every credential it has when a 401 comes back; passed on, it
+/// would make containerd retry this host with its own (possibly missing) credentials, so
+/// the gate answers 403 and containerd moves on to its next host.
+fn gate_status(upstream: StatusCode) -> StatusCode {
+    match upstream {
+        StatusCode::UNAUTHORIZED => StatusCode::FORBIDDEN,
+        other => other,
+    }
 }
 
 fn has_body(status: StatusCode) -> bool {
