@@ -250,9 +250,10 @@ fn upload(token: &str, path: &Path) -> String {
             &auth,
             "-H",
             "Content-Type: application/octet-stream",
-            "--data-binary",
+            // -T streams the file; --data-binary would read 1 GiB into memory.
+            "-T",
         ])
-        .arg(format!("@{}", path.display()))
+        .arg(path)
         .arg(format!("{location}{separator}digest={digest}"))
         .output()
         .expect("curl");

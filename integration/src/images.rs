@@ -58,7 +58,11 @@ fn write_layer(path: &std::path::Path, repository: &str) {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let content = format!("credgate test image {repository} {nanos}\n");
+    write_layer_with(path, &format!("credgate test image {repository} {nanos}\n"));
+}
+
+/// A one-file layer tarball holding `content`.
+pub fn write_layer_with(path: &std::path::Path, content: &str) {
     let mut builder = tar::Builder::new(std::fs::File::create(path).expect("create layer.tar"));
     let mut header = tar::Header::new_gnu();
     header.set_size(content.len() as u64);

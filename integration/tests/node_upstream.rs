@@ -458,25 +458,15 @@ fn push_layers(reference: &str, layers: usize) {
     let mut args = vec!["append".to_string()];
     for n in 0..layers {
         let path = env.scratch().join(format!("layer-{n}.tar"));
-        write_layer(&path, &format!("layer {n} of {reference}\n"));
+        credgate_integration::images::write_layer_with(
+            &path,
+            &format!("layer {n} of {reference}\n"),
+        );
         args.extend(["-f".to_string(), path.to_string_lossy().into_owned()]);
     }
     args.extend(["-t".to_string(), reference.to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     env.run(Client::Crane, &args).assert_success();
-}
-
-fn write_layer(path: &Path, content: &str) {
-    let mut builder = tar::Builder::new(std::fs::File::create(path).expect("create layer"));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, "file.txt", content.as_bytes())
-        .expect("append");
-    builder.finish().expect("finish layer");
 }
 
 /// distribution's filesystem storage never redirects, so a fake registry on `a.glob.test`

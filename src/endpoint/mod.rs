@@ -18,7 +18,8 @@
 //!   segments, names outside the distribution grammar, bad tags, and digests other than
 //!   `sha256`/`sha512` get 400; blobs must be addressed by digest.
 //! - **Upstream answers** pass through with their status, so containerd moves on to its next
-//!   host on anything >= 400. Only `Content-Length`, `Content-Type`, `Docker-Content-Digest`,
+//!   host on anything >= 400 — except a final 401, which becomes 403: credgate has tried every
+//!   credential it has, and a 401 would make containerd retry with its own. Only `Content-Length`, `Content-Type`, `Docker-Content-Digest`,
 //!   `ETag`, `Content-Range`, `Accept-Ranges` and `Last-Modified` are kept (no hop-by-hop or
 //!   auth headers such as `Www-Authenticate`); only `Accept`, `Range`, `If-None-Match` and
 //!   `User-Agent` are forwarded.
