@@ -39,9 +39,9 @@ fn main() {
         .collect();
     let manifest_digest = put_manifest(&token, scratch.path(), &layers);
 
-    let daemon = CredgateDaemon::start(&format!(
+    let daemon = CredgateDaemon::start_logging(&format!(
         "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n[[registry]]\nmatch = \"registry.test/bench\"\nusername = \"bench\"\npassword = \"{PASSWORD}\"\n"
-    ));
+    ), "warn");
     let direct = |path: &str| Fetch::Direct {
         url: format!("https://registry.test{path}"),
         token: token.clone(),

@@ -50,6 +50,12 @@ impl CredgateDaemon {
     /// and [`private_listeners`], followed by `sources` (the rest of a credgate config, without `[listen]`), starts
     /// `credgate serve --config` on it and waits until the socket exists.
     pub fn start(sources: &str) -> CredgateDaemon {
+        Self::start_logging(sources, "debug")
+    }
+
+    /// Like [`CredgateDaemon::start`] with `CREDGATE_LOG` set to `level` (benchmarks run
+    /// at `warn`, since debug logging is on every request's path).
+    pub fn start_logging(sources: &str, level: &str) -> CredgateDaemon {
         let dir = tempfile::tempdir().expect("daemon temp dir");
         let socket = dir.path().join("credgate.sock");
         let secret_file = dir.path().join("mirror-secret");
@@ -73,7 +79,7 @@ impl CredgateDaemon {
             .arg(&config_path)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CREDGATE_LOG", "debug")
+            .env("CREDGATE_LOG", level)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

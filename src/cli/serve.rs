@@ -37,7 +37,24 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
             return Err(CliError::Failed(e.to_string()));
         }
     };
-    let opened = PullThrough::open(&config.listen, daemon.clone(), upstream.clone(), metrics).await;
+    let streaming = match streaming_runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            socket.shutdown().await;
+            return Err(e);
+        }
+    };
+    let open = PullThrough::open(
+        config.listen.clone(),
+        daemon.clone(),
+        upstream.clone(),
+        metrics,
+    );
+    let opened = streaming.spawn(open).await.unwrap_or_else(|e| {
+        Err(CliError::Failed(format!(
+            "the endpoint failed to start: {e}"
+        )))
+    });
     let pull_through = match opened {
         Ok(pull_through) => pull_through,
         Err(e) => {
@@ -66,7 +83,7 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
             _ = interrupt.recv() => break,
         }
     }
-    running.pull_through.shutdown().await;
+    let _ = streaming.spawn(running.pull_through.shutdown()).await;
     socket.shutdown().await;
     tracing::info!("credgate stopped");
     Ok(())
@@ -125,7 +142,7 @@ impl PullThrough {
     /// Reads (or, at first start, generates) the mirror secret and binds both loopback
     /// listeners; any failure stops `serve` with one line.
     async fn open(
-        listen: &Listen,
+        listen: Listen,
         daemon: Arc<Daemon>,
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
@@ -177,6 +194,44 @@ impl PullThrough {
 
     async fn shutdown(self) {
         tokio::join!(self.endpoint.shutdown(), self.metrics.shutdown());
+    }
+}
+
+/// The pull-through endpoint gets its own multi-thread runtime: streaming a blob is upstream
+/// TLS, SHA-256 and the client's socket, which overlap across cores there (the endpoint
+/// benchmark). The Credentials API stays on the main thread, where a lookup is fastest.
+fn streaming_runtime() -> Result<StreamingRuntime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("credgate-endpoint")
+        .enable_all()
+        .build()
+        .map(|runtime| StreamingRuntime(Some(runtime)))
+        .map_err(|e| CliError::Failed(format!("cannot start the endpoint's runtime: {e}")))
+}
+
+/// A runtime can't be dropped inside async code, so this one always stops in the background,
+/// on every path out of `serve`.
+struct StreamingRuntime(Option<tokio::runtime::Runtime>);
+
+impl StreamingRuntime {
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .spawn(future)
+    }
+}
+
+impl Drop for StreamingRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

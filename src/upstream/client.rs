@@ -87,6 +87,10 @@ impl Clients {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // Blobs are large single streams: let the HTTP/2 window grow with the bandwidth
+            // and take big frames, rather than stall on the 64 KiB-per-frame defaults.
+            .http2_adaptive_window(true)
+            .http2_max_frame_size(1 << 20)
             .build(https))
     }
 }
