@@ -241,7 +241,8 @@ fn parse_toml(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, Install
             path: path.to_path_buf(),
             line,
             column,
-            message: e.message().trim_end().to_string(),
+            // One line: toml_edit puts its expectations on a second one.
+            message: e.message().trim_end().replace('\n', "; "),
         }
     })
 }
