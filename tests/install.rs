@@ -446,3 +446,21 @@ fn a_missing_secret_is_generated_and_outlives_uninstall() {
     assert_ok(&node.credgate(&["uninstall"]));
     assert_eq!(node.read("credgate/mirror-secret"), secret);
 }
+
+#[test]
+fn a_malformed_registry_hosts_toml_is_exit_2_naming_it_and_nothing_written() {
+    let node = node_with_docker_io(&v3());
+    let ghcr = node.hosts_dir().join("ghcr.io");
+    std::fs::create_dir(&ghcr).unwrap();
+    write(
+        &ghcr.join("hosts.toml"),
+        "server = \"https://ghcr.io\"\n[host.\n",
+        0o644,
+    );
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let at = format!("{}:2:", ghcr.join("hosts.toml").display());
+    assert!(stderr(&out).contains(&at), "{}", stderr(&out));
+    assert_eq!(node.tree(), before);
+}

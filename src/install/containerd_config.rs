@@ -248,3 +248,55 @@ fn set_string(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let edit = plan(&path, Some(Path::new("/hosts"))).unwrap();
+        String::from_utf8(edit.change.after).unwrap()
+    }
+
+    #[test]
+    fn a_missing_registry_table_is_added_after_its_plugin_and_the_rest_is_kept() {
+        let text = "# minimal\nversion = 3\n\n[plugins.\"io.containerd.cri.v1.images\"]\n  \
+                    snapshotter = \"overlayfs\" # fast\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  x = 1\n";
+        let expected = "# minimal\nversion = 3\n\n[plugins.\"io.containerd.cri.v1.images\"]\n  \
+                        snapshotter = \"overlayfs\" # fast\n\n\
+                        [plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/hosts\"\n\n\
+                        [plugins.\"io.containerd.grpc.v1.cri\"]\n  x = 1\n";
+        assert_eq!(planned(text), expected);
+        assert_eq!(planned(expected), expected);
+    }
+
+    #[test]
+    fn an_old_value_keeps_its_trailing_comment() {
+        let text = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  \
+                    config_path = \"\" # set by credgate\n";
+        assert_eq!(
+            planned(text),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  \
+             config_path = \"/hosts\" # set by credgate\n"
+        );
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "version = 4\n").unwrap();
+        assert!(matches!(
+            plan(&path, None),
+            Err(InstallError::UnsupportedVersion { .. })
+        ));
+        std::fs::write(&path, "root = \"/var/lib/containerd\"\n").unwrap();
+        assert!(matches!(
+            plan(&path, None),
+            Err(InstallError::Version1 { .. })
+        ));
+    }
+}
