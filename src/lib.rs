@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod endpoint;
 pub mod identity;
+pub mod install;
 pub mod keychain;
 pub mod metrics;
 pub mod service;

@@ -62,6 +62,30 @@ pub enum Command {
     },
     /// kubelet credential provider plugin: CredentialProviderRequest on stdin, response on stdout
     KubeletProvider,
+    /// Route containerd's pulls through credgate: config.toml's config_path and hosts.toml
+    Install {
+        /// containerd's config file
+        #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
+        /// Hosts directory [default: the one config_path names, else /etc/containerd/certs.d]
+        #[arg(long, value_name = "DIR")]
+        hosts_dir: Option<PathBuf>,
+        /// Print a unified diff of every change and write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Undo `credgate install`: restore modified files, remove created ones
+    Uninstall {
+        /// containerd's config file
+        #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
+        /// Hosts directory [default: the one config_path names, else /etc/containerd/certs.d]
+        #[arg(long, value_name = "DIR")]
+        hosts_dir: Option<PathBuf>,
+        /// Print a unified diff of every change and write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl Command {
@@ -126,6 +150,31 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
                 lookup::explain(&config, &system, &reference).await
             }
             Command::KubeletProvider => kubelet_provider(config_path.as_deref(), &vars).await,
+            Command::Install {
+                containerd_config,
+                hosts_dir,
+                dry_run,
+            } => {
+                let config = load_config(config_path.as_deref())?;
+                let options = crate::install::Options {
+                    containerd_config,
+                    hosts_dir,
+                    dry_run,
+                };
+                report_install(crate::install::install(&config, &options))
+            }
+            Command::Uninstall {
+                containerd_config,
+                hosts_dir,
+                dry_run,
+            } => {
+                let options = crate::install::Options {
+                    containerd_config,
+                    hosts_dir,
+                    dry_run,
+                };
+                report_install(crate::install::uninstall(&options))
+            }
         }
     })
 }
@@ -140,6 +189,25 @@ async fn kubelet_provider(
     match crate::clients::kubelet_provider::run(&input, vars, config).await {
         Ok(response) => {
             println!("{response}");
+            Ok(())
+        }
+        Err(e) if e.is_bad_input() => Err(CliError::BadInput(e.to_string())),
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
+/// Prints an install or uninstall report: warnings on stderr, the rest on stdout.
+fn report_install(
+    outcome: Result<crate::install::Report, crate::install::InstallError>,
+) -> Result<(), CliError> {
+    match outcome {
+        Ok(report) => {
+            for warning in &report.warnings {
+                eprintln!("credgate: {warning}");
+            }
+            for line in &report.stdout {
+                println!("{}", line.trim_end());
+            }
             Ok(())
         }
         Err(e) if e.is_bad_input() => Err(CliError::BadInput(e.to_string())),

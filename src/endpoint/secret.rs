@@ -54,6 +54,12 @@ impl MirrorSecret {
         Self(value.into())
     }
 
+    /// The value itself, for the one place that must write it out: `credgate install`
+    /// putting it into hosts.toml's `[header]`.
+    pub fn reveal(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Constant-time comparison with a header value; only the length may leak, and every
     /// generated secret has the same length.
     pub fn matches(&self, presented: &[u8]) -> bool {

@@ -1,0 +1,302 @@
+//! containerd's config.toml: find the CRI registry table for the config's version, and point
+//! its `config_path` at one hosts directory, keeping every comment and the formatting.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{DocumentMut, Item, Table, Value};
+
+use super::files::Change;
+use super::{parse_toml, InstallError};
+
+/// `--containerd-config` when it is not given.
+pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// The hosts directory when neither `--hosts-dir` nor the config names one.
+pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
+
+/// Mode of a containerd config that install creates (containerd's packages ship 0644).
+const NEW_CONFIG_MODE: u32 = 0o644;
+/// Written when there is no config: containerd merges it over its defaults, and every
+/// containerd from 1.5 on reads version 2 (2.x migrates it in memory).
+const MINIMAL_CONFIG: &str = "version = 2\n";
+
+/// The planned edit of the containerd config, and the hosts directory it settles on.
+#[derive(Debug, Clone)]
+pub(crate) struct ConfigEdit {
+    pub change: Change,
+    pub hosts_dir: PathBuf,
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The CRI registry table's path for a config version.
+fn registry_keys(version: i64) -> [&'static str; 3] {
+    match version {
+        2 => ["plugins", "io.containerd.grpc.v1.cri", "registry"],
+        _ => ["plugins", "io.containerd.cri.v1.images", "registry"],
+    }
+}
+
+/// Reads and edits the config at `path` (a missing file becomes a minimal version 2 config).
+pub(crate) fn plan(path: &Path, hosts_dir_flag: Option<&Path>) -> Result<ConfigEdit, InstallError> {
+    let before = read_optional(path)?;
+    let text = match &before {
+        Some(bytes) => String::from_utf8(bytes.clone()).map_err(|_| InstallError::Parse {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "not UTF-8 text".to_string(),
+        })?,
+        None => MINIMAL_CONFIG.to_string(),
+    };
+    let mut doc = parse_toml(path, &text)?;
+    let version = version(&doc, path)?;
+    let keys = registry_keys(version);
+    let current = current_config_path(&doc, &keys, path)?;
+    let mut edit = ConfigEdit {
+        change: Change::new(path, before, Vec::new(), NEW_CONFIG_MODE),
+        hosts_dir: PathBuf::new(),
+        notes: Vec::new(),
+        warnings: deprecated_table_warnings(&doc, &keys, path),
+    };
+    edit.hosts_dir = choose_hosts_dir(path, current.as_deref(), hosts_dir_flag, &mut edit.notes);
+    let wanted = edit.hosts_dir.to_string_lossy().into_owned();
+    if current.as_deref() != Some(wanted.as_str()) {
+        let registry = table_at(doc.as_table_mut(), &keys, path)?;
+        set_string(registry, "config_path", &wanted, path, &keys)?;
+    }
+    edit.change.after = doc.to_string().into_bytes();
+    Ok(edit)
+}
+
+/// The hosts directory an earlier install used: `--hosts-dir`, else the one directory
+/// `config_path` names, else the default.
+pub(crate) fn installed_hosts_dir(path: &Path, hosts_dir_flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = hosts_dir_flag {
+        return dir.to_path_buf();
+    }
+    let named = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<DocumentMut>().ok())
+        .and_then(|doc| {
+            let version = version(&doc, path).ok()?;
+            current_config_path(&doc, &registry_keys(version), path).ok()?
+        });
+    match named {
+        Some(dir) if !dir.contains(':') => PathBuf::from(dir),
+        _ => PathBuf::from(DEFAULT_HOSTS_DIR),
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InstallError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn version(doc: &DocumentMut, path: &Path) -> Result<i64, InstallError> {
+    let Some(item) = doc.get("version") else {
+        return Err(InstallError::Version1 {
+            path: path.to_path_buf(),
+        });
+    };
+    match item.as_integer() {
+        Some(version @ (2 | 3)) => Ok(version),
+        _ => Err(InstallError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            version: item.to_string().trim().to_string(),
+        }),
+    }
+}
+
+/// The registry table, read-only; `None` when some table on the way is missing.
+fn registry_table<'a>(doc: &'a DocumentMut, keys: &[&str]) -> Option<&'a dyn toml_edit::TableLike> {
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    for key in keys {
+        table = table.get(key)?.as_table_like()?;
+    }
+    Some(table)
+}
+
+/// `config_path` as written; `None` when absent or empty.
+fn current_config_path(
+    doc: &DocumentMut,
+    keys: &[&str],
+    path: &Path,
+) -> Result<Option<String>, InstallError> {
+    let Some(item) = registry_table(doc, keys).and_then(|t| t.get("config_path")) else {
+        return Ok(None);
+    };
+    let value = item.as_str().ok_or_else(|| InstallError::NotAString {
+        path: path.to_path_buf(),
+        key: format!("{}.config_path", keys.join(".")),
+    })?;
+    Ok(Some(value.to_string()).filter(|v| !v.is_empty()))
+}
+
+/// `--hosts-dir` wins; else the directory `config_path` already names (the first, when it is
+/// a list); else the default.
+fn choose_hosts_dir(
+    path: &Path,
+    current: Option<&str>,
+    flag: Option<&Path>,
+    notes: &mut Vec<String>,
+) -> PathBuf {
+    let file = path.display();
+    match (flag, current) {
+        (Some(dir), Some(old)) if Path::new(old) != dir => {
+            notes.push(format!(
+                "config_path in {file} was {old:?}; it becomes {}",
+                dir.display()
+            ));
+            dir.to_path_buf()
+        }
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(list)) if list.contains(':') => {
+            let first = list
+                .split(':')
+                .find(|d| !d.is_empty())
+                .unwrap_or(DEFAULT_HOSTS_DIR);
+            notes.push(format!(
+                "config_path in {file} lists several directories ({list:?}); containerd 2.1+ \
+                 reads only one, so it becomes {first:?}: move any hosts.toml kept in the others there"
+            ));
+            PathBuf::from(first)
+        }
+        (None, Some(dir)) => {
+            notes.push(format!(
+                "using hosts dir {dir}: config_path in {file} already names it"
+            ));
+            PathBuf::from(dir)
+        }
+        (None, None) => PathBuf::from(DEFAULT_HOSTS_DIR),
+    }
+}
+
+/// One line per deprecated CRI registry table that has entries: in containerd 2.1+ they switch
+/// the CRI to local pull, and `registry.configs` auth there would bypass credgate.
+fn deprecated_table_warnings(doc: &DocumentMut, keys: &[&str], path: &Path) -> Vec<String> {
+    let Some(registry) = registry_table(doc, keys) else {
+        return Vec::new();
+    };
+    ["configs", "mirrors"]
+        .into_iter()
+        .filter(|name| {
+            registry
+                .get(name)
+                .and_then(Item::as_table_like)
+                .is_some_and(|t| !t.is_empty())
+        })
+        .map(|name| {
+            format!(
+                "warning: {}: `{}.{name}` is deprecated; in containerd 2.1+ it silently switches \
+                 CRI pulls to local pull; move it to hosts.toml files in the hosts dir",
+                path.display(),
+                keys.join(".")
+            )
+        })
+        .collect()
+}
+
+/// The table at `keys`, creating missing ones (implicit, so no empty headers appear).
+fn table_at<'a>(
+    root: &'a mut Table,
+    keys: &[&str],
+    path: &Path,
+) -> Result<&'a mut Table, InstallError> {
+    let mut table = root;
+    for (depth, key) in keys.iter().enumerate() {
+        let item = table.entry(key).or_insert_with(|| {
+            let mut new = Table::new();
+            new.set_implicit(true);
+            Item::Table(new)
+        });
+        table = item.as_table_mut().ok_or_else(|| InstallError::NotATable {
+            path: path.to_path_buf(),
+            key: keys[..=depth].join("."),
+        })?;
+    }
+    Ok(table)
+}
+
+/// Sets `key` to a string, keeping the decoration (spacing, trailing comment) of the old value.
+fn set_string(
+    table: &mut Table,
+    key: &str,
+    value: &str,
+    path: &Path,
+    keys: &[&str],
+) -> Result<(), InstallError> {
+    match table.get_mut(key) {
+        None => {
+            table.insert(key, toml_edit::value(value));
+            Ok(())
+        }
+        Some(Item::Value(old)) => {
+            let decor = old.decor().clone();
+            *old = Value::from(value);
+            *old.decor_mut() = decor;
+            Ok(())
+        }
+        Some(_) => Err(InstallError::NotAString {
+            path: path.to_path_buf(),
+            key: format!("{}.{key}", keys.join(".")),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let edit = plan(&path, Some(Path::new("/hosts"))).unwrap();
+        String::from_utf8(edit.change.after).unwrap()
+    }
+
+    #[test]
+    fn a_missing_registry_table_is_added_after_its_plugin_and_the_rest_is_kept() {
+        let text = "# minimal\nversion = 3\n\n[plugins.\"io.containerd.cri.v1.images\"]\n  \
+                    snapshotter = \"overlayfs\" # fast\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  x = 1\n";
+        let expected = "# minimal\nversion = 3\n\n[plugins.\"io.containerd.cri.v1.images\"]\n  \
+                        snapshotter = \"overlayfs\" # fast\n\n\
+                        [plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/hosts\"\n\n\
+                        [plugins.\"io.containerd.grpc.v1.cri\"]\n  x = 1\n";
+        assert_eq!(planned(text), expected);
+        assert_eq!(planned(expected), expected);
+    }
+
+    #[test]
+    fn an_old_value_keeps_its_trailing_comment() {
+        let text = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  \
+                    config_path = \"\" # set by credgate\n";
+        assert_eq!(
+            planned(text),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  \
+             config_path = \"/hosts\" # set by credgate\n"
+        );
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "version = 4\n").unwrap();
+        assert!(matches!(
+            plan(&path, None),
+            Err(InstallError::UnsupportedVersion { .. })
+        ));
+        std::fs::write(&path, "root = \"/var/lib/containerd\"\n").unwrap();
+        assert!(matches!(
+            plan(&path, None),
+            Err(InstallError::Version1 { .. })
+        ));
+    }
+}

@@ -1,0 +1,248 @@
+//! `credgate install` and `credgate uninstall`: register the pull-through endpoint with
+//! containerd. The containerd config's `config_path` names one hosts directory, and every
+//! hosts.toml there lists the endpoint first. Every write is atomic and backed up, and a state
+//! file records what install created and modified so that uninstall can undo exactly that.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::endpoint::{MirrorSecret, SecretError};
+
+mod containerd_config;
+mod files;
+mod hosts;
+mod state;
+
+pub use containerd_config::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
+
+use containerd_config::ConfigEdit;
+use files::Change;
+use hosts::Endpoint;
+use state::InstallState;
+
+/// Why install or uninstall did not finish; every variant names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error(
+        "{path}: no `version` key, so this is a version 1 containerd config, which credgate \
+         does not edit; migrate it to version 2 or 3 first (containerd 2.x: `containerd config migrate`)"
+    )]
+    Version1 { path: PathBuf },
+    #[error("{path}: containerd config version {version} is not one credgate edits (2 or 3)")]
+    UnsupportedVersion { path: PathBuf, version: String },
+    #[error("{path}: `{key}` is not a table")]
+    NotATable { path: PathBuf, key: String },
+    #[error("{path}: `{key}` is not a string")]
+    NotAString { path: PathBuf, key: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the install state is unreadable: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("{path}: its backup {backup} is missing, so the original cannot be restored")]
+    MissingBackup { path: PathBuf, backup: PathBuf },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl InstallError {
+    /// Bad input (exit 2) rather than a failed operation (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            InstallError::Parse { .. }
+                | InstallError::Version1 { .. }
+                | InstallError::UnsupportedVersion { .. }
+                | InstallError::NotATable { .. }
+                | InstallError::NotAString { .. }
+                | InstallError::State { .. }
+                | InstallError::Secret(SecretError::Empty { .. })
+                | InstallError::Secret(SecretError::NotAHeaderValue { .. })
+        )
+    }
+}
+
+/// The command-line flags install and uninstall share.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub containerd_config: PathBuf,
+    /// `--hosts-dir`: wins over the directory `config_path` already names.
+    pub hosts_dir: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+impl Options {
+    /// The same options with absolute paths, so the install state means the same files
+    /// whatever directory uninstall runs in.
+    fn absolute(&self) -> Result<Self, InstallError> {
+        let absolute = |path: &Path| {
+            std::path::absolute(path).map_err(|source| InstallError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Self {
+            containerd_config: absolute(&self.containerd_config)?,
+            hosts_dir: self.hosts_dir.as_deref().map(absolute).transpose()?,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+/// What a run says: lines for stdout, and one-line warnings for stderr.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub stdout: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// `credgate install`.
+pub fn install(config: &Config, options: &Options) -> Result<Report, InstallError> {
+    let options = &options.absolute()?;
+    let mut report = Report::default();
+    let edit = containerd_config::plan(&options.containerd_config, options.hosts_dir.as_deref())?;
+    report.stdout.extend(edit.notes.iter().cloned());
+    report.warnings.extend(edit.warnings.iter().cloned());
+    let endpoint = endpoint(config, options.dry_run, &mut report)?;
+    let mut changes = vec![edit.change.clone()];
+    changes.extend(hosts::plan(
+        &edit.hosts_dir,
+        &endpoint,
+        &mut report.warnings,
+    )?);
+    changes.retain(Change::changes_anything);
+    if changes.is_empty() {
+        report.stdout.push(format!(
+            "already installed: {} and the hosts.toml files in {} need no change",
+            options.containerd_config.display(),
+            edit.hosts_dir.display()
+        ));
+        return Ok(report);
+    }
+    if options.dry_run {
+        show_dry_run(&changes, &mut report);
+        return Ok(report);
+    }
+    apply(&edit, &changes, &mut report)?;
+    Ok(report)
+}
+
+/// `credgate uninstall`.
+pub fn uninstall(options: &Options) -> Result<Report, InstallError> {
+    let options = &options.absolute()?;
+    let mut report = Report::default();
+    let hosts_dir = containerd_config::installed_hosts_dir(
+        &options.containerd_config,
+        options.hosts_dir.as_deref(),
+    );
+    let state_path = state::path(&hosts_dir);
+    let Some(state) = InstallState::load(&state_path)? else {
+        report.stdout.push(format!(
+            "not installed: no install state at {}, nothing to undo",
+            state_path.display()
+        ));
+        return Ok(report);
+    };
+    state::undo(&state, &state_path, options.dry_run, &mut report)?;
+    Ok(report)
+}
+
+/// The endpoint's URL and secret. A dry run never generates the secret (that would write).
+fn endpoint(config: &Config, dry_run: bool, report: &mut Report) -> Result<Endpoint, InstallError> {
+    let url = format!("http://{}", config.listen.mirror);
+    let path = &config.listen.mirror_secret_file;
+    let secret = match (dry_run, MirrorSecret::read(path)) {
+        (_, Ok(secret)) => String::from_utf8_lossy(secret.reveal()).into_owned(),
+        (true, Err(SecretError::Read { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            report.stdout.push(format!(
+                "dry run: {} does not exist; install will generate it",
+                path.display()
+            ));
+            "<generated by install>".to_string()
+        }
+        (false, _) => {
+            let (secret, _) = MirrorSecret::read_or_generate(path)?;
+            String::from_utf8_lossy(secret.reveal()).into_owned()
+        }
+        (true, Err(e)) => return Err(e.into()),
+    };
+    Ok(Endpoint { url, secret })
+}
+
+fn show_dry_run(changes: &[Change], report: &mut Report) {
+    for change in changes {
+        report.stdout.push(change.diff());
+    }
+    report
+        .stdout
+        .push("dry run: nothing was written".to_string());
+}
+
+/// Backs up and writes every change, recording each in the install state.
+fn apply(edit: &ConfigEdit, changes: &[Change], report: &mut Report) -> Result<(), InstallError> {
+    let state_path = state::path(&edit.hosts_dir);
+    let mut state = InstallState::load(&state_path)?.unwrap_or_default();
+    files::create_dirs(&edit.hosts_dir, &mut state).map_err(|source| InstallError::Write {
+        path: edit.hosts_dir.clone(),
+        source,
+    })?;
+    for change in changes {
+        let line = change.apply(&mut state)?;
+        if change.path == edit.change.path {
+            state.containerd_config = Some(change.path.clone());
+        }
+        report.stdout.push(line);
+        // Saved after each file, so a failure midway still leaves uninstall a full record.
+        state.save(&state_path)?;
+    }
+    if changes.iter().any(|c| c.path == edit.change.path) {
+        report.stdout.push(format!(
+            "restart containerd (systemctl restart containerd): it reads {} only at start; \
+             hosts.toml files are read at each pull",
+            edit.change.path.display()
+        ));
+    } else {
+        report.stdout.push(
+            "hosts.toml files are read at each pull: no containerd restart needed".to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of a byte offset, for parse errors.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Parses TOML with toml_edit, naming the file, line and column on failure.
+fn parse_toml(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, InstallError> {
+    text.parse().map_err(|e: toml_edit::TomlError| {
+        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+        InstallError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            // One line: toml_edit puts its expectations on a second one.
+            message: e.message().trim_end().replace('\n', "; "),
+        }
+    })
+}

@@ -1,0 +1,466 @@
+//! `credgate install` and `credgate uninstall` against copies of real containerd configs
+//! (`integration/tests/fixtures/containerd/`), in temp dirs only: the exact text written, a
+//! second install that changes nothing, an uninstall that restores every byte, and `--dry-run`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SECRET: &str = "0123456789abcdef-test-secret";
+
+const DOCKER_IO_HOSTS: &str = "server = \"https://registry-1.docker.io\"\n\
+\n\
+# the office mirror, with its own CA\n\
+[host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"/etc/containerd/certs.d/docker.io/office-ca.pem\"\n";
+
+const OURS: &str = "[host.\"http://127.0.0.1:5008\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+[host.\"http://127.0.0.1:5008\".header]\n    X-Credgate-Secret = [\"0123456789abcdef-test-secret\"]\n";
+
+/// A node in a temp dir: credgate's config and secret, containerd's config, a hosts dir.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(containerd_config: &str) -> Self {
+        let node = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let credgate = node.path("credgate");
+        std::fs::create_dir(&credgate).unwrap();
+        write(
+            &credgate.join("mirror-secret"),
+            &format!("{SECRET}\n"),
+            0o600,
+        );
+        let config = format!(
+            "[listen]\nmirror = \"127.0.0.1:5008\"\nmirror_secret_file = \"{}\"\n\n\
+             [[registry]]\nmatch = \"registry.example.com/k8s\"\nusername = \"deploy\"\npassword = \"pw\"\n",
+            credgate.join("mirror-secret").display()
+        );
+        write(&credgate.join("config.toml"), &config, 0o600);
+        std::fs::create_dir(node.path("containerd")).unwrap();
+        write(&node.containerd_config(), containerd_config, 0o644);
+        node
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    fn containerd_config(&self) -> PathBuf {
+        self.path("containerd/config.toml")
+    }
+
+    fn hosts_dir(&self) -> PathBuf {
+        self.path("containerd/certs.d")
+    }
+
+    fn credgate(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_credgate"))
+            .arg("--config")
+            .arg(self.path("credgate/config.toml"))
+            .args(args)
+            .arg("--containerd-config")
+            .arg(self.containerd_config())
+            .env_remove("CREDGATE_CONFIG")
+            .env_remove("CREDGATE_LOG")
+            .output()
+            .expect("credgate runs")
+    }
+
+    fn with_hosts_dir(&self, args: &[&str]) -> Output {
+        let hosts = self.hosts_dir();
+        let mut all = args.to_vec();
+        all.extend(["--hosts-dir", hosts.to_str().unwrap()]);
+        self.credgate(&all)
+    }
+
+    fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.path(relative)).unwrap()
+    }
+
+    /// Every file and directory under the node: content (files) and mode.
+    fn tree(&self) -> BTreeMap<PathBuf, (Option<Vec<u8>>, u32)> {
+        let mut tree = BTreeMap::new();
+        walk(self.dir.path(), self.dir.path(), &mut tree);
+        tree
+    }
+}
+
+fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<PathBuf, (Option<Vec<u8>>, u32)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        let relative = path.strip_prefix(root).unwrap().to_path_buf();
+        if meta.is_dir() {
+            tree.insert(relative, (None, mode));
+            walk(root, &path, tree);
+        } else {
+            tree.insert(relative, (Some(std::fs::read(&path).unwrap()), mode));
+        }
+    }
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration/tests/fixtures/containerd")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn v2() -> String {
+    fixture("config-v2-containerd-1.7.toml")
+}
+
+fn v3() -> String {
+    fixture("config-v3-containerd-2.1.toml")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// A node whose hosts dir already configures docker.io (server and a CA-pinned mirror).
+fn node_with_docker_io(config: &str) -> Node {
+    let node = Node::new(config);
+    std::fs::create_dir_all(node.hosts_dir().join("docker.io")).unwrap();
+    write(
+        &node.hosts_dir().join("docker.io/hosts.toml"),
+        DOCKER_IO_HOSTS,
+        0o644,
+    );
+    node
+}
+
+fn assert_installed_hosts(node: &Node) {
+    assert_eq!(node.read("containerd/certs.d/_default/hosts.toml"), OURS);
+    let expected = format!(
+        "server = \"https://registry-1.docker.io\"\n\n{OURS}\n\
+         # the office mirror, with its own CA\n\
+         [host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+         ca = \"/etc/containerd/certs.d/docker.io/office-ca.pem\"\n"
+    );
+    assert_eq!(
+        node.read("containerd/certs.d/docker.io/hosts.toml"),
+        expected
+    );
+    // No directory for registry.example.com (credgate's own registry), or any other.
+    let mut names: Vec<_> = std::fs::read_dir(node.hosts_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".credgate-install.json", "_default", "docker.io"]);
+}
+
+#[test]
+fn install_on_a_v2_config_sets_config_path_and_writes_the_exact_hosts_files() {
+    let node = node_with_docker_io(&v2());
+    let out = node.with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    let hosts = node.hosts_dir();
+    let expected = v2().replace(
+        "    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"\"\n",
+        &format!(
+            "    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"{}\"\n",
+            hosts.display()
+        ),
+    );
+    assert_ne!(expected, v2());
+    assert_eq!(node.read("containerd/config.toml"), expected);
+    assert_installed_hosts(&node);
+    assert!(
+        stdout(&out).contains("restart containerd"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn install_on_a_v3_config_sets_the_images_plugin_config_path() {
+    let node = node_with_docker_io(&v3());
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let expected = v3().replace(
+        "    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = ''\n",
+        &format!(
+            "    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = \"{}\"\n",
+            node.hosts_dir().display()
+        ),
+    );
+    assert_ne!(expected, v3());
+    assert_eq!(node.read("containerd/config.toml"), expected);
+    assert_installed_hosts(&node);
+}
+
+#[test]
+fn a_second_install_changes_nothing_and_says_already_installed() {
+    for config in [v2(), v3()] {
+        let node = node_with_docker_io(&config);
+        assert_ok(&node.with_hosts_dir(&["install"]));
+        let first = node.tree();
+        let out = node.with_hosts_dir(&["install"]);
+        assert_ok(&out);
+        assert!(
+            stdout(&out).contains("already installed"),
+            "{}",
+            stdout(&out)
+        );
+        assert_eq!(node.tree(), first);
+        // Without --hosts-dir it finds the same directory through config_path.
+        let out = node.credgate(&["install"]);
+        assert_ok(&out);
+        assert!(
+            stdout(&out).contains("already installed"),
+            "{}",
+            stdout(&out)
+        );
+        assert_eq!(node.tree(), first);
+    }
+}
+
+#[test]
+fn uninstall_restores_every_byte_and_mode_and_removes_what_install_created() {
+    for config in [v2(), v3()] {
+        let node = node_with_docker_io(&config);
+        let before = node.tree();
+        assert_ok(&node.with_hosts_dir(&["install"]));
+        assert_ok(&node.with_hosts_dir(&["install"]));
+        assert_ne!(node.tree(), before);
+        // Uninstall finds the hosts dir through the config_path install wrote.
+        let out = node.credgate(&["uninstall"]);
+        assert_ok(&out);
+        assert_eq!(node.tree(), before, "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("restart containerd"),
+            "{}",
+            stdout(&out)
+        );
+        let again = node.credgate(&["uninstall"]);
+        assert_ok(&again);
+        assert!(
+            stdout(&again).contains("not installed"),
+            "{}",
+            stdout(&again)
+        );
+    }
+}
+
+#[test]
+fn uninstall_removes_a_hosts_dir_install_created() {
+    let node = Node::new(&v3());
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert!(node.hosts_dir().join("_default/hosts.toml").is_file());
+    let mode = std::fs::metadata(node.hosts_dir().join("_default/hosts.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "hosts.toml holds the secret");
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn dry_run_prints_a_unified_diff_and_writes_nothing() {
+    let node = node_with_docker_io(&v2());
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_ok(&out);
+    assert_eq!(node.tree(), before);
+    let diff = stdout(&out);
+    let config = node.containerd_config();
+    let hosts = node.hosts_dir();
+    for line in [
+        format!("--- {}", config.display()),
+        format!("+++ {}", config.display()),
+        "-      config_path = \"\"".to_string(),
+        format!("+      config_path = \"{}\"", hosts.display()),
+        "--- /dev/null".to_string(),
+        format!("+++ {}", hosts.join("_default/hosts.toml").display()),
+        format!("+++ {}", hosts.join("docker.io/hosts.toml").display()),
+        "+    X-Credgate-Secret = [\"0123456789abcdef-test-secret\"]".to_string(),
+        "dry run: nothing was written".to_string(),
+    ] {
+        assert!(
+            diff.lines().any(|l| l == line),
+            "missing {line:?} in:\n{diff}"
+        );
+    }
+
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let installed = node.tree();
+    let out = node.credgate(&["uninstall", "--dry-run"]);
+    assert_ok(&out);
+    assert_eq!(node.tree(), installed);
+    assert!(stdout(&out).contains("+++ /dev/null"), "{}", stdout(&out));
+}
+
+#[test]
+fn deprecated_mirrors_are_warned_about_on_one_line() {
+    let config = v2().replace(
+        "      [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n",
+        "      [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n        \
+         [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n          \
+         endpoint = [\"https://mirror.office.test\"]\n",
+    );
+    let node = Node::new(&config);
+    let out = node.with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    let warnings: Vec<_> = stderr(&out)
+        .lines()
+        .filter(|l| l.contains("deprecated"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", stderr(&out));
+    assert!(warnings[0].contains("registry.mirrors"), "{}", warnings[0]);
+    assert!(warnings[0].contains("local pull"), "{}", warnings[0]);
+    // The empty tables of a default config are not warned about.
+    let quiet = Node::new(&v2());
+    let out = quiet.with_hosts_dir(&["install"]);
+    assert!(!stderr(&out).contains("deprecated"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_version_1_config_is_refused_with_exit_2_naming_the_file() {
+    let node = Node::new("[plugins.cri]\n  sandbox_image = \"registry.k8s.io/pause:3.2\"\n");
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(node.containerd_config().to_str().unwrap()),
+        "{err}"
+    );
+    assert!(err.contains("version 1"), "{err}");
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn a_config_path_list_becomes_one_directory_with_a_note() {
+    let a = "/var/lib/certs-a";
+    let b = "/var/lib/certs-b";
+    let node = Node::new(&v3().replace(
+        "      config_path = ''\n",
+        &format!("      config_path = '{a}:{b}'\n"),
+    ));
+    let hosts = node.hosts_dir();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("was \"/var/lib/certs-a:/var/lib/certs-b\""),
+        "{}",
+        stdout(&out)
+    );
+    let config = node.read("containerd/config.toml");
+    assert!(config.contains(&format!("      config_path = \"{}\"\n", hosts.display())));
+
+    // Without --hosts-dir, the first listed directory is kept.
+    let first = node.path("first");
+    let list = Node::new(&v3().replace(
+        "      config_path = ''\n",
+        &format!("      config_path = '{}:{b}'\n", first.display()),
+    ));
+    let out = list.credgate(&["install"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("reads only one"), "{}", stdout(&out));
+    let config = list.read("containerd/config.toml");
+    assert!(config.contains(&format!("      config_path = \"{}\"\n", first.display())));
+    assert!(first.join("_default/hosts.toml").is_file());
+}
+
+#[test]
+fn a_single_directory_already_named_is_used_and_said() {
+    let node = Node::new("version = 2\n");
+    let elsewhere = node.path("elsewhere");
+    write(
+        &node.containerd_config(),
+        &format!(
+            "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  \
+             config_path = \"{}\" # ours\n",
+            elsewhere.display()
+        ),
+        0o644,
+    );
+    let before = std::fs::read(node.containerd_config()).unwrap();
+    let out = node.credgate(&["install"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("already names it"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read(node.containerd_config()).unwrap(), before);
+    assert_eq!(node.read("elsewhere/_default/hosts.toml"), OURS);
+    assert!(stdout(&out).contains("no containerd restart needed"));
+}
+
+#[test]
+fn a_malformed_config_is_exit_2_with_file_line_column_and_nothing_written() {
+    let node = Node::new("version = 2\n\n[plugins\n  x = 1\n");
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let at = format!("{}:3:", node.containerd_config().display());
+    assert!(err.contains(&at), "{err}");
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn a_missing_secret_is_generated_and_outlives_uninstall() {
+    let node = Node::new(&v3());
+    std::fs::remove_file(node.path("credgate/mirror-secret")).unwrap();
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install", "--dry-run"]));
+    assert_eq!(node.tree(), before);
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let secret = node.read("credgate/mirror-secret");
+    let hosts = node.read("containerd/certs.d/_default/hosts.toml");
+    assert!(
+        hosts.contains(&format!("[\"{}\"]", secret.trim_end())),
+        "{hosts}"
+    );
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.read("credgate/mirror-secret"), secret);
+}
+
+#[test]
+fn a_malformed_registry_hosts_toml_is_exit_2_naming_it_and_nothing_written() {
+    let node = node_with_docker_io(&v3());
+    let ghcr = node.hosts_dir().join("ghcr.io");
+    std::fs::create_dir(&ghcr).unwrap();
+    write(
+        &ghcr.join("hosts.toml"),
+        "server = \"https://ghcr.io\"\n[host.\n",
+        0o644,
+    );
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let at = format!("{}:2:", ghcr.join("hosts.toml").display());
+    assert!(stderr(&out).contains(&at), "{}", stderr(&out));
+    assert_eq!(node.tree(), before);
+}
