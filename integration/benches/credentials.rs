@@ -112,7 +112,11 @@ fn verdict(met: bool) -> &'static str {
 
 fn start_daemon(bin: &Path, dir: &Path) -> Child {
     let socket = dir.join("credgate.sock");
-    let mut config = format!("[listen]\nsocket = \"{}\"\n\n", socket.display());
+    let mut config = format!(
+        "[listen]\nsocket = \"{}\"\n{}\n",
+        socket.display(),
+        credgate_integration::daemon::private_listeners(dir)
+    );
     // A realistic keychain: the target among many scopes, and a docker config beside it.
     for i in 0..50 {
         config += &format!("[[registry]]\nmatch = \"registry{i}.test/team{i}\"\nusername = \"u{i}\"\npassword = \"p{i}\"\n\n");
