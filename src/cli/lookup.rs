@@ -43,7 +43,7 @@ impl LookupOutput {
             out.username = winner.credential.username.clone();
             out.secret =
                 show_secret.then(|| winner.credential.transfer_secret().expose().to_string());
-            out.source = format!("{} ({})", candidate.source, candidate.offer.origin);
+            out.source = candidate.describe();
             out.matched = candidate.offer.scope.to_string();
         }
         out

@@ -63,29 +63,33 @@ pub enum Command {
     /// kubelet credential provider plugin: CredentialProviderRequest on stdin, response on stdout
     KubeletProvider,
     /// Route containerd's pulls through credgate: config.toml's config_path and hosts.toml
-    Install {
-        /// containerd's config file
-        #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
-        containerd_config: PathBuf,
-        /// Hosts directory [default: the one config_path names, else /etc/containerd/certs.d]
-        #[arg(long, value_name = "DIR")]
-        hosts_dir: Option<PathBuf>,
-        /// Print a unified diff of every change and write nothing
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Install(ContainerdFiles),
     /// Undo `credgate install`: restore modified files, remove created ones
-    Uninstall {
-        /// containerd's config file
-        #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
-        containerd_config: PathBuf,
-        /// Hosts directory [default: the one config_path names, else /etc/containerd/certs.d]
-        #[arg(long, value_name = "DIR")]
-        hosts_dir: Option<PathBuf>,
-        /// Print a unified diff of every change and write nothing
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Uninstall(ContainerdFiles),
+}
+
+/// The containerd files `install` and `uninstall` work on.
+#[derive(Debug, clap::Args)]
+pub struct ContainerdFiles {
+    /// containerd's config file
+    #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
+    containerd_config: PathBuf,
+    /// Hosts directory [default: the one config_path names, else /etc/containerd/certs.d]
+    #[arg(long, value_name = "DIR")]
+    hosts_dir: Option<PathBuf>,
+    /// Print a unified diff of every change and write nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl From<ContainerdFiles> for crate::install::Options {
+    fn from(files: ContainerdFiles) -> Self {
+        Self {
+            containerd_config: files.containerd_config,
+            hosts_dir: files.hosts_dir,
+            dry_run: files.dry_run,
+        }
+    }
 }
 
 impl Command {
@@ -150,31 +154,11 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
                 lookup::explain(&config, &system, &reference).await
             }
             Command::KubeletProvider => kubelet_provider(config_path.as_deref(), &vars).await,
-            Command::Install {
-                containerd_config,
-                hosts_dir,
-                dry_run,
-            } => {
+            Command::Install(files) => {
                 let config = load_config(config_path.as_deref())?;
-                let options = crate::install::Options {
-                    containerd_config,
-                    hosts_dir,
-                    dry_run,
-                };
-                report_install(crate::install::install(&config, &options))
+                report_install(crate::install::install(&config, &files.into()))
             }
-            Command::Uninstall {
-                containerd_config,
-                hosts_dir,
-                dry_run,
-            } => {
-                let options = crate::install::Options {
-                    containerd_config,
-                    hosts_dir,
-                    dry_run,
-                };
-                report_install(crate::install::uninstall(&options))
-            }
+            Command::Uninstall(files) => report_install(crate::install::uninstall(&files.into())),
         }
     })
 }

@@ -34,6 +34,12 @@ impl Candidate {
     pub fn specificity(&self) -> Specificity {
         self.offer.scope.specificity()
     }
+
+    /// Where the credential comes from, as `lookup` and the API report it:
+    /// `[[registry]] at /etc/credgate/config.toml:3 (secret file /etc/credgate/secrets/gitlab)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.source, self.offer.origin)
+    }
 }
 
 /// What one source said about a target.

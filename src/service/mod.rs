@@ -283,7 +283,7 @@ fn lookup_response(decision: &Decision) -> api::LookupResponse {
         response.auth_type = api_auth_type(winner.credential.auth_type()).into();
         response.username = winner.credential.username.clone();
         response.secret = winner.credential.transfer_secret().expose().to_string();
-        response.source = format!("{} ({})", candidate.source, candidate.offer.origin);
+        response.source = candidate.describe();
         response.matched = candidate.offer.scope.to_string();
     }
     response
