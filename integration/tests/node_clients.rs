@@ -8,19 +8,13 @@ use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
 use credgate_integration::daemon::CredgateDaemon;
 use credgate_integration::images::push_image;
 use credgate_integration::registry::{Registry, RegistryAuth};
-use credgate_integration::token_server::{Grant, TokenServer, TokenUser};
+use credgate_integration::token_server::{Grant, TokenServer};
 
 const REPO: &str = "group/sub/app";
 const DEPLOY_PW: &str = "deploy-pw-9c1";
 
-/// GitLab-like: `deploy` owns `group/sub`, anonymous requests for it get 403.
 fn gitlab() -> (TokenServer, Registry) {
-    let tokens = TokenServer::builder("auth.test")
-        .user(TokenUser::new("deploy", DEPLOY_PW, &["group/sub"]))
-        .user(TokenUser::new("other", "other-pw", &["other"]))
-        .start();
-    let registry = Registry::start(tokens.registry_auth(), "registry.test");
-    (tokens, registry)
+    credgate_integration::token_server::gitlab(DEPLOY_PW, "other-pw")
 }
 
 /// credgate holds only a path-scoped deploy token, as a GitLab operator would configure it.

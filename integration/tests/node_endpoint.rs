@@ -13,19 +13,14 @@ use credgate_integration::https::{response, HttpsServer};
 use credgate_integration::images::push_image;
 use credgate_integration::mirror::{self, MirrorResponse};
 use credgate_integration::registry::Registry;
-use credgate_integration::token_server::{Grant, TokenServer, TokenUser};
+use credgate_integration::token_server::{Grant, TokenServer};
 use http::StatusCode;
 
 const DEPLOY_PW: &str = "deploy-pw-e41";
 const OTHER_PW: &str = "other-pw-17b";
 
 fn gitlab() -> (TokenServer, Registry) {
-    let tokens = TokenServer::builder("auth.test")
-        .user(TokenUser::new("deploy", DEPLOY_PW, &["group/sub"]))
-        .user(TokenUser::new("other", OTHER_PW, &["other"]))
-        .start();
-    let registry = Registry::start(tokens.registry_auth(), "registry.test");
-    (tokens, registry)
+    credgate_integration::token_server::gitlab(DEPLOY_PW, OTHER_PW)
 }
 
 /// credgate for registry.test, whose realm (auth.test) is another domain and so is allowed

@@ -34,15 +34,8 @@ const OTHER_PW: &str = "other-pw-7a2";
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.oci.image.manifest.v1+json";
 
-/// `registry.test` with tokens from `auth.test`: `deploy` owns `group/sub`, `other` owns
-/// `other`; anonymous gets nothing.
 fn gitlab() -> (TokenServer, Registry) {
-    let tokens = TokenServer::builder("auth.test")
-        .user(TokenUser::new("deploy", DEPLOY_PW, &["group/sub"]))
-        .user(TokenUser::new("other", OTHER_PW, &["other"]))
-        .start();
-    let registry = Registry::start(tokens.registry_auth(), "registry.test");
-    (tokens, registry)
+    credgate_integration::token_server::gitlab(DEPLOY_PW, OTHER_PW)
 }
 
 /// `[upstream] allow_realm_hosts = ["auth.test"]` and the given `[[registry]]` tables.
