@@ -78,17 +78,22 @@ pub struct Daemon {
     pub counters: Counters,
 }
 
+/// Every source of `keychain`, healthy until a lookup says otherwise.
+fn unknown_health(keychain: &Keychain) -> BTreeMap<String, Option<String>> {
+    keychain
+        .source_names()
+        .into_iter()
+        .map(|n| (n, None))
+        .collect()
+}
+
 impl Daemon {
     pub fn new(keychain: Keychain, allowed_uids: Vec<u32>) -> Self {
-        let health = keychain
-            .source_names()
-            .into_iter()
-            .map(|n| (n, None))
-            .collect();
+        let health = Mutex::new(unknown_health(&keychain));
         Self {
             keychain: RwLock::new(Arc::new(keychain)),
             allowed_uids: RwLock::new(allowed_uids),
-            health: Mutex::new(health),
+            health,
             started: Instant::now(),
             counters: Counters::default(),
         }
@@ -100,14 +105,9 @@ impl Daemon {
 
     /// Swaps in a new keychain and caller list; requests already running finish on the old.
     pub fn reload(&self, keychain: Keychain, allowed_uids: Vec<u32>) {
-        let health = keychain
-            .source_names()
-            .into_iter()
-            .map(|n| (n, None))
-            .collect();
+        *self.health.lock().expect("health lock") = unknown_health(&keychain);
         *self.keychain.write().expect("keychain lock") = Arc::new(keychain);
         *self.allowed_uids.write().expect("uid lock") = allowed_uids;
-        *self.health.lock().expect("health lock") = health;
         bump(&self.counters.reloads);
     }
 

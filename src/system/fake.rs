@@ -116,8 +116,8 @@ impl MemoryFiles {
 
     pub fn write(&self, path: impl Into<PathBuf>, contents: &str, mode: u32) {
         let mut files = self.files.lock().unwrap();
-        let inode =
-            files.len() as u64 + 1000 + files.values().map(|f| f.1.inode).max().unwrap_or(0);
+        // Every write is a new file, as an atomic rewrite (rename) would make it.
+        let inode = files.values().map(|f| f.1.inode).max().unwrap_or(1000) + 1;
         let stamp = FileStamp {
             modified: SystemTime::now(),
             len: contents.len() as u64,
