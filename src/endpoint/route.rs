@@ -50,7 +50,6 @@ pub enum DigestAlgorithm {
     Sha512,
 }
 
-const TAG_MAX: usize = 128;
 pub const ALLOWED_METHODS: &str = "GET, HEAD";
 
 impl Route {
@@ -180,12 +179,7 @@ impl Reference {
         if input.contains(':') {
             return Digest::parse(input).map(Reference::Digest);
         }
-        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-        let bytes = input.as_bytes();
-        let valid = bytes.len() <= TAG_MAX
-            && bytes.first().is_some_and(|&b| word(b))
-            && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-');
-        if valid {
+        if crate::identity::validate_tag(input).is_ok() {
             Ok(Reference::Tag(input.to_string()))
         } else {
             Err(EndpointError::InvalidTag {

@@ -4,6 +4,7 @@ mod reference;
 mod registry;
 mod scope;
 
+pub(crate) use reference::validate_tag;
 pub use reference::{ImageReference, Repository, Target};
 pub use registry::{RegistryHost, DOCKER_HUB};
 pub use scope::{Scope, Specificity};

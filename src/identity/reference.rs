@@ -221,8 +221,8 @@ fn validate_component(component: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `[\w][\w.-]{0,127}`
-fn validate_tag(tag: &str) -> Result<&str, &'static str> {
+/// `[\w][\w.-]{0,127}`, the distribution spec's tag grammar.
+pub(crate) fn validate_tag(tag: &str) -> Result<&str, &'static str> {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = tag.as_bytes();
     if bytes.is_empty() || bytes.len() > TAG_MAX {
