@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod containerd;
 pub mod duration;
 pub mod endpoint;
 pub mod identity;
