@@ -29,45 +29,74 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registr
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
-# crane and oras are packaged only after bookworm (crane in sid, oras in trixie and sid). They
-# are fetched with a private apt configuration that never touches /etc/apt and unpacked into
-# $TOOL_CACHE/root; their Go binaries need only libc. The Rust harness looks there
-# (credgate_integration::tool).
+# Tools newer than bookworm come from later suites through a private apt configuration that
+# never touches /etc/apt (one sources list and one lists dir per suite under $TOOL_CACHE); the
+# packages are downloaded and unpacked with dpkg-deb, never installed. Their Go binaries need
+# only libc. The Rust harness looks for them there (credgate_integration::tool and
+# credgate_integration::containerd).
 TOOL_CACHE=/var/cache/credgate-test
-fetch_sid_tools() {
-  local root=$TOOL_CACHE/root tools=(crane oras) missing=()
-  local tool
-  for tool in "${tools[@]}"; do
-    [[ -x $root/usr/bin/$tool ]] || missing+=("$tool")
-  done
-  ((${#missing[@]})) || return 0
+need_root_for() {
   if [[ $(id -u) -ne 0 ]]; then
-    echo "integration/test-all.sh: ${missing[*]} missing from $root/usr/bin; run as root to fetch them" >&2
+    echo "integration/test-all.sh: $1 missing under $TOOL_CACHE; run as root to fetch it" >&2
     exit 1
   fi
-  echo "==> fetching ${missing[*]} from Debian sid into $TOOL_CACHE (private apt config)"
-  mkdir -p "$TOOL_CACHE"/{lists/partial,cache/archives/partial,debs,root}
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" \
-    >"$TOOL_CACHE/sources.list"
-  local apt_opts=(
-    -o "Dir::Etc::sourcelist=$TOOL_CACHE/sources.list" -o Dir::Etc::sourceparts=-
-    -o "Dir::State::Lists=$TOOL_CACHE/lists" -o "Dir::Cache=$TOOL_CACHE/cache"
-    -o Debug::NoLocking=1 -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root
-  )
-  apt-get "${apt_opts[@]}" update -qq
-  (cd "$TOOL_CACHE/debs" && apt-get "${apt_opts[@]}" download "${missing[@]}")
-  local deb
-  for deb in "$TOOL_CACHE"/debs/*.deb; do
-    dpkg-deb -x "$deb" "$root"
-  done
-  for tool in "${missing[@]}"; do
-    "$root/usr/bin/$tool" version >/dev/null || {
-      echo "integration/test-all.sh: $root/usr/bin/$tool does not run" >&2
-      exit 1
-    }
-  done
 }
-fetch_sid_tools
+# private_apt SUITE ARGS...: apt-get against Debian SUITE only, with its own state.
+private_apt() {
+  local suite=$1
+  shift
+  local dir=$TOOL_CACHE/apt/$suite
+  if [[ ! -f $dir/sources.list ]]; then
+    mkdir -p "$dir"/{lists/partial,cache/archives/partial}
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
+      >"$dir/sources.list"
+  fi
+  apt-get -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=- \
+    -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" \
+    -o Debug::NoLocking=1 -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root "$@"
+}
+# fetch_unpacked SUITE PACKAGE DEST: download PACKAGE from SUITE and unpack it into DEST.
+fetch_unpacked() {
+  local suite=$1 package=$2 dest=$3 debs=$TOOL_CACHE/debs/$1
+  mkdir -p "$debs" "$dest"
+  [[ -f $TOOL_CACHE/apt/$suite/updated ]] || {
+    private_apt "$suite" update -qq
+    touch "$TOOL_CACHE/apt/$suite/updated"
+  }
+  rm -f "$debs/${package}"_*.deb
+  (cd "$debs" && private_apt "$suite" download "$package")
+  dpkg-deb -x "$debs/${package}"_*.deb "$dest"
+}
+
+# crane (sid) and oras (trixie and sid) for the real-client tests.
+for tool in crane oras; do
+  [[ -x $TOOL_CACHE/root/usr/bin/$tool ]] && continue
+  need_root_for "$tool"
+  echo "==> fetching $tool from Debian sid into $TOOL_CACHE/root"
+  fetch_unpacked sid "$tool" "$TOOL_CACHE/root"
+  "$TOOL_CACHE/root/usr/bin/$tool" version >/dev/null || {
+    echo "integration/test-all.sh: $TOOL_CACHE/root/usr/bin/$tool does not run" >&2
+    exit 1
+  }
+done
+
+# containerd 1.6 (bookworm), 1.7 (trixie) and 2.1 (sid), each unpacked into its own tree:
+# $TOOL_CACHE/containerd/<minor>/usr/bin/{containerd,ctr,containerd-shim-runc-v2}. The node
+# tests run each of them (integration/src/containerd.rs).
+for entry in 1.6:bookworm 1.7:trixie 2.1:sid; do
+  minor=${entry%%:*} suite=${entry#*:} dest=$TOOL_CACHE/containerd/${entry%%:*}
+  if [[ -x $dest/usr/bin/containerd ]] && "$dest/usr/bin/containerd" --version | grep -q " v\?$minor\."; then
+    continue
+  fi
+  need_root_for "containerd $minor"
+  echo "==> fetching containerd $minor from Debian $suite into $dest"
+  rm -rf "$dest"
+  fetch_unpacked "$suite" containerd "$dest"
+  "$dest/usr/bin/containerd" --version | grep -q " v\?$minor\." || {
+    echo "integration/test-all.sh: $dest/usr/bin/containerd is not containerd $minor: $("$dest/usr/bin/containerd" --version)" >&2
+    exit 1
+  }
+done
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
