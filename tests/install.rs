@@ -1,6 +1,7 @@
-//! `credgate install` and `credgate uninstall` against copies of real containerd configs
-//! (`integration/tests/fixtures/containerd/`), in temp dirs only: the exact text written, a
-//! second install that changes nothing, an uninstall that restores every byte, and `--dry-run`.
+//! `credgate install` and `credgate uninstall` against the real `containerd config default`
+//! output of containerd 1.6, 1.7 and 2.1 (`integration/tests/fixtures/containerd/`), in temp
+//! dirs only: the exact text written, a second install that changes nothing, an uninstall that
+//! restores every byte, `--dry-run`, and the registry tables containerd rejects or warns about.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +10,22 @@ use std::process::{Command, Output};
 
 const SECRET: &str = "0123456789abcdef-test-secret";
 
+/// The containerd versions whose `containerd config default` output is a fixture.
+const VERSIONS: [&str; 3] = ["1.6", "1.7", "2.1"];
+
+/// An operator's docker.io hosts.toml: the upstream with its own CA, and a CA-pinned mirror.
 const DOCKER_IO_HOSTS: &str = "server = \"https://registry-1.docker.io\"\n\
+ca = \"/etc/containerd/certs.d/docker.io/upstream-ca.pem\"\n\
+\n\
+# the office mirror, with its own CA\n\
+[host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"/etc/containerd/certs.d/docker.io/office-ca.pem\"\n";
+
+/// [`DOCKER_IO_HOSTS`] after install: credgate's host first, everything else as it was.
+const DOCKER_IO_HOSTS_INSTALLED: &str = "server = \"https://registry-1.docker.io\"\n\
+ca = \"/etc/containerd/certs.d/docker.io/upstream-ca.pem\"\n\
+\n\
+[host.\"http://127.0.0.1:5008\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+[host.\"http://127.0.0.1:5008\".header]\n    X-Credgate-Secret = [\"0123456789abcdef-test-secret\"]\n\
 \n\
 # the office mirror, with its own CA\n\
 [host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"/etc/containerd/certs.d/docker.io/office-ca.pem\"\n";
@@ -116,12 +132,41 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-fn v2() -> String {
-    fixture("config-v2-containerd-1.7.toml")
+/// `containerd config default` of a containerd version, exactly as it printed it.
+fn default_config(version: &str) -> String {
+    fixture(&format!("config-default-containerd-{version}.toml"))
 }
 
+/// What install makes of [`default_config`], for the hosts dir `hosts`.
+fn installed_config(version: &str, hosts: &Path) -> String {
+    fixture(&format!(
+        "installed/config-default-containerd-{version}.toml"
+    ))
+    .replace("@HOSTS_DIR@", hosts.to_str().unwrap())
+}
+
+/// A version 2 config (containerd 1.7's default).
+fn v2() -> String {
+    default_config("1.7")
+}
+
+/// A version 3 config (containerd 2.1's default).
 fn v3() -> String {
-    fixture("config-v3-containerd-2.1.toml")
+    default_config("2.1")
+}
+
+/// `text` with `from` replaced, which must occur exactly once.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from:?}");
+    text.replacen(from, to, 1)
+}
+
+/// The CRI registry table header of a default config, with its `config_path = ""` line.
+fn registry_table(version: &str) -> &'static str {
+    match version {
+        "2.1" => "    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = ''\n",
+        _ => "    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"\"\n",
+    }
 }
 
 fn stdout(out: &Output) -> String {
@@ -153,70 +198,116 @@ fn node_with_docker_io(config: &str) -> Node {
     node
 }
 
-fn assert_installed_hosts(node: &Node) {
-    assert_eq!(node.read("containerd/certs.d/_default/hosts.toml"), OURS);
-    let expected = format!(
-        "server = \"https://registry-1.docker.io\"\n\n{OURS}\n\
-         # the office mirror, with its own CA\n\
-         [host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
-         ca = \"/etc/containerd/certs.d/docker.io/office-ca.pem\"\n"
-    );
-    assert_eq!(
-        node.read("containerd/certs.d/docker.io/hosts.toml"),
-        expected
-    );
-    // No directory for registry.example.com (credgate's own registry), or any other.
-    let mut names: Vec<_> = std::fs::read_dir(node.hosts_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, [".credgate-install.json", "_default", "docker.io"]);
-}
+/// Install on a real default (with or without an operator's docker.io hosts.toml): the exact
+/// text of every file, a second install that changes nothing, and an uninstall that restores
+/// every byte and mode and removes what install created.
+fn round_trip(version: &str, with_docker_io: bool) {
+    let config = default_config(version);
+    let node = if with_docker_io {
+        node_with_docker_io(&config)
+    } else {
+        Node::new(&config)
+    };
+    let before = node.tree();
 
-#[test]
-fn install_on_a_v2_config_sets_config_path_and_writes_the_exact_hosts_files() {
-    let node = node_with_docker_io(&v2());
     let out = node.with_hosts_dir(&["install"]);
     assert_ok(&out);
-    let hosts = node.hosts_dir();
-    let expected = v2().replace(
-        "    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"\"\n",
-        &format!(
-            "    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      config_path = \"{}\"\n",
-            hosts.display()
-        ),
-    );
-    assert_ne!(expected, v2());
-    assert_eq!(node.read("containerd/config.toml"), expected);
-    assert_installed_hosts(&node);
+    assert_eq!(stderr(&out), "", "a default config warrants no warning");
     assert!(
         stdout(&out).contains("restart containerd"),
         "{}",
         stdout(&out)
     );
+    let hosts = node.hosts_dir();
+    assert_eq!(
+        node.read("containerd/config.toml"),
+        installed_config(version, &hosts)
+    );
+    assert_eq!(node.read("containerd/certs.d/_default/hosts.toml"), OURS);
+    let mut expected_names = vec![".credgate-install.json", "_default"];
+    if with_docker_io {
+        assert_eq!(
+            node.read("containerd/certs.d/docker.io/hosts.toml"),
+            DOCKER_IO_HOSTS_INSTALLED
+        );
+        expected_names.push("docker.io");
+    }
+    // No directory for registry.example.com (credgate's own registry), or any other.
+    let mut names: Vec<_> = std::fs::read_dir(&hosts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, expected_names);
+    let installed = node.tree();
+
+    let again = node.with_hosts_dir(&["install"]);
+    assert_ok(&again);
+    assert!(
+        stdout(&again).contains("already installed"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(node.tree(), installed);
+
+    // Uninstall finds the hosts dir through the config_path install wrote.
+    let out = node.credgate(&["uninstall"]);
+    assert_ok(&out);
+    assert_eq!(node.tree(), before, "{}", stdout(&out));
 }
 
 #[test]
-fn install_on_a_v3_config_sets_the_images_plugin_config_path() {
-    let node = node_with_docker_io(&v3());
-    assert_ok(&node.with_hosts_dir(&["install"]));
-    let expected = v3().replace(
-        "    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = ''\n",
-        &format!(
-            "    [plugins.'io.containerd.cri.v1.images'.registry]\n      config_path = \"{}\"\n",
-            node.hosts_dir().display()
-        ),
+fn round_trip_on_the_containerd_1_6_default() {
+    round_trip("1.6", false);
+}
+
+#[test]
+fn round_trip_on_the_containerd_1_6_default_with_a_registry_hosts_toml() {
+    round_trip("1.6", true);
+}
+
+#[test]
+fn round_trip_on_the_containerd_1_7_default() {
+    round_trip("1.7", false);
+}
+
+#[test]
+fn round_trip_on_the_containerd_1_7_default_with_a_registry_hosts_toml() {
+    round_trip("1.7", true);
+}
+
+#[test]
+fn round_trip_on_the_containerd_2_1_default() {
+    round_trip("2.1", false);
+}
+
+#[test]
+fn round_trip_on_the_containerd_2_1_default_with_a_registry_hosts_toml() {
+    round_trip("2.1", true);
+}
+
+#[test]
+fn an_operators_comments_and_quoting_are_kept() {
+    let commented = replace_once(
+        &v2(),
+        registry_table("1.7"),
+        "    # hosts.toml files live in certs.d\n    [plugins.\"io.containerd.grpc.v1.cri\".registry]\n      \
+         config_path = \"\"   # set by credgate install\n",
     );
-    assert_ne!(expected, v3());
+    let node = Node::new(&commented);
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let expected = replace_once(
+        &commented,
+        "config_path = \"\"   #",
+        &format!("config_path = \"{}\"   #", node.hosts_dir().display()),
+    );
     assert_eq!(node.read("containerd/config.toml"), expected);
-    assert_installed_hosts(&node);
 }
 
 #[test]
 fn a_second_install_changes_nothing_and_says_already_installed() {
-    for config in [v2(), v3()] {
-        let node = node_with_docker_io(&config);
+    for version in VERSIONS {
+        let node = node_with_docker_io(&default_config(version));
         assert_ok(&node.with_hosts_dir(&["install"]));
         let first = node.tree();
         let out = node.with_hosts_dir(&["install"]);
@@ -241,8 +332,8 @@ fn a_second_install_changes_nothing_and_says_already_installed() {
 
 #[test]
 fn uninstall_restores_every_byte_and_mode_and_removes_what_install_created() {
-    for config in [v2(), v3()] {
-        let node = node_with_docker_io(&config);
+    for version in VERSIONS {
+        let node = node_with_docker_io(&default_config(version));
         let before = node.tree();
         assert_ok(&node.with_hosts_dir(&["install"]));
         assert_ok(&node.with_hosts_dir(&["install"]));
@@ -316,29 +407,126 @@ fn dry_run_prints_a_unified_diff_and_writes_nothing() {
     assert!(stdout(&out).contains("+++ /dev/null"), "{}", stdout(&out));
 }
 
+/// `version`'s default with `lines` added under its (empty) registry sub-table `table`.
+fn with_registry_entries(version: &str, table: &str, lines: &str) -> String {
+    let header = match version {
+        "2.1" => format!("[plugins.'io.containerd.cri.v1.images'.registry.{table}]"),
+        _ => format!("[plugins.\"io.containerd.grpc.v1.cri\".registry.{table}]"),
+    };
+    let config = default_config(version);
+    if config.contains(&header) {
+        replace_once(
+            &config,
+            &format!("{header}\n"),
+            &format!("{header}\n{lines}"),
+        )
+    } else {
+        // containerd 2.1's default has no empty deprecated tables.
+        format!("{config}\n{header}\n{lines}")
+    }
+}
+
+/// Install refused `config`: exit 2, one line naming the file and `naming`, nothing written.
+fn assert_refused(config: &str, naming: &[&str]) {
+    let node = Node::new(config);
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(node.containerd_config().to_str().unwrap()),
+        "{err}"
+    );
+    for word in naming {
+        assert!(err.contains(word), "{word:?} missing from {err}");
+    }
+    assert_eq!(node.tree(), before);
+}
+
 #[test]
-fn deprecated_mirrors_are_warned_about_on_one_line() {
-    let config = v2().replace(
-        "      [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n",
-        "      [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n        \
-         [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n          \
-         endpoint = [\"https://mirror.office.test\"]\n",
+fn mirrors_with_entries_are_refused_since_containerd_rejects_them_with_config_path() {
+    for version in VERSIONS {
+        let config = with_registry_entries(
+            version,
+            "mirrors",
+            "        [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n          \
+             endpoint = [\"https://mirror.office.test\"]\n"
+                .replace(
+                    "\"io.containerd.grpc.v1.cri\"",
+                    if version == "2.1" {
+                        "'io.containerd.cri.v1.images'"
+                    } else {
+                        "\"io.containerd.grpc.v1.cri\""
+                    },
+                )
+                .as_str(),
+        );
+        assert_refused(&config, &["registry.mirrors", "(docker.io)", "config_path"]);
+    }
+}
+
+#[test]
+fn configs_tls_in_a_v2_config_is_refused_since_containerd_1_x_rejects_it() {
+    for version in ["1.6", "1.7"] {
+        let config = with_registry_entries(
+            version,
+            "configs",
+            "        [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"reg.test\".tls]\n          \
+             ca_file = \"/etc/ssl/reg.pem\"\n",
+        );
+        assert_refused(
+            &config,
+            &["configs.<host>.tls", "(reg.test)", "containerd 1.x"],
+        );
+    }
+}
+
+#[test]
+fn configs_and_auths_with_entries_warn_one_line_each_and_install_goes_on() {
+    let auth = "        [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"reg.test\".auth]\n          \
+                username = \"u\"\n";
+    let config = with_registry_entries("1.7", "configs", auth);
+    let config = replace_once(
+        &config,
+        "      [plugins.\"io.containerd.grpc.v1.cri\".registry.auths]\n",
+        "      [plugins.\"io.containerd.grpc.v1.cri\".registry.auths]\n        \
+         [plugins.\"io.containerd.grpc.v1.cri\".registry.auths.\"https://reg.test\"]\n          \
+         username = \"u\"\n",
     );
     let node = Node::new(&config);
     let out = node.with_hosts_dir(&["install"]);
     assert_ok(&out);
-    let warnings: Vec<_> = stderr(&out)
-        .lines()
-        .filter(|l| l.contains("deprecated"))
-        .map(str::to_string)
-        .collect();
-    assert_eq!(warnings.len(), 1, "{}", stderr(&out));
-    assert!(warnings[0].contains("registry.mirrors"), "{}", warnings[0]);
-    assert!(warnings[0].contains("local pull"), "{}", warnings[0]);
-    // The empty tables of a default config are not warned about.
-    let quiet = Node::new(&v2());
-    let out = quiet.with_hosts_dir(&["install"]);
-    assert!(!stderr(&out).contains("deprecated"), "{}", stderr(&out));
+    let warnings: Vec<_> = stderr(&out).lines().map(str::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{}", stderr(&out));
+    assert!(
+        warnings[0].contains("registry.configs` is deprecated"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].contains("registry.auths` is deprecated"),
+        "{}",
+        warnings[1]
+    );
+    assert!(
+        warnings.iter().all(|w| w.contains("local pull")),
+        "{warnings:?}"
+    );
+
+    let v3 = with_registry_entries(
+        "2.1",
+        "configs",
+        "  [plugins.'io.containerd.cri.v1.images'.registry.configs.'reg.test'.auth]\n    username = 'u'\n",
+    );
+    let out = Node::new(&v3).with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("io.containerd.cri.v1.images\".registry.configs"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -361,7 +549,8 @@ fn a_version_1_config_is_refused_with_exit_2_naming_the_file() {
 fn a_config_path_list_becomes_one_directory_with_a_note() {
     let a = "/var/lib/certs-a";
     let b = "/var/lib/certs-b";
-    let node = Node::new(&v3().replace(
+    let node = Node::new(&replace_once(
+        &v3(),
         "      config_path = ''\n",
         &format!("      config_path = '{a}:{b}'\n"),
     ));
@@ -374,11 +563,12 @@ fn a_config_path_list_becomes_one_directory_with_a_note() {
         stdout(&out)
     );
     let config = node.read("containerd/config.toml");
-    assert!(config.contains(&format!("      config_path = \"{}\"\n", hosts.display())));
+    assert!(config.contains(&format!("      config_path = '{}'\n", hosts.display())));
 
     // Without --hosts-dir, the first listed directory is kept.
     let first = node.path("first");
-    let list = Node::new(&v3().replace(
+    let list = Node::new(&replace_once(
+        &v3(),
         "      config_path = ''\n",
         &format!("      config_path = '{}:{b}'\n", first.display()),
     ));
@@ -386,7 +576,7 @@ fn a_config_path_list_becomes_one_directory_with_a_note() {
     assert_ok(&out);
     assert!(stdout(&out).contains("reads only one"), "{}", stdout(&out));
     let config = list.read("containerd/config.toml");
-    assert!(config.contains(&format!("      config_path = \"{}\"\n", first.display())));
+    assert!(config.contains(&format!("      config_path = '{}'\n", first.display())));
     assert!(first.join("_default/hosts.toml").is_file());
 }
 

@@ -1,5 +1,14 @@
 //! containerd's config.toml: find the CRI registry table for the config's version, and point
 //! its `config_path` at one hosts directory, keeping every comment and the formatting.
+//!
+//! Only the CRI's `registry.config_path` is set. The transfer service's own
+//! `[plugins."io.containerd.transfer.v1.local"] config_path` (in the 1.7 and 2.x defaults) is
+//! left as it is, because containerd never reads it: in 2.1.9 `plugins/transfer/plugin.go:175`
+//! copies it into `local.TransferConfig.RegistryConfigPath` (`core/transfer/local/transfer.go:201`)
+//! and nothing uses that field. The hosts directory of a transfer pull is the client's choice:
+//! the CRI passes its own `registry.config_path` (`internal/cri/server/images/image_pull.go:311`),
+//! `ctr` its `--hosts-dir` flag (`cmd/ctr/commands/images/pull.go:157`), and a client that passes
+//! none gets no hosts.toml at all (`core/transfer/registry/registry.go:127`, `:359`).
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +61,7 @@ pub(crate) fn plan(path: &Path, hosts_dir_flag: Option<&Path>) -> Result<ConfigE
     let version = version(&doc, path)?;
     let keys = registry_keys(version);
     let current = current_config_path(&doc, &keys, path)?;
+    refuse_tables_containerd_rejects(&doc, version, &keys, path)?;
     let mut edit = ConfigEdit {
         change: Change::new(path, before, Vec::new(), NEW_CONFIG_MODE),
         hosts_dir: PathBuf::new(),
@@ -177,26 +187,87 @@ fn choose_hosts_dir(
     }
 }
 
-/// One line per deprecated CRI registry table that has entries: in containerd 2.1+ they switch
-/// the CRI to local pull, and `registry.configs` auth there would bypass credgate.
+/// `keys` as a TOML key path, quoting the keys that hold dots (`plugins."io.containerd…".registry`).
+fn key_path(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|key| {
+            if key.contains('.') {
+                format!("\"{key}\"")
+            } else {
+                key.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The names of the entries in the registry's sub-table `name` (none when it is absent or
+/// empty: an empty table decodes to an empty map, which containerd treats as unset).
+fn entries<'a>(registry: &'a dyn toml_edit::TableLike, name: &str) -> Vec<&'a str> {
+    registry
+        .get(name)
+        .and_then(Item::as_table_like)
+        .map(|table| table.iter().map(|(key, _)| key).collect())
+        .unwrap_or_default()
+}
+
+/// Refuses a config that containerd would reject once `config_path` is set, since its CRI
+/// plugin would then not load at all: `mirrors` with entries (1.6, 1.7 and 2.1 all fail with
+/// "`mirrors` cannot be set when `config_path` is provided"), and in a version 2 config a
+/// `configs.<host>.tls` table (1.6 and 1.7: "`configs.tls` cannot be set ...").
+fn refuse_tables_containerd_rejects(
+    doc: &DocumentMut,
+    version: i64,
+    keys: &[&str],
+    path: &Path,
+) -> Result<(), InstallError> {
+    let Some(registry) = registry_table(doc, keys) else {
+        return Ok(());
+    };
+    let mirrors = entries(registry, "mirrors");
+    if !mirrors.is_empty() {
+        return Err(InstallError::RejectedWithConfigPath {
+            path: path.to_path_buf(),
+            key: format!("{}.mirrors", key_path(keys)),
+            entries: mirrors.join(", "),
+            containerd: "containerd",
+        });
+    }
+    let configs = registry.get("configs").and_then(Item::as_table_like);
+    let with_tls: Vec<&str> = configs
+        .into_iter()
+        .flat_map(|configs| configs.iter())
+        .filter(|(_, config)| config.get("tls").is_some())
+        .map(|(host, _)| host)
+        .collect();
+    if version == 2 && !with_tls.is_empty() {
+        return Err(InstallError::RejectedWithConfigPath {
+            path: path.to_path_buf(),
+            key: format!("{}.configs.<host>.tls", key_path(keys)),
+            entries: with_tls.join(", "),
+            containerd: "containerd 1.x",
+        });
+    }
+    Ok(())
+}
+
+/// One line per deprecated CRI registry table that has entries (`configs`, `auths`; `mirrors`
+/// is refused before this). containerd 2.1 moves the CRI to local pull exactly when one of
+/// them is non-empty (`CheckLocalImagePullConfigs`, `internal/cri/config/config.go:535`).
 fn deprecated_table_warnings(doc: &DocumentMut, keys: &[&str], path: &Path) -> Vec<String> {
     let Some(registry) = registry_table(doc, keys) else {
         return Vec::new();
     };
-    ["configs", "mirrors"]
+    ["configs", "auths"]
         .into_iter()
-        .filter(|name| {
-            registry
-                .get(name)
-                .and_then(Item::as_table_like)
-                .is_some_and(|t| !t.is_empty())
-        })
+        .filter(|name| !entries(registry, name).is_empty())
         .map(|name| {
             format!(
-                "warning: {}: `{}.{name}` is deprecated; in containerd 2.1+ it silently switches \
-                 CRI pulls to local pull; move it to hosts.toml files in the hosts dir",
+                "warning: {}: `{}.{name}` is deprecated, and while it has entries containerd \
+                 2.1+ pulls CRI images with local pull instead of the transfer service (still \
+                 through config_path); move it to hosts.toml files and Kubernetes pull secrets",
                 path.display(),
-                keys.join(".")
+                key_path(keys)
             )
         })
         .collect()
@@ -223,7 +294,8 @@ fn table_at<'a>(
     Ok(table)
 }
 
-/// Sets `key` to a string, keeping the decoration (spacing, trailing comment) of the old value.
+/// Sets `key` to a string, keeping the decoration (spacing, trailing comment) and the quoting
+/// (`'literal'`, as containerd 2.x writes its defaults, or `"basic"`) of the old value.
 fn set_string(
     table: &mut Table,
     key: &str,
@@ -238,7 +310,14 @@ fn set_string(
         }
         Some(Item::Value(old)) => {
             let decor = old.decor().clone();
-            *old = Value::from(value);
+            let literal = match &*old {
+                Value::String(string) => string
+                    .as_repr()
+                    .and_then(|repr| repr.as_raw().as_str())
+                    .is_some_and(|raw| raw.starts_with('\'')),
+                _ => false,
+            };
+            *old = string_value(value, literal);
             *old.decor_mut() = decor;
             Ok(())
         }
@@ -247,6 +326,16 @@ fn set_string(
             key: format!("{}.{key}", keys.join(".")),
         }),
     }
+}
+
+/// A string value, as a literal string when asked and possible (no `'` or newline in it).
+fn string_value(value: &str, literal: bool) -> Value {
+    let as_literal = || format!("'{value}'").parse::<Value>().ok();
+    literal
+        .then(as_literal)
+        .flatten()
+        .filter(|parsed| parsed.as_str() == Some(value))
+        .unwrap_or_else(|| Value::from(value))
 }
 
 #[cfg(test)]
@@ -282,6 +371,46 @@ mod tests {
             "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  \
              config_path = \"/hosts\" # set by credgate\n"
         );
+    }
+
+    #[test]
+    fn a_literal_string_stays_literal() {
+        let text =
+            "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = ''\n";
+        assert_eq!(
+            planned(text),
+            "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/hosts'\n"
+        );
+        assert_eq!(string_value("/it's", true).to_string(), "\"/it's\"");
+    }
+
+    fn plan_text(text: &str) -> Result<ConfigEdit, InstallError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        plan(&path, Some(Path::new("/hosts")))
+    }
+
+    #[test]
+    fn empty_deprecated_tables_are_unset_and_entries_are_refused_or_warned_about() {
+        let v2 = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n\
+                  [plugins.\"io.containerd.grpc.v1.cri\".registry.configs]\n\
+                  [plugins.\"io.containerd.grpc.v1.cri\".registry.auths]\n";
+        assert!(plan_text(v2).unwrap().warnings.is_empty());
+        let mirror =
+            format!("{v2}[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"a.test\"]\n");
+        assert!(matches!(
+            plan_text(&mirror),
+            Err(InstallError::RejectedWithConfigPath { entries, .. }) if entries == "a.test"
+        ));
+        let tls = "[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"b.test\".tls]\n";
+        assert!(matches!(
+            plan_text(&format!("{v2}{tls}")),
+            Err(InstallError::RejectedWithConfigPath { entries, .. }) if entries == "b.test"
+        ));
+        // containerd 2.x has no `configs.tls` any more: only the deprecation warning.
+        let v3 = "version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry.configs.\"b.test\".tls]\n";
+        assert_eq!(plan_text(v3).unwrap().warnings.len(), 1);
     }
 
     #[test]

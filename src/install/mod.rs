@@ -39,6 +39,17 @@ pub enum InstallError {
     UnsupportedVersion { path: PathBuf, version: String },
     #[error("{path}: `{key}` is not a table")]
     NotATable { path: PathBuf, key: String },
+    #[error(
+        "{path}: `{key}` has entries ({entries}), and {containerd} refuses it together with \
+         config_path (the CRI plugin would not load): write each as <hosts dir>/<registry>/hosts.toml \
+         and delete it, then run install again"
+    )]
+    RejectedWithConfigPath {
+        path: PathBuf,
+        key: String,
+        entries: String,
+        containerd: &'static str,
+    },
     #[error("{path}: `{key}` is not a string")]
     NotAString { path: PathBuf, key: String },
     #[error("cannot read {path}: {source}")]
@@ -69,6 +80,7 @@ impl InstallError {
                 | InstallError::UnsupportedVersion { .. }
                 | InstallError::NotATable { .. }
                 | InstallError::NotAString { .. }
+                | InstallError::RejectedWithConfigPath { .. }
                 | InstallError::State { .. }
                 | InstallError::Secret(SecretError::Empty { .. })
                 | InstallError::Secret(SecretError::NotAHeaderValue { .. })
