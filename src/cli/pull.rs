@@ -22,15 +22,15 @@ pub struct PullArgs {
           default_value = crate::containerd::DEFAULT_SOCKET)]
     address: PathBuf,
     /// containerd namespace to store the image in
-    #[arg(long, env = "CONTAINERD_NAMESPACE", default_value = crate::containerd::DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', env = "CONTAINERD_NAMESPACE", default_value = crate::containerd::DEFAULT_NAMESPACE)]
     namespace: String,
-    /// Hosts directory containerd reads hosts.toml from for this pull [default: containerd's]
+    /// Hosts directory (hosts.toml) containerd resolves this pull's registry with (containerd >= 2.0)
     #[arg(long, value_name = "DIR")]
     hosts_dir: Option<PathBuf>,
     /// Platform to pull and unpack, os/arch[/variant] [default: this host's]
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
-    /// Use plain HTTP for registries without a hosts.toml entry
+    /// Use plain HTTP for registries without a hosts.toml entry (containerd >= 2.0)
     #[arg(long)]
     plain_http: bool,
     /// Show no progress

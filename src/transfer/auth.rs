@@ -125,6 +125,16 @@ enum Keyring {
     InProcess(Keychain),
 }
 
+impl Keyring {
+    fn name(&self) -> &'static str {
+        match self {
+            Keyring::Undecided => "nothing",
+            Keyring::Daemon(_) => "daemon",
+            Keyring::InProcess(_) => "config",
+        }
+    }
+}
+
 /// Answers a pull's auth requests; collects warnings for the pull's error message.
 pub struct AuthAnswerer {
     daemon_socket: PathBuf,
@@ -184,6 +194,7 @@ impl AuthAnswerer {
             target = %target,
             auth_type = %answer.auth_type,
             source = %answer.source,
+            via = self.keyring.name(),
             "answered containerd's auth request"
         );
         auth_response(&answer)

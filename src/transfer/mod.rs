@@ -166,6 +166,9 @@ pub async fn pull(
     if !has_transfer_service(&version) {
         return Err(unsupported(containerd, &version));
     }
+    if let Some(warning) = ignored_resolver_options(&version, request) {
+        eprintln!("credgate: warning: {warning}");
+    }
     let mut auth = ContainerdStream::open(containerd, request, &version, "creds").await?;
     let mut events = match view.is_off() {
         true => None,
@@ -363,6 +366,32 @@ pub fn has_transfer_service(version: &ContainerdVersion) -> bool {
     }
 }
 
+/// containerd 1.7's transfer service builds its resolver from defaults only (HTTPS, no
+/// hosts.toml): it drops `host_dir` and `default_scheme`, which 2.0 added. Said once, so a
+/// pull that then fails over HTTPS is not a mystery.
+pub fn ignored_resolver_options(
+    version: &ContainerdVersion,
+    request: &PullRequest,
+) -> Option<String> {
+    if version.major() != Some(1) {
+        return None;
+    }
+    let options: Vec<&str> = [
+        (request.hosts_dir.is_some(), "--hosts-dir"),
+        (request.plain_http, "--plain-http"),
+    ]
+    .iter()
+    .filter_map(|(given, flag)| given.then_some(*flag))
+    .collect();
+    (!options.is_empty()).then(|| {
+        format!(
+            "containerd {} ignores {} for transfer-service pulls (hosts.toml and plain HTTP need containerd >= 2.0)",
+            version.version,
+            options.join(" and ")
+        )
+    })
+}
+
 /// containerd's message, with what went wrong answering its auth requests when that is
 /// likely the cause.
 fn failure_reason(status: &tonic::Status, warnings: &[String]) -> String {
@@ -475,6 +504,26 @@ mod tests {
         assert!(has_transfer_service(&version("v2.0.0-rc.1")));
         // Unknown versions are tried; Unimplemented then tells.
         assert!(has_transfer_service(&version("devel")));
+    }
+
+    #[test]
+    fn containerd_1_7_is_said_to_ignore_hosts_dir_and_plain_http() {
+        let request = PullRequest::new(
+            "busybox",
+            "default",
+            Some(Path::new("/etc/containerd/certs.d")),
+            None,
+            true,
+        )
+        .unwrap();
+        let warning = ignored_resolver_options(&version("v1.7.24"), &request).unwrap();
+        assert!(
+            warning.contains("--hosts-dir and --plain-http"),
+            "{warning}"
+        );
+        assert_eq!(ignored_resolver_options(&version("v2.1.4"), &request), None);
+        let plain = PullRequest::new("busybox", "default", None, None, false).unwrap();
+        assert_eq!(ignored_resolver_options(&version("v1.7.24"), &plain), None);
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl ProgressView {
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{spinner} {msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            "{spinner} {wide_msg} [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}",
         )
         .expect("progress template is valid")
         .progress_chars("=> ");
