@@ -22,4 +22,5 @@ pub mod metrics;
 pub mod service;
 pub mod sources;
 pub mod system;
+pub mod transfer;
 pub mod upstream;

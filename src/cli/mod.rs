@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::identity::IdentityError;
 
 mod lookup;
+mod pull;
 mod serve;
 
 #[derive(Debug, Parser)]
@@ -66,6 +67,8 @@ pub enum Command {
     Install(ContainerdFiles),
     /// Undo `credgate install`: restore modified files, remove created ones
     Uninstall(ContainerdFiles),
+    /// Pull an image through containerd's transfer service with credentials from credgate
+    Pull(pull::PullArgs),
 }
 
 /// The containerd files `install` and `uninstall` work on.
@@ -159,6 +162,7 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
                 report_install(crate::install::install(&config, &files.into()))
             }
             Command::Uninstall(files) => report_install(crate::install::uninstall(&files.into())),
+            Command::Pull(args) => pull::pull(args, config_path.as_deref(), system, &vars).await,
         }
     })
 }
