@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::identity::IdentityError;
 
+mod doctor;
 mod lookup;
 mod serve;
 
@@ -66,6 +67,11 @@ pub enum Command {
     Install(ContainerdFiles),
     /// Undo `credgate install`: restore modified files, remove created ones
     Uninstall(ContainerdFiles),
+    /// Check that every pull goes through credgate and its credentials work; each problem with its fix
+    Doctor {
+        #[command(flatten)]
+        args: doctor::DoctorArgs,
+    },
 }
 
 /// The containerd files `install` and `uninstall` work on.
@@ -159,6 +165,7 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
                 report_install(crate::install::install(&config, &files.into()))
             }
             Command::Uninstall(files) => report_install(crate::install::uninstall(&files.into())),
+            Command::Doctor { args } => doctor::doctor(config_path.as_deref(), &system, args).await,
         }
     })
 }
