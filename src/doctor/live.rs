@@ -2,7 +2,6 @@
 //! make one authenticated `GET /v2/` through [`crate::upstream`] (the endpoint's own challenge
 //! parsing, token fetch and SSRF-checked client), bounded by [`super::LIVE_TIMEOUT`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -37,7 +36,6 @@ pub(super) async fn check(config: &Config, keychain: &Keychain, scopes: &[Scope]
         }
     };
     let mut checks = Vec::new();
-    let mut seen = BTreeSet::new();
     for scope in scopes {
         let Some(registry) = scope.exact_registry() else {
             checks.push(Check::ok(format!(
@@ -45,16 +43,18 @@ pub(super) async fn check(config: &Config, keychain: &Keychain, scopes: &[Scope]
             )));
             continue;
         };
-        if seen.insert(registry.clone()) {
-            checks.push(one_registry(&upstream, keychain, registry).await);
-        }
+        let target = Target::new(registry.clone(), scope.path().cloned());
+        checks.push(one_scope(&upstream, keychain, &target).await);
     }
     checks
 }
 
-async fn one_registry(upstream: &Upstream, keychain: &Keychain, registry: &RegistryHost) -> Check {
-    let decision = keychain.lookup(&Target::new(registry.clone(), None)).await;
+/// The credential the keychain picks for one scope, against its registry; a path scope's
+/// token is asked for `repository:<path>:pull`.
+async fn one_scope(upstream: &Upstream, keychain: &Keychain, requested: &Target) -> Check {
+    let decision = keychain.lookup(requested).await;
     let target = &decision.ranking.target;
+    let registry = &target.registry;
     let (Some(winner), Some(candidate)) = (&decision.winner, decision.winner_candidate()) else {
         let failures: Vec<&str> = decision
             .attempts
