@@ -59,7 +59,7 @@ pub(super) async fn check(
     };
     let socket = &options.containerd_socket;
     match Containerd::connect(socket).await {
-        Ok(containerd) => ask(&containerd, &mut view, checks).await,
+        Ok(containerd) => ask(&containerd, &options.containerd_config, &mut view, checks).await,
         Err(e) => checks.push(Check::fail(
             format!("containerd: {e}"),
             format!(
@@ -74,7 +74,12 @@ pub(super) async fn check(
 }
 
 /// Version, plugin load errors, the CRI's registry config and deprecation warnings.
-async fn ask(containerd: &Containerd, view: &mut ContainerdView, checks: &mut Vec<Check>) {
+async fn ask(
+    containerd: &Containerd,
+    file: &Path,
+    view: &mut ContainerdView,
+    checks: &mut Vec<Check>,
+) {
     let socket = containerd.socket().display().to_string();
     match containerd.version().await {
         Ok(v) => checks.push(Check::ok(format!("containerd {} at {socket}", v.version))),
@@ -83,7 +88,9 @@ async fn ask(containerd: &Containerd, view: &mut ContainerdView, checks: &mut Ve
             format!("restart containerd: {RESTART}"),
         )),
     }
-    checks.extend(plugin_failures(containerd).await);
+    let failures = plugin_failures(containerd, file).await;
+    let cri_failed = !failures.is_empty();
+    checks.extend(failures);
     match cri_config(containerd).await {
         Ok(Some(config)) => {
             let (path, deprecated) = registry_from_cri(&config);
@@ -91,10 +98,12 @@ async fn ask(containerd: &Containerd, view: &mut ContainerdView, checks: &mut Ve
             view.reported_deprecated = deprecated;
         }
         Ok(None) => {}
+        // A CRI plugin that failed to load is already reported, with its reason.
+        Err(status) if status.code() == tonic::Code::Unimplemented && cri_failed => {}
         Err(status) if status.code() == tonic::Code::Unimplemented => checks.push(Check::warn(
             format!("containerd at {socket} serves no CRI: kubelet pulls are not made here"),
             "nothing to do unless this node runs kubelet; then enable the CRI plugin \
-             (remove \"cri\" from disabled_plugins in containerd's config) and restart containerd",
+             (remove \"io.containerd.grpc.v1.cri\" or \"cri\" from disabled_plugins in containerd's config) and restart containerd",
         )),
         Err(status) => checks.push(Check::warn(
             format!(
@@ -146,7 +155,7 @@ pub(super) fn registry_from_cri(config: &serde_json::Value) -> (Option<String>, 
 }
 
 /// containerd's CRI plugins that failed to load (a bad registry section makes them fail).
-async fn plugin_failures(containerd: &Containerd) -> Vec<Check> {
+async fn plugin_failures(containerd: &Containerd, file: &Path) -> Vec<Check> {
     let mut client = IntrospectionClient::new(containerd.channel());
     let mut request =
         tonic::Request::new(containerd_client::services::v1::PluginsRequest::default());
@@ -166,10 +175,22 @@ async fn plugin_failures(containerd: &Containerd) -> Vec<Check> {
                     "containerd's plugin {}.{} failed to load: {}",
                     p.r#type, p.id, err.message
                 ),
-                format!("correct that in containerd's config, then {RESTART}"),
+                plugin_fix(&err.message, file),
             ))
         })
         .collect()
+}
+
+/// The fix for a CRI plugin's load error; containerd refuses `mirrors` beside `config_path`.
+fn plugin_fix(message: &str, file: &Path) -> String {
+    let file = file.display();
+    if message.contains("`mirrors` cannot be set when `config_path` is provided") {
+        format!("move each registry.mirrors entry of {file} to a hosts.toml in the hosts dir, delete registry.mirrors, then {RESTART}")
+    } else {
+        format!(
+            "correct that in {file} (containerd's log: journalctl -u containerd), then {RESTART}"
+        )
+    }
 }
 
 fn is_cri_plugin(kind: &str, id: &str) -> bool {
@@ -311,6 +332,21 @@ mod tests {
         );
         assert_eq!(file_view(Some("/a:/b")).hosts_dir(), Path::new("/a"));
         assert_eq!(file_view(None).hosts_dir(), Path::new(DEFAULT_HOSTS_DIR));
+    }
+
+    #[test]
+    fn mirrors_beside_config_path_gets_its_own_fix() {
+        // containerd 2.1.9's init error, as observed.
+        let message =
+            "invalid cri image config: `mirrors` cannot be set when `config_path` is provided";
+        let fix = plugin_fix(message, Path::new("/etc/containerd/config.toml"));
+        assert!(
+            fix.starts_with("move each registry.mirrors entry of /etc/containerd/config.toml"),
+            "{fix}"
+        );
+        assert!(is_cri_plugin("io.containerd.cri.v1", "images"));
+        assert!(is_cri_plugin("io.containerd.grpc.v1", "cri"));
+        assert!(!is_cri_plugin("io.containerd.grpc.v1", "version"));
     }
 
     #[test]
