@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::identity::IdentityError;
 
+mod doctor;
 mod lookup;
 mod pull;
 mod serve;
@@ -69,6 +70,8 @@ pub enum Command {
     Uninstall(ContainerdFiles),
     /// Pull an image through containerd's transfer service with credentials from credgate
     Pull(pull::PullArgs),
+    /// Check that every pull goes through credgate and its credentials work; each problem with its fix
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The containerd files `install` and `uninstall` work on.
@@ -163,6 +166,7 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
             }
             Command::Uninstall(files) => report_install(crate::install::uninstall(&files.into())),
             Command::Pull(args) => pull::pull(args, config_path.as_deref(), system, &vars).await,
+            Command::Doctor(args) => doctor::doctor(config_path.as_deref(), &system, args).await,
         }
     })
 }

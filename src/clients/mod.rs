@@ -97,6 +97,13 @@ impl DaemonClient {
         self.finish(call).await
     }
 
+    /// Version, uptime and the health of each source (`credgate doctor`).
+    pub async fn status(&self) -> Result<api::StatusResponse, ClientError> {
+        let request = api::StatusRequest::default();
+        let call = self.client.status(self.context(), &request);
+        self.finish(call).await
+    }
+
     fn context(&self) -> ttrpc::context::Context {
         ttrpc::context::with_timeout(i64::try_from(DAEMON_DEADLINE.as_nanos()).unwrap_or(i64::MAX))
     }

@@ -97,6 +97,48 @@ pub(crate) fn installed_hosts_dir(path: &Path, hosts_dir_flag: Option<&Path>) ->
     }
 }
 
+/// What containerd's config file says about the CRI's registry settings (`credgate doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegistrySettings {
+    pub version: i64,
+    /// The dotted key of the registry table for this version.
+    pub table: String,
+    /// `config_path` as written; `None` when absent or empty.
+    pub config_path: Option<String>,
+    /// The deprecated tables (`configs`, `mirrors`) that have entries.
+    pub deprecated: Vec<&'static str>,
+}
+
+/// Reads the registry settings of the config at `path`; `None` when the file is missing.
+pub(crate) fn read_registry_settings(
+    path: &Path,
+) -> Result<Option<RegistrySettings>, InstallError> {
+    let Some(bytes) = read_optional(path)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let doc = parse_toml(path, &text)?;
+    let version = version(&doc, path)?;
+    let keys = registry_keys(version);
+    let deprecated = registry_table(&doc, &keys).map_or_else(Vec::new, |registry| {
+        ["configs", "mirrors"]
+            .into_iter()
+            .filter(|name| {
+                registry
+                    .get(name)
+                    .and_then(Item::as_table_like)
+                    .is_some_and(|t| !t.is_empty())
+            })
+            .collect()
+    });
+    Ok(Some(RegistrySettings {
+        version,
+        table: keys.join("."),
+        config_path: current_config_path(&doc, &keys, path)?,
+        deprecated,
+    }))
+}
+
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),

@@ -205,6 +205,61 @@ fn is_credgate_host(item: &Item) -> bool {
         .is_some_and(|h| h.iter().any(|(k, _)| k.eq_ignore_ascii_case(SECRET_HEADER)))
 }
 
+/// One `[host."url"]` of a hosts.toml, as `credgate doctor` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostEntry {
+    pub url: String,
+    /// The values of its `X-Credgate-Secret` header (a string or an array of them).
+    pub secret_values: Vec<String>,
+}
+
+impl HostEntry {
+    /// Sends the endpoint's secret header, so it is credgate's (perhaps from an older install).
+    pub fn is_credgate(&self) -> bool {
+        !self.secret_values.is_empty()
+    }
+}
+
+/// The hosts of a hosts.toml in file order, which is the order containerd tries them in.
+pub(crate) fn read_hosts(path: &Path, text: &str) -> Result<Vec<HostEntry>, InstallError> {
+    let doc = parse_toml(path, text)?;
+    let Some(hosts) = doc.get("host").and_then(Item::as_table_like) else {
+        return Ok(Vec::new());
+    };
+    let mut entries: Vec<(Option<usize>, HostEntry)> = hosts
+        .iter()
+        .map(|(url, item)| {
+            let position = item.as_table().and_then(Table::position);
+            let entry = HostEntry {
+                url: url.to_string(),
+                secret_values: secret_values(item),
+            };
+            (position, entry)
+        })
+        .collect();
+    // Dotted keys and sub-tables keep their order; positioned tables sort by where they are.
+    entries.sort_by_key(|(position, _)| *position);
+    Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+fn secret_values(host: &Item) -> Vec<String> {
+    let Some(headers) = host.get("header").and_then(Item::as_table_like) else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER))
+        .flat_map(|(_, value)| match value.as_value() {
+            Some(toml_edit::Value::String(s)) => vec![s.value().clone()],
+            Some(toml_edit::Value::Array(values)) => values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +301,17 @@ mod tests {
         };
         let again = merge(path, &merged, &rotated).unwrap();
         assert_eq!(again, expected.replace("s3cret", "new"));
+    }
+
+    #[test]
+    fn hosts_are_read_in_file_order_with_their_secret_header() {
+        let path = Path::new("r/hosts.toml");
+        let merged = merge(path, "[host.\"https://a.test\"]\n", &endpoint()).unwrap();
+        let hosts = read_hosts(path, &merged).unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts[0].url, "http://127.0.0.1:5008");
+        assert_eq!(hosts[0].secret_values, ["s3cret"]);
+        assert!(!hosts[1].is_credgate());
     }
 
     #[test]

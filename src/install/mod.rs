@@ -13,7 +13,9 @@ mod files;
 mod hosts;
 mod state;
 
+pub(crate) use containerd_config::{read_registry_settings, RegistrySettings};
 pub use containerd_config::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
+pub(crate) use hosts::read_hosts;
 
 use containerd_config::ConfigEdit;
 use files::Change;

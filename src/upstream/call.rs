@@ -58,7 +58,7 @@ pub(crate) enum Reply {
 }
 
 impl Reply {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             Self::Registry(response) => response.status(),
             Self::TokenRefused(refusal) => refusal.status,

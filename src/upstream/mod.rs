@@ -22,6 +22,7 @@ mod challenge;
 mod client;
 mod connector;
 mod policy;
+mod probe;
 mod redirect;
 mod send;
 mod token;
@@ -31,6 +32,7 @@ pub use address::non_public_reason;
 pub use client::RESPONSE_TIMEOUT;
 pub use connector::CONNECT_TIMEOUT;
 pub use policy::{on_own_domain, UpstreamPolicy};
+pub use probe::Probe;
 pub use send::Upstream;
 
 /// Any error inside a streamed body.

@@ -82,7 +82,10 @@ impl Upstream {
         self.policy.get()
     }
 
-    fn call<'a>(&'a self, request: &'a UpstreamRequest) -> Result<Call<'a>, UpstreamError> {
+    pub(super) fn call<'a>(
+        &'a self,
+        request: &'a UpstreamRequest,
+    ) -> Result<Call<'a>, UpstreamError> {
         let policy = self.policy.get();
         policy
             .check_literal(&request.registry)

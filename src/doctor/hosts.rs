@@ -1,0 +1,435 @@
+//! The hosts directory: `_default/hosts.toml` and every per-registry hosts.toml (each shadows
+//! `_default` for its registry) must list credgate's endpoint first, with the secret from
+//! `listen.mirror_secret_file`; then, for each registry the keychain knows, are its pulls
+//! covered? Secrets are compared in constant time and never printed.
+
+use std::io;
+use std::path::Path;
+
+use crate::config::Listen;
+use crate::endpoint::MirrorSecret;
+use crate::identity::Scope;
+use crate::install::read_hosts;
+use crate::system::{Files, System};
+
+use super::Check;
+
+const DEFAULT_DIR: &str = "_default";
+
+/// The shared fix for every hosts.toml problem: install rewrites them.
+fn install_fix(hosts_dir: &Path) -> String {
+    format!("credgate install --hosts-dir {}", hosts_dir.display())
+}
+
+pub(super) fn check(
+    hosts_dir: &Path,
+    listen: &Listen,
+    system: &System,
+    scopes: &[Scope],
+) -> Vec<Check> {
+    match registry_dir_names(hosts_dir) {
+        Ok(names) => analyse(hosts_dir, &names, system.files.as_ref(), listen, scopes),
+        Err(e) => vec![Check::fail(
+            format!("hosts dir {}: cannot list it: {e}", hosts_dir.display()),
+            install_fix(hosts_dir),
+        )],
+    }
+}
+
+/// Directory names in the hosts dir other than `_default`, sorted; none when it is missing.
+fn registry_dir_names(hosts_dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(hosts_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != DEFAULT_DIR)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The checks, given the per-registry directory names; every file is read through `files`.
+pub(super) fn analyse(
+    hosts_dir: &Path,
+    registry_dirs: &[String],
+    files: &dyn Files,
+    listen: &Listen,
+    scopes: &[Scope],
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let secret = read_secret(files, &listen.mirror_secret_file, &mut checks);
+    let expected = Expected {
+        url: format!("http://{}", listen.mirror),
+        secret,
+        secret_file: &listen.mirror_secret_file,
+        fix: install_fix(hosts_dir),
+    };
+    let default_ok = hosts_file(hosts_dir, DEFAULT_DIR, files, &expected, &mut checks);
+    let mut covered = Vec::new();
+    for name in registry_dirs {
+        let ok = hosts_file(hosts_dir, name, files, &expected, &mut checks);
+        covered.push((name.as_str(), ok));
+    }
+    for scope in scopes {
+        checks.push(coverage(
+            scope,
+            hosts_dir,
+            default_ok,
+            &covered,
+            &expected.fix,
+        ));
+    }
+    checks
+}
+
+struct Expected<'a> {
+    url: String,
+    secret: Option<MirrorSecret>,
+    secret_file: &'a Path,
+    fix: String,
+}
+
+fn read_secret(files: &dyn Files, path: &Path, checks: &mut Vec<Check>) -> Option<MirrorSecret> {
+    match files.read(path) {
+        Ok(mut bytes) => {
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            Some(MirrorSecret::new(bytes))
+        }
+        Err(e) => {
+            checks.push(Check::fail(
+                format!("mirror secret file {}: cannot read it: {e}", path.display()),
+                "start credgate once (systemctl start credgate: it generates the secret), then credgate install",
+            ));
+            None
+        }
+    }
+}
+
+/// Checks one `<dir>/hosts.toml`; true when it sends pulls to credgate first with its secret.
+fn hosts_file(
+    hosts_dir: &Path,
+    dir: &str,
+    files: &dyn Files,
+    expected: &Expected<'_>,
+    checks: &mut Vec<Check>,
+) -> bool {
+    let path = hosts_dir.join(dir).join("hosts.toml");
+    let shown = path.display();
+    let shadow = if dir == DEFAULT_DIR {
+        "registries without their own directory".to_string()
+    } else {
+        format!("{dir} (this directory shadows _default)")
+    };
+    let text = match files.read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let fix = if dir == DEFAULT_DIR {
+                expected.fix.clone()
+            } else {
+                format!(
+                    "add {shown} with `server = \"https://{dir}\"`, then {}",
+                    expected.fix
+                )
+            };
+            checks.push(Check::fail(
+                format!("{shown} is missing: pulls from {shadow} bypass credgate"),
+                fix,
+            ));
+            return false;
+        }
+        Err(e) => {
+            checks.push(Check::fail(
+                format!("{shown}: cannot read it: {e}"),
+                "run doctor as root",
+            ));
+            return false;
+        }
+    };
+    let hosts = match read_hosts(&path, &text) {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            checks.push(Check::fail(
+                format!("{e}"),
+                format!("correct the TOML, then {}", expected.fix),
+            ));
+            return false;
+        }
+    };
+    let Some(ours) = hosts.iter().position(|h| h.url == expected.url) else {
+        let stale = hosts.iter().find(|h| h.is_credgate());
+        let what = match stale {
+            Some(old) => format!("{shown} sends credgate's secret header to {}, not to listen.mirror {}: pulls from {shadow} bypass credgate", old.url, expected.url),
+            None => format!("{shown} does not list credgate's endpoint {}: pulls from {shadow} bypass credgate", expected.url),
+        };
+        checks.push(Check::fail(what, expected.fix.clone()));
+        return false;
+    };
+    let mut ok = true;
+    if ours == 0 {
+        checks.push(Check::ok(format!(
+            "{shown} lists credgate's endpoint {} first",
+            expected.url
+        )));
+    } else {
+        checks.push(Check::warn(
+            format!("{shown} lists {} before credgate's endpoint: containerd tries it first, so those pulls skip credgate while it answers", hosts[0].url),
+            expected.fix.clone(),
+        ));
+        ok = false;
+    }
+    if let Some(secret) = &expected.secret {
+        let values = &hosts[ours].secret_values;
+        if values.iter().any(|v| secret.matches(v.as_bytes())) {
+            checks.push(Check::ok(format!(
+                "{shown}: the X-Credgate-Secret header matches {}",
+                expected.secret_file.display()
+            )));
+        } else {
+            let what = if values.is_empty() {
+                format!("{shown}: credgate's host sends no X-Credgate-Secret header, so the endpoint answers 403 and pulls fall back to the registry without credgate")
+            } else {
+                format!("{shown}: the X-Credgate-Secret header differs from {}, so the endpoint answers 403 and pulls fall back to the registry without credgate", expected.secret_file.display())
+            };
+            checks.push(Check::fail(what, expected.fix.clone()));
+            ok = false;
+        }
+    }
+    if let Ok(stamp) = files.stamp(&path) {
+        if stamp.mode & 0o077 != 0 {
+            checks.push(Check::warn(
+                format!(
+                    "{shown} holds the endpoint's secret and has mode {:04o}",
+                    stamp.mode
+                ),
+                format!("chmod 0600 {shown}"),
+            ));
+        }
+    }
+    ok
+}
+
+/// Whether pulls from the registry a scope names reach credgate: through its own directory
+/// when there is one, else through `_default`.
+fn coverage(
+    scope: &Scope,
+    hosts_dir: &Path,
+    default_ok: bool,
+    dirs: &[(&str, bool)],
+    fix: &str,
+) -> Check {
+    let own = scope
+        .exact_registry()
+        .map(ToString::to_string)
+        .and_then(|registry| dirs.iter().find(|(name, _)| *name == registry).copied());
+    let (file, ok) = match own {
+        Some((name, ok)) => (hosts_dir.join(name).join("hosts.toml"), ok),
+        None => (hosts_dir.join(DEFAULT_DIR).join("hosts.toml"), default_ok),
+    };
+    if ok {
+        Check::ok(format!(
+            "keychain scope {scope}: its pulls go through credgate ({})",
+            file.display()
+        ))
+    } else {
+        Check::fail(
+            format!("keychain scope {scope}: its pulls bypass credgate ({} does not send them to the endpoint with its secret)", file.display()),
+            fix.to_string(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Verdict;
+    use crate::system::fake::MemoryFiles;
+
+    const SECRET: &str = "hosts-secret-Q7";
+
+    fn ours(secret: &str) -> String {
+        format!(
+            "[host.\"http://127.0.0.1:5008\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+             [host.\"http://127.0.0.1:5008\".header]\n    X-Credgate-Secret = [\"{secret}\"]\n"
+        )
+    }
+
+    fn listen() -> Listen {
+        Listen {
+            mirror_secret_file: "/etc/credgate/mirror-secret".into(),
+            ..Listen::default()
+        }
+    }
+
+    fn files() -> MemoryFiles {
+        let files = MemoryFiles::new();
+        files.write("/etc/credgate/mirror-secret", &format!("{SECRET}\n"), 0o600);
+        files.write("/h/_default/hosts.toml", &ours(SECRET), 0o600);
+        files
+    }
+
+    fn run(files: &MemoryFiles, dirs: &[&str], scopes: &[&str]) -> Vec<Check> {
+        let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        let scopes: Vec<Scope> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
+        let checks = analyse(Path::new("/h"), &dirs, files, &listen(), &scopes);
+        for check in &checks {
+            assert!(
+                !check.to_string().contains(SECRET),
+                "secret printed: {check}"
+            );
+        }
+        checks
+    }
+
+    fn verdicts(checks: &[Check]) -> Vec<Verdict> {
+        checks.iter().map(|c| c.verdict).collect()
+    }
+
+    #[test]
+    fn an_installed_default_covers_every_registry_without_a_dir() {
+        let checks = run(&files(), &[], &["git.example.com/group", "*.example.org"]);
+        assert_eq!(verdicts(&checks), [Verdict::Ok; 4], "{checks:#?}");
+        assert!(checks[2].what.contains("/h/_default/hosts.toml"));
+    }
+
+    #[test]
+    fn a_registry_dir_without_credgate_shadows_default_and_fails_its_registry() {
+        let files = files();
+        files.write(
+            "/h/git.example.com/hosts.toml",
+            "server = \"https://git.example.com\"\n",
+            0o600,
+        );
+        let checks = run(
+            &files,
+            &["git.example.com"],
+            &["git.example.com/group", "other.test"],
+        );
+        let lines: Vec<String> = checks.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            verdicts(&checks),
+            [
+                Verdict::Ok,
+                Verdict::Ok,
+                Verdict::Fail,
+                Verdict::Fail,
+                Verdict::Ok
+            ],
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].contains("git.example.com/hosts.toml does not list credgate's endpoint"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[2].ends_with("fix: credgate install --hosts-dir /h"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("keychain scope git.example.com/group: its pulls bypass credgate")
+        );
+    }
+
+    #[test]
+    fn a_registry_dir_without_hosts_toml_shadows_default() {
+        let checks = run(&files(), &["certs-only.test"], &["certs-only.test"]);
+        let lines: Vec<String> = checks.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            verdicts(&checks),
+            [Verdict::Ok, Verdict::Ok, Verdict::Fail, Verdict::Fail],
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].contains("/h/certs-only.test/hosts.toml is missing"),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn a_registry_dir_with_credgate_first_covers_its_registry() {
+        let files = files();
+        let text = format!(
+            "server = \"https://git.example.com\"\n\n{}\n[host.\"https://m.test\"]\n",
+            ours(SECRET)
+        );
+        files.write("/h/git.example.com/hosts.toml", &text, 0o600);
+        let checks = run(&files, &["git.example.com"], &["git.example.com"]);
+        assert_eq!(verdicts(&checks), [Verdict::Ok; 5], "{checks:#?}");
+        assert!(checks[4].what.contains("/h/git.example.com/hosts.toml"));
+    }
+
+    #[test]
+    fn a_secret_that_differs_fails_without_printing_either() {
+        let files = files();
+        files.write("/h/_default/hosts.toml", &ours("stale-secret-W2"), 0o600);
+        let checks = run(&files, &[], &["git.example.com"]);
+        let lines: Vec<String> = checks.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            verdicts(&checks),
+            [Verdict::Ok, Verdict::Fail, Verdict::Fail],
+            "{lines:#?}"
+        );
+        assert!(lines[1].contains("differs from /etc/credgate/mirror-secret"));
+        assert!(lines.iter().all(|l| !l.contains("stale-secret-W2")));
+    }
+
+    #[test]
+    fn another_host_first_is_a_warning_and_a_readable_file_too() {
+        let files = files();
+        let text = format!("[host.\"https://m.test\"]\n\n{}", ours(SECRET));
+        files.write("/h/_default/hosts.toml", &text, 0o644);
+        let checks = run(&files, &[], &[]);
+        assert_eq!(
+            verdicts(&checks),
+            [Verdict::Warn, Verdict::Ok, Verdict::Warn],
+            "{checks:#?}"
+        );
+        assert_eq!(
+            checks[2].fix.as_deref(),
+            Some("chmod 0600 /h/_default/hosts.toml")
+        );
+    }
+
+    #[test]
+    fn missing_default_and_secret_files_fail_with_fixes() {
+        let files = MemoryFiles::new();
+        let checks = run(&files, &[], &[]);
+        assert_eq!(
+            verdicts(&checks),
+            [Verdict::Fail, Verdict::Fail],
+            "{checks:#?}"
+        );
+        assert!(checks[0]
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("systemctl start credgate"));
+        assert!(checks[1].what.contains("_default/hosts.toml is missing"));
+    }
+
+    #[test]
+    fn a_stale_endpoint_address_is_named() {
+        let files = files();
+        files.write(
+            "/h/_default/hosts.toml",
+            &ours(SECRET).replace("5008", "6000"),
+            0o600,
+        );
+        let checks = run(&files, &[], &[]);
+        assert!(
+            checks[0]
+                .what
+                .contains("to http://127.0.0.1:6000, not to listen.mirror"),
+            "{checks:#?}"
+        );
+    }
+}

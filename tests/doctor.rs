@@ -1,0 +1,153 @@
+//! `credgate doctor` as scripts see it: exit 2 for bad input, 1 when a check fails, one line
+//! per check with its fix, and never a secret (the config's, the mirror secret, or a stale
+//! one in hosts.toml). Against a real containerd it is run by hand in a node namespace (see
+//! src/doctor/containerd.rs for what each version reports).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SECRETS: &[&str] = &["doctor-pw-Hx31", "mirror-secret-Kq52", "stale-secret-Vb73"];
+
+fn doctor(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("doctor")
+        .arg("--containerd-address")
+        .arg(dir.join("containerd.sock"))
+        .arg("--containerd-config")
+        .arg(dir.join("containerd.toml"))
+        .arg("--hosts-dir")
+        .arg(dir.join("certs.d"))
+        .args(args)
+        .env_remove("CREDGATE_CONFIG")
+        .env_remove("CONTAINERD_ADDRESS")
+        .env("CREDGATE_LOG", "trace")
+        .output()
+        .expect("credgate runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A node where nothing runs: no daemon, no containerd, a stale secret in `_default`.
+fn node(dir: &Path) {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[listen]\nsocket = \"{d}/credgate.sock\"\nmirror_secret_file = \"{d}/mirror-secret\"\n\n\
+             [[registry]]\nmatch = \"127.0.0.1:1/group\"\nusername = \"deploy\"\npassword = \"{}\"\n",
+            SECRETS[0]
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("mirror-secret"), SECRETS[1]).unwrap();
+    std::fs::write(
+        dir.join("containerd.toml"),
+        format!("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"{d}/certs.d\"\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("certs.d/_default")).unwrap();
+    std::fs::write(
+        dir.join("certs.d/_default/hosts.toml"),
+        format!(
+            "[host.\"http://127.0.0.1:5008\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+             [host.\"http://127.0.0.1:5008\".header]\n    X-Credgate-Secret = [\"{}\"]\n",
+            SECRETS[2]
+        ),
+    )
+    .unwrap();
+}
+
+fn assert_no_secret(out: &Output) {
+    for stream in [text(&out.stdout), text(&out.stderr)] {
+        for secret in SECRETS {
+            assert!(!stream.contains(secret), "{secret} leaked: {stream}");
+        }
+    }
+}
+
+#[test]
+fn failed_checks_exit_1_with_one_line_each_and_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let out = doctor(dir.path(), &["--offline"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("FAIL  daemon socket")
+            && lines[0].contains("fix: start it: systemctl start credgate"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("FAIL  containerd: cannot connect")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok    containerd's registry config_path is")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("X-Credgate-Secret header differs")),
+        "{stdout}"
+    );
+    for line in &lines {
+        assert!(
+            line.starts_with("ok  ") || line.contains(" — fix: "),
+            "a problem without a fix: {line}"
+        );
+    }
+    assert!(text(&out.stderr).contains("checks failed"));
+    assert_no_secret(&out);
+}
+
+#[test]
+fn live_checks_report_an_unreachable_registry_without_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let out = doctor(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let live = stdout
+        .lines()
+        .find(|l| l.contains("registry 127.0.0.1:1/group as \"deploy\""))
+        .unwrap_or_else(|| panic!("no live line: {stdout}"));
+    assert!(
+        live.starts_with("FAIL") && live.contains("unreachable"),
+        "{live}"
+    );
+    assert_no_secret(&out);
+}
+
+#[test]
+fn an_unreadable_containerd_config_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    std::fs::write(
+        dir.path().join("containerd.toml"),
+        "version = 2\n[plugins\n",
+    )
+    .unwrap();
+    let out = doctor(dir.path(), &["--offline"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("containerd.toml:2:"), "{stderr}");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn a_bad_flag_is_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let out = doctor(dir.path(), &["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
