@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod https;
 pub mod images;
