@@ -168,7 +168,7 @@ impl Containerd {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             let is_our_shim = args.first().is_some_and(|a| a.contains("containerd-shim"))
-                && args.iter().any(|a| *a == socket);
+                && args.contains(&socket);
             if is_our_shim {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
