@@ -321,6 +321,8 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
     // The CRI's runtime named "absent" needs `containerd-shim-credgate-absent-v1`, which
     // nobody has: RunPodSandbox pulls the pause image, then fails before any shim starts.
     const ABSENT_RUNTIME: &str = "io.containerd.credgate-absent.v1";
+    // 2.x pulls (CRI and ctr) through the transfer service, which unpacks only for the
+    // snapshotters its `unpack_config` lists (by default overlayfs alone).
     if version.starts_with("1.") {
         format!(
             "version = 2\n{common}\n\
@@ -349,11 +351,9 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
              \x20   default_runtime_name = 'absent'\n\
              \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.absent]\n\
              \x20     runtime_type = '{ABSENT_RUNTIME}'\n\
-             \x20 # 2.x pulls (CRI and ctr) through the transfer service, which unpacks only
-             \x20 # for the snapshotters listed here (default: overlayfs alone).
-             \x20 [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-             \x20   platform = 'linux'
-             \x20   snapshotter = 'native'
+             \x20 [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n\
+             \x20   platform = 'linux'\n\
+             \x20   snapshotter = 'native'\n\
              \x20 [plugins.'io.containerd.internal.v1.opt']\n\
              \x20   path = {opt}\n\
              \x20 [plugins.'io.containerd.nri.v1.nri']\n\

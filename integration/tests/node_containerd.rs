@@ -2,29 +2,45 @@
 //! install` has registered the pull-through endpoint, and fails without it: CRI PullImage with
 //! no credentials in the request (as kubelet sends it for a pod without a pull secret), the
 //! sandbox (pause) image RunPodSandbox pulls, `ctr image pull --hosts-dir`, Docker Hub's
-//! aliases, and pulls after the daemon was killed mid-pull or handed a broken config.
-//! A node test (integration/test-all.sh runs it in a namespace).
+//! names with a credential saved for `https://index.docker.io/v1/`, and pulls after credgate
+//! was killed mid-pull or sent SIGHUP with a broken config. A node test
+//! (integration/test-all.sh runs it in a namespace); about 15 s for all three versions.
 //!
-//! By hand on a node (as root; `registry.example.com/group/sub` is a GitLab project whose
-//! deploy token `deploy` is in /etc/credgate/secrets/gitlab):
+//! The same by hand on a node, as root (`registry.example.com/group/sub` is a GitLab project
+//! whose deploy token is `deploy` / the password in /etc/credgate/secrets/gitlab):
 //!
 //! ```sh
-//! cat >/etc/credgate/config.toml <<'EOF'
+//! mkdir -p /etc/credgate/secrets && cat >/etc/credgate/config.toml <<'EOF'
 //! [[registry]]
 //! match = "registry.example.com/group/sub"
 //! username = "deploy"
 //! password_file = "/etc/credgate/secrets/gitlab"
 //! EOF
-//! credgate serve &            # or the systemd unit
-//! # Points the CRI's `config_path` at the hosts dir and writes _default/hosts.toml there
-//! # with the endpoint first (containerd 1.x: version 2 config; 2.x: version 3).
+//! credgate serve &   # mirror 127.0.0.1:5008; metrics 127.0.0.1:9108
+//!
+//! # The sandbox image, in /etc/containerd/config.toml: containerd 1.6/1.7 (version = 2)
+//! #   [plugins."io.containerd.grpc.v1.cri"]
+//! #     sandbox_image = "registry.example.com/group/sub/pause:3.10"
+//! # containerd 2.x (version = 3)
+//! #   [plugins.'io.containerd.cri.v1.images'.pinned_images]
+//! #     sandbox = "registry.example.com/group/sub/pause:3.10"
+//!
+//! # Sets the CRI registry's config_path (`[plugins."io.containerd.grpc.v1.cri".registry]`
+//! # in version 2, `[plugins.'io.containerd.cri.v1.images'.registry]` in version 3) and writes
+//! # certs.d/_default/hosts.toml with the endpoint and its X-Credgate-Secret header:
 //! credgate install --containerd-config /etc/containerd/config.toml --hosts-dir /etc/containerd/certs.d
-//! systemctl restart containerd # config_path is read at start; hosts.toml files on every pull
+//! systemctl restart containerd   # config_path is read at start, hosts.toml at every pull
+//!
 //! # CRI PullImage with no credentials, as kubelet sends it:
 //! crictl pull registry.example.com/group/sub/app:v1
-//! # The sandbox image comes from `sandbox_image` (1.x) or `pinned_images.sandbox` (2.x):
-//! crictl runp pod.json         # pod.json with "linux": {"security_context": {"namespace_options": {"network": 2}}}
+//! # RunPodSandbox pulls the sandbox image with no credentials at all:
+//! echo '{"metadata": {"name": "p", "uid": "p", "namespace": "default"},
+//!        "linux": {"security_context": {"namespace_options": {"network": 2}}}}' >pod.json
+//! crictl runp pod.json
+//! crictl inspecti registry.example.com/group/sub/pause:3.10
+//! # ctr, with no --user:
 //! ctr image pull --hosts-dir /etc/containerd/certs.d registry.example.com/group/sub/app:v1
+//! curl -s 127.0.0.1:9108/metrics | grep credgate_endpoint_requests_total
 //! ```
 
 use credgate_integration::clients::DockerConfig;
