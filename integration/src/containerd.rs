@@ -255,11 +255,23 @@ impl Containerd {
     /// containerd's config and hosts dir (the real CLI). containerd reads `config_path` when
     /// it starts: install before [`Containerd::start`], or [`Containerd::restart`] after.
     pub fn install_credgate(&self, credgate_config: &Path) -> CommandOutput {
+        self.credgate_cli(&[
+            "install".as_ref(),
+            "--config".as_ref(),
+            credgate_config.as_os_str(),
+        ])
+    }
+
+    /// `credgate uninstall` on this containerd's config and hosts dir (then restart).
+    pub fn uninstall_credgate(&self) -> CommandOutput {
+        self.credgate_cli(&["uninstall".as_ref()])
+    }
+
+    /// `credgate <args> --containerd-config <config> --hosts-dir <hosts dir>`.
+    fn credgate_cli(&self, args: &[&std::ffi::OsStr]) -> CommandOutput {
         let mut command = Command::new(crate::credgate_binary());
         command
-            .arg("install")
-            .arg("--config")
-            .arg(credgate_config)
+            .args(args)
             .arg("--containerd-config")
             .arg(self.config_path())
             .arg("--hosts-dir")

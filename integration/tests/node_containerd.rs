@@ -83,7 +83,8 @@ fn assert_refused<T: std::fmt::Debug>(
 }
 
 #[test]
-fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_without_it() {
+fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_without_it_or_after_uninstall(
+) {
     let (tokens, _registry) = credgate_integration::token_server::gitlab(DEPLOY_PW, "other-pw-3a1");
     let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
     let pause = push_image(
@@ -118,6 +119,7 @@ fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_wit
             "{version}"
         );
 
+        let config_before_install = std::fs::read_to_string(containerd.config_path()).unwrap();
         containerd
             .install_credgate(&daemon.config_path())
             .assert_success();
@@ -141,6 +143,20 @@ fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_wit
         containerd.assert_through_credgate(&daemon, "registry.test", "ctr image pull", || {
             containerd.ctr_pull(&app.reference)
         });
+
+        containerd.uninstall_credgate().assert_success();
+        assert_eq!(
+            std::fs::read_to_string(containerd.config_path()).unwrap(),
+            config_before_install,
+            "{version}: uninstall left the containerd config changed"
+        );
+        containerd.restart();
+        let cri = CriClient::connect(&containerd.socket());
+        assert_refused(
+            &containerd,
+            "CRI pull after uninstall",
+            cri.pull_image(&app.reference, None),
+        );
     }
     assert!(tokens.issued_to("deploy"), "{:#?}", tokens.requests());
     assert!(
