@@ -43,7 +43,7 @@
 //! curl -s 127.0.0.1:9108/metrics | grep credgate_endpoint_requests_total
 //! ```
 
-use credgate_integration::clients::DockerConfig;
+use credgate_integration::clients::{ClientEnv, DockerConfig};
 use credgate_integration::containerd::{Containerd, VERSIONS};
 use credgate_integration::cri::CriClient;
 use credgate_integration::daemon::CredgateDaemon;
@@ -83,8 +83,7 @@ fn assert_refused<T: std::fmt::Debug>(
 }
 
 #[test]
-fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_without_it_or_after_uninstall(
-) {
+fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_without_it() {
     let (tokens, _registry) = credgate_integration::token_server::gitlab(DEPLOY_PW, "other-pw-3a1");
     let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
     let pause = push_image(
@@ -108,11 +107,8 @@ fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_wit
             "CRI pull",
             cri.pull_image(&app.reference, None),
         );
-        assert_refused(
-            &containerd,
-            "RunPodSandbox",
-            cri.run_pod_sandbox("without-credgate"),
-        );
+        let sandbox = cri.run_pod_sandbox("without-credgate");
+        assert_refused(&containerd, "RunPodSandbox", sandbox);
         assert_eq!(
             cri.image_status(&pause.reference).unwrap(),
             None,
@@ -124,45 +120,48 @@ fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_wit
             .install_credgate(&daemon.config_path())
             .assert_success();
         containerd.restart();
-        let cri = CriClient::connect(&containerd.socket());
-        for reference in [
-            app.reference.clone(),
-            app.reference
-                .replace("registry.test/", "registry.test:443/"),
-        ] {
-            containerd.assert_through_credgate(&daemon, "registry.test", &reference, || {
-                cri.pull_image(&reference, None)
-            });
-        }
-        containerd.assert_through_credgate(&daemon, "registry.test", "sandbox image", || {
-            let sandbox = cri.run_pod_sandbox("with-credgate");
-            cri.image_status(&pause.reference)
-                .unwrap()
-                .ok_or(format!("no sandbox image after RunPodSandbox: {sandbox:?}"))
-        });
-        containerd.assert_through_credgate(&daemon, "registry.test", "ctr image pull", || {
-            containerd.ctr_pull(&app.reference)
-        });
+        assert_every_pull_path_goes_through(&daemon, &containerd, &app.reference, &pause.reference);
 
         containerd.uninstall_credgate().assert_success();
-        assert_eq!(
-            std::fs::read_to_string(containerd.config_path()).unwrap(),
-            config_before_install,
-            "{version}: uninstall left the containerd config changed"
-        );
+        let config_after_uninstall = std::fs::read_to_string(containerd.config_path()).unwrap();
+        assert_eq!(config_after_uninstall, config_before_install, "{version}");
         containerd.restart();
         let cri = CriClient::connect(&containerd.socket());
-        assert_refused(
-            &containerd,
-            "CRI pull after uninstall",
-            cri.pull_image(&app.reference, None),
-        );
+        let pulled = cri.pull_image(&app.reference, None);
+        assert_refused(&containerd, "CRI pull after uninstall", pulled);
     }
     assert!(tokens.issued_to("deploy"), "{:#?}", tokens.requests());
     assert!(
         !daemon.log().contains(DEPLOY_PW),
         "credgate logged the secret"
     );
+}
+
+/// CRI PullImage of `app` as `registry.test/…` and `registry.test:443/…`, the sandbox image
+/// `pause` by RunPodSandbox, and `ctr image pull` of `app`, each served by credgate.
+fn assert_every_pull_path_goes_through(
+    daemon: &CredgateDaemon,
+    containerd: &Containerd,
+    app: &str,
+    pause: &str,
+) {
+    let cri = CriClient::connect(&containerd.socket());
+    let with_port = app.replace("registry.test/", "registry.test:443/");
+    for reference in [app, &with_port] {
+        containerd.assert_through_credgate(daemon, "registry.test", reference, || {
+            cri.pull_image(reference, None)
+        });
+    }
+    containerd.assert_through_credgate(daemon, "registry.test", "sandbox image", || {
+        // The sandbox itself fails after the pull (the test image has no command).
+        let sandbox = cri.run_pod_sandbox("with-credgate");
+        cri.image_status(pause)
+            .unwrap()
+            .ok_or(format!("no sandbox image after RunPodSandbox: {sandbox:?}"))
+    });
+    containerd.assert_through_credgate(daemon, "registry.test", "ctr image pull", || {
+        containerd.ctr_pull(app)
+    });
 }
 
 #[test]
@@ -178,13 +177,12 @@ fn docker_hub_names_pull_with_the_credential_saved_for_index_docker_io() {
         "hubuser",
         HUB_PW,
     );
-    let docker_config = tempfile::tempdir().expect("docker config dir");
-    let config_json = docker_config.path().join("config.json");
-    let auths = DockerConfig::new().auth("https://index.docker.io/v1/", "hubuser", HUB_PW);
-    std::fs::write(&config_json, auths.to_json().to_string()).expect("write config.json");
+    // `docker login` writes Docker Hub's credential under this key.
+    let login =
+        ClientEnv::new(&DockerConfig::new().auth("https://index.docker.io/v1/", "hubuser", HUB_PW));
     let daemon = CredgateDaemon::start(&format!(
         "[upstream]\nallow_private = [\"registry-1.docker.io\"]\n\n[[docker_config]]\npath = {:?}\n",
-        config_json.display().to_string()
+        login.docker_config_path().display().to_string()
     ));
     for version in VERSIONS {
         let containerd = installed(version, "docker.io/library/busybox:latest", &daemon);
