@@ -373,3 +373,12 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[should_panic(expected = "run `bash integration/test-all.sh`")]
+    fn a_missing_release_fails_naming_the_script_that_fetches_it() {
+        super::binary("0.0-not-fetched", "containerd");
+    }
+}
