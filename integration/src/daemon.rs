@@ -41,8 +41,10 @@ pub struct CredgateDaemon {
     pub mirror: SocketAddr,
     /// The metrics listener's address (`listen.metrics`).
     pub metrics: SocketAddr,
+    level: String,
     dir: TempDir,
-    child: ChildGuard,
+    /// None between [`CredgateDaemon::kill`] and [`CredgateDaemon::restart`].
+    child: Option<ChildGuard>,
 }
 
 impl CredgateDaemon {
@@ -72,35 +74,71 @@ impl CredgateDaemon {
         std::fs::write(&config_path, config).expect("write config.toml");
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
             .expect("chmod config.toml");
-        let log = std::fs::File::create(dir.path().join("serve.log")).expect("serve.log");
-        let child = Command::new(crate::credgate_binary())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CREDGATE_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start credgate serve: {e}"));
+        let child = spawn(&config_path, &dir.path().join("serve.log"), level);
         let mut daemon = CredgateDaemon {
             mirror,
             metrics,
+            level: level.to_string(),
             dir,
-            child: ChildGuard::new(child, "credgate serve"),
+            child: Some(child),
         };
         daemon.wait_for_socket();
         daemon
+    }
+
+    /// Kills the daemon (SIGKILL, no clean stop), as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+    }
+
+    /// Starts `credgate serve` again on the same config (so the same listeners and secret
+    /// that hosts.toml names) after [`CredgateDaemon::kill`]; its log continues the old one.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "credgate serve still runs");
+        self.child = Some(spawn(
+            &self.config_path(),
+            &self.dir.path().join("serve.log"),
+            &self.level,
+        ));
+        self.wait_for_socket();
+    }
+
+    /// How many requests for `registry` (canonical name) the pull-through endpoint answered
+    /// 200 so far, from `credgate_endpoint_requests_total` on the metrics listener.
+    pub fn served_ok(&self, registry: &str) -> u64 {
+        let metrics = crate::https::plain_get(self.metrics, "/metrics");
+        let series =
+            format!("credgate_endpoint_requests_total{{registry=\"{registry}\",status=\"200\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |count| count.trim().parse().expect("a counter value"))
+    }
+
+    /// Sends SIGHUP and waits until the log says `outcome` once more than before
+    /// (`"config reloaded"`, or `"reload failed"` for a bad config).
+    pub fn reload_expecting(&self, outcome: &str) {
+        let seen = self.log().matches(outcome).count();
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP credgate");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.log().matches(outcome).count() <= seen {
+            assert!(
+                Instant::now() < deadline,
+                "credgate serve did not log {outcome:?} after SIGHUP:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Ready means the ttrpc socket exists and the endpoint accepts connections.
     fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         while !self.socket().exists() || std::net::TcpStream::connect(self.mirror).is_err() {
-            if let Some(status) = self.child.try_wait() {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::try_wait) {
                 panic!("credgate serve exited ({status}):\n{}", self.log());
             }
             assert!(
@@ -114,7 +152,7 @@ impl CredgateDaemon {
 
     /// The daemon's pid, for reading its memory use from /proc.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, ChildGuard::id)
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -145,4 +183,27 @@ impl CredgateDaemon {
         env.set_env("CREDGATE_SOCKET", self.socket());
         env
     }
+}
+
+/// `credgate serve --config <config>` logging to `log` (appended) at `level`.
+fn spawn(config: &Path, log: &Path, level: &str) -> ChildGuard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("serve.log");
+    let child = Command::new(crate::credgate_binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CREDGATE_LOG", level)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start credgate serve: {e}"));
+    ChildGuard::new(child, "credgate serve")
 }

@@ -6,11 +6,15 @@
 //! `<host>:443`, [`token_server::TokenServer`] answers their token requests as GitLab does,
 //! [`images::push_image`] pushes a small image with crane, and [`clients::ClientEnv`] runs
 //! crane, oras and skopeo with a docker config the test writes; [`daemon::CredgateDaemon`]
-//! runs `credgate serve` and gives clients `docker-credential-credgate` pointed at it.
+//! runs `credgate serve` and gives clients `docker-credential-credgate` pointed at it;
+//! [`containerd::Containerd`] runs a real containerd (1.6, 1.7, 2.1) with its own config and
+//! hosts dir, and [`cri::CriClient`] asks it for pulls and pod sandboxes as kubelet would.
 
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod https;
 pub mod images;

@@ -26,6 +26,14 @@ pub const NODE_HOSTS: &[(&str, [u8; 4])] = &[
     ("second.test", [127, 0, 0, 14]),
     ("a.glob.test", [127, 0, 0, 15]),
     ("b.glob.test", [127, 0, 0, 16]),
+    ("registry-1.docker.io", [127, 0, 0, 17]),
+];
+
+/// More names for a node host: they resolve to its address and its server certificate
+/// covers them. Docker Hub's names all reach the one test registry playing Docker Hub.
+pub const NODE_ALIASES: &[(&str, &str)] = &[
+    ("index.docker.io", "registry-1.docker.io"),
+    ("docker.io", "registry-1.docker.io"),
 ];
 
 /// The system CA bundle path; inside the node it also holds the test CA. Go's clients
@@ -57,6 +65,16 @@ impl Node {
     /// The loopback address `host` resolves to; panics for a name not in [`NODE_HOSTS`].
     pub fn ip(&self, host: &str) -> Ipv4Addr {
         host_ip(host)
+    }
+
+    /// `host` and its [`NODE_ALIASES`]: the names a server on `host:443` answers to.
+    pub fn names<'a>(&self, host: &'a str) -> Vec<&'a str> {
+        host_ip(host);
+        let aliases = NODE_ALIASES
+            .iter()
+            .filter(|(_, of)| *of == host)
+            .map(|(alias, _)| *alias);
+        std::iter::once(host).chain(aliases).collect()
     }
 
     /// The CA every server in the node presents certificates from.
@@ -253,6 +271,9 @@ fn hosts_file() -> String {
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for (name, ip) in NODE_HOSTS {
         text.push_str(&format!("{}\t{name}\n", Ipv4Addr::from(*ip)));
+    }
+    for (alias, host) in NODE_ALIASES {
+        text.push_str(&format!("{}\t{alias}\n", host_ip(host)));
     }
     text
 }

@@ -66,7 +66,7 @@ impl Registry {
         let lease = node.lease(host);
         let ip = node.ip(host);
         let dir = tempfile::tempdir().expect("registry temp dir");
-        let files = node.ca().issue(&[host]).write(dir.path(), "tls");
+        let files = node.ca().issue(&node.names(host)).write(dir.path(), "tls");
         let auth_config = write_auth(dir.path(), &auth);
         let mut config = json!({
             "version": 0.1,

@@ -183,6 +183,16 @@ impl TokenServer {
         })
     }
 
+    /// Whether a token was issued to `user` (authenticated with their password) since the last
+    /// [`TokenServer::clear_requests`]: only a client holding that credential can have asked.
+    pub fn issued_to(&self, user: &str) -> bool {
+        self.requests().iter().any(|r| {
+            matches!(r.grant, Grant::Basic | Grant::Password)
+                && r.user.as_deref() == Some(user)
+                && r.status == 200
+        })
+    }
+
     /// Every request answered so far, oldest first.
     pub fn requests(&self) -> Vec<TokenRequest> {
         self.state

@@ -1,0 +1,258 @@
+//! Real containerd (1.6, 1.7, 2.1) pulls private images through credgate once `credgate
+//! install` has registered the pull-through endpoint, and fails without it: CRI PullImage with
+//! no credentials in the request (as kubelet sends it for a pod without a pull secret), the
+//! sandbox (pause) image RunPodSandbox pulls, `ctr image pull --hosts-dir`, Docker Hub's
+//! names with a credential saved for `https://index.docker.io/v1/`, and pulls after credgate
+//! was killed mid-pull or sent SIGHUP with a broken config. A node test
+//! (integration/test-all.sh runs it in a namespace); about 15 s for all three versions.
+//!
+//! The same by hand on a node, as root (`registry.example.com/group/sub` is a GitLab project
+//! whose deploy token is `deploy` / the password in /etc/credgate/secrets/gitlab):
+//!
+//! ```sh
+//! mkdir -p /etc/credgate/secrets && cat >/etc/credgate/config.toml <<'EOF'
+//! [[registry]]
+//! match = "registry.example.com/group/sub"
+//! username = "deploy"
+//! password_file = "/etc/credgate/secrets/gitlab"
+//! EOF
+//! credgate serve &   # mirror 127.0.0.1:5008; metrics 127.0.0.1:9108
+//!
+//! # The sandbox image, in /etc/containerd/config.toml: containerd 1.6/1.7 (version = 2)
+//! #   [plugins."io.containerd.grpc.v1.cri"]
+//! #     sandbox_image = "registry.example.com/group/sub/pause:3.10"
+//! # containerd 2.x (version = 3)
+//! #   [plugins.'io.containerd.cri.v1.images'.pinned_images]
+//! #     sandbox = "registry.example.com/group/sub/pause:3.10"
+//!
+//! # Sets the CRI registry's config_path (`[plugins."io.containerd.grpc.v1.cri".registry]`
+//! # in version 2, `[plugins.'io.containerd.cri.v1.images'.registry]` in version 3) and writes
+//! # certs.d/_default/hosts.toml with the endpoint and its X-Credgate-Secret header:
+//! credgate install --containerd-config /etc/containerd/config.toml --hosts-dir /etc/containerd/certs.d
+//! systemctl restart containerd   # config_path is read at start, hosts.toml at every pull
+//!
+//! # CRI PullImage with no credentials, as kubelet sends it:
+//! crictl pull registry.example.com/group/sub/app:v1
+//! # RunPodSandbox pulls the sandbox image with no credentials at all:
+//! echo '{"metadata": {"name": "p", "uid": "p", "namespace": "default"},
+//!        "linux": {"security_context": {"namespace_options": {"network": 2}}}}' >pod.json
+//! crictl runp pod.json
+//! crictl inspecti registry.example.com/group/sub/pause:3.10
+//! # ctr, with no --user:
+//! ctr image pull --hosts-dir /etc/containerd/certs.d registry.example.com/group/sub/app:v1
+//! curl -s 127.0.0.1:9108/metrics | grep credgate_endpoint_requests_total
+//! ```
+
+use credgate_integration::clients::{ClientEnv, DockerConfig};
+use credgate_integration::containerd::{Containerd, VERSIONS};
+use credgate_integration::cri::CriClient;
+use credgate_integration::daemon::CredgateDaemon;
+use credgate_integration::images::{push_image, push_large_image};
+use credgate_integration::registry::{Registry, RegistryAuth};
+
+const DEPLOY_PW: &str = "deploy-pw-5d2";
+const HUB_PW: &str = "hub-pw-81c";
+const ALICE_PW: &str = "alice-pw-0f4";
+
+/// containerd `version` configured with `sandbox_image`, credgate installed for `daemon`
+/// by the real CLI, then started.
+fn installed(version: &'static str, sandbox_image: &str, daemon: &CredgateDaemon) -> Containerd {
+    let mut containerd = Containerd::configure(version, sandbox_image);
+    containerd
+        .install_credgate(&daemon.config_path())
+        .assert_success();
+    containerd.start();
+    containerd
+}
+
+/// Without credgate containerd asks auth.test for an anonymous token, which GitLab refuses.
+#[track_caller]
+fn assert_refused<T: std::fmt::Debug>(
+    containerd: &Containerd,
+    what: &str,
+    outcome: Result<T, tonic::Status>,
+) {
+    let version = containerd.version();
+    match outcome {
+        Ok(value) => panic!("containerd {version}: {what} succeeded without credgate: {value:?}"),
+        Err(status) => assert!(
+            status.message().contains("403 Forbidden"),
+            "containerd {version}: {what} failed, but not for want of a credential: {status:?}"
+        ),
+    }
+}
+
+#[test]
+fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_without_it() {
+    let (tokens, _registry) = credgate_integration::token_server::gitlab(DEPLOY_PW, "other-pw-3a1");
+    let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
+    let pause = push_image(
+        "registry.test",
+        "group/sub/pause",
+        "3.10",
+        "deploy",
+        DEPLOY_PW,
+    );
+    let daemon = CredgateDaemon::start(&format!(
+        "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n\
+         [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n"
+    ));
+    tokens.clear_requests();
+    for version in VERSIONS {
+        let mut containerd = Containerd::configure(version, &pause.reference);
+        containerd.start();
+        let cri = CriClient::connect(&containerd.socket());
+        assert_refused(
+            &containerd,
+            "CRI pull",
+            cri.pull_image(&app.reference, None),
+        );
+        let sandbox = cri.run_pod_sandbox("without-credgate");
+        assert_refused(&containerd, "RunPodSandbox", sandbox);
+        assert_eq!(
+            cri.image_status(&pause.reference).unwrap(),
+            None,
+            "{version}"
+        );
+
+        let config_before_install = std::fs::read_to_string(containerd.config_path()).unwrap();
+        containerd
+            .install_credgate(&daemon.config_path())
+            .assert_success();
+        containerd.restart();
+        assert_every_pull_path_goes_through(&daemon, &containerd, &app.reference, &pause.reference);
+
+        containerd.uninstall_credgate().assert_success();
+        let config_after_uninstall = std::fs::read_to_string(containerd.config_path()).unwrap();
+        assert_eq!(config_after_uninstall, config_before_install, "{version}");
+        containerd.restart();
+        let cri = CriClient::connect(&containerd.socket());
+        let pulled = cri.pull_image(&app.reference, None);
+        assert_refused(&containerd, "CRI pull after uninstall", pulled);
+    }
+    assert!(tokens.issued_to("deploy"), "{:#?}", tokens.requests());
+    assert!(
+        !daemon.log().contains(DEPLOY_PW),
+        "credgate logged the secret"
+    );
+}
+
+/// CRI PullImage of `app` as `registry.test/…` and `registry.test:443/…`, the sandbox image
+/// `pause` by RunPodSandbox, and `ctr image pull` of `app`, each served by credgate.
+fn assert_every_pull_path_goes_through(
+    daemon: &CredgateDaemon,
+    containerd: &Containerd,
+    app: &str,
+    pause: &str,
+) {
+    let cri = CriClient::connect(&containerd.socket());
+    let with_port = app.replace("registry.test/", "registry.test:443/");
+    for reference in [app, &with_port] {
+        containerd.assert_through_credgate(daemon, "registry.test", reference, || {
+            cri.pull_image(reference, None)
+        });
+    }
+    containerd.assert_through_credgate(daemon, "registry.test", "sandbox image", || {
+        // The sandbox itself fails after the pull (the test image has no command).
+        let sandbox = cri.run_pod_sandbox("with-credgate");
+        cri.image_status(pause)
+            .unwrap()
+            .ok_or(format!("no sandbox image after RunPodSandbox: {sandbox:?}"))
+    });
+    containerd.assert_through_credgate(daemon, "registry.test", "ctr image pull", || {
+        containerd.ctr_pull(app)
+    });
+}
+
+#[test]
+fn docker_hub_names_pull_with_the_credential_saved_for_index_docker_io() {
+    let _hub = Registry::start(
+        RegistryAuth::basic(&[("hubuser", HUB_PW)]),
+        "registry-1.docker.io",
+    );
+    push_image(
+        "registry-1.docker.io",
+        "library/busybox",
+        "latest",
+        "hubuser",
+        HUB_PW,
+    );
+    // `docker login` writes Docker Hub's credential under this key.
+    let login =
+        ClientEnv::new(&DockerConfig::new().auth("https://index.docker.io/v1/", "hubuser", HUB_PW));
+    let daemon = CredgateDaemon::start(&format!(
+        "[upstream]\nallow_private = [\"registry-1.docker.io\"]\n\n[[docker_config]]\npath = {:?}\n",
+        login.docker_config_path().display().to_string()
+    ));
+    for version in VERSIONS {
+        let containerd = installed(version, "docker.io/library/busybox:latest", &daemon);
+        let cri = CriClient::connect(&containerd.socket());
+        for reference in [
+            "busybox",
+            "docker.io/library/busybox",
+            "index.docker.io/library/busybox",
+        ] {
+            containerd.assert_through_credgate(&daemon, "docker.io", reference, || {
+                cri.pull_image(reference, None)
+            });
+        }
+    }
+}
+
+#[test]
+fn pulls_succeed_after_credgate_was_killed_mid_pull_or_handed_a_broken_config() {
+    let _registry = Registry::start(RegistryAuth::basic(&[("alice", ALICE_PW)]), "basic.test");
+    let large = push_large_image(
+        "basic.test",
+        "team/large",
+        "v1",
+        ("alice", ALICE_PW),
+        4,
+        16 << 20,
+    );
+    let small = push_image("basic.test", "team/small", "v1", "alice", ALICE_PW);
+    let mut daemon = CredgateDaemon::start(&format!(
+        "[[registry]]\nmatch = \"basic.test\"\nusername = \"alice\"\npassword = \"{ALICE_PW}\"\n"
+    ));
+    let config = std::fs::read_to_string(daemon.config_path()).expect("credgate config");
+    for version in VERSIONS {
+        let containerd = installed(version, &small.reference, &daemon);
+        let interrupted = kill_mid_pull(&mut daemon, &containerd, &large.reference);
+        daemon.restart();
+        let cri = CriClient::connect(&containerd.socket());
+        containerd.assert_through_credgate(&daemon, "basic.test", "pull after a restart", || {
+            cri.pull_image(&large.reference, None)
+        });
+        eprintln!("containerd {version}: the pull credgate died in returned {interrupted:?}");
+
+        std::fs::write(daemon.config_path(), "[[registry\nmatch = ").expect("break config");
+        daemon.reload_expecting("reload failed");
+        containerd.assert_through_credgate(
+            &daemon,
+            "basic.test",
+            "pull after a bad reload",
+            || cri.pull_image(&small.reference, None),
+        );
+        std::fs::write(daemon.config_path(), &config).expect("restore config");
+        daemon.reload_expecting("config reloaded");
+    }
+}
+
+/// Starts a CRI pull of `reference` and kills credgate once the endpoint has served a few
+/// requests (manifest and config, so the layers are under way); what the pull returned.
+fn kill_mid_pull(
+    daemon: &mut CredgateDaemon,
+    containerd: &Containerd,
+    reference: &str,
+) -> Result<String, tonic::Status> {
+    let before = daemon.served_ok("basic.test");
+    std::thread::scope(|scope| {
+        let pull =
+            scope.spawn(|| CriClient::connect(&containerd.socket()).pull_image(reference, None));
+        while daemon.served_ok("basic.test") < before + 3 && !pull.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        daemon.kill();
+        pull.join().expect("pull thread")
+    })
+}
