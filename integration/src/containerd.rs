@@ -267,6 +267,35 @@ impl Containerd {
         self.credgate_cli(&["uninstall".as_ref()])
     }
 
+    /// `credgate --config <credgate_config> pull --address <socket> --no-progress <reference>`:
+    /// a pull through containerd's transfer service whose auth stream credgate answers (no
+    /// hosts dir, so the endpoint is not involved).
+    pub fn credgate_pull(&self, credgate_config: &Path, reference: &str) -> CommandOutput {
+        let mut command = Command::new(crate::credgate_binary());
+        command
+            .arg("--config")
+            .arg(credgate_config)
+            .args(["pull", "--no-progress", "--address"])
+            .arg(self.socket())
+            .arg(reference)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        run_bounded(&mut command, self.dir.path(), CTR_TIMEOUT)
+    }
+
+    /// `credgate --config <credgate_config> doctor` on this containerd's socket, config and
+    /// hosts dir.
+    pub fn credgate_doctor(&self, credgate_config: &Path) -> CommandOutput {
+        let socket = self.socket();
+        self.credgate_cli(&[
+            "--config".as_ref(),
+            credgate_config.as_os_str(),
+            "doctor".as_ref(),
+            "--containerd-address".as_ref(),
+            socket.as_os_str(),
+        ])
+    }
+
     /// `credgate <args> --containerd-config <config> --hosts-dir <hosts dir>`.
     fn credgate_cli(&self, args: &[&std::ffi::OsStr]) -> CommandOutput {
         let mut command = Command::new(crate::credgate_binary());
@@ -298,8 +327,7 @@ impl Containerd {
         match outcome {
             Ok(value) if served > 0 => value,
             outcome => panic!(
-                "containerd {}: {what}: {outcome:?}, credgate served {served} requests for                  {registry}
-{}",
+                "containerd {}: {what}: {outcome:?}, credgate served {served} requests for {registry}\n{}",
                 self.version,
                 self.log_tail()
             ),

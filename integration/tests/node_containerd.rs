@@ -129,6 +129,8 @@ fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_wit
         let cri = CriClient::connect(&containerd.socket());
         let pulled = cri.pull_image(&app.reference, None);
         assert_refused(&containerd, "CRI pull after uninstall", pulled);
+        assert_doctor_finds_credgate_missing(&daemon, &containerd);
+        assert_credgate_pull_answers_the_auth_stream(&daemon, &containerd, &app.reference);
     }
     assert!(tokens.issued_to("deploy"), "{:#?}", tokens.requests());
     assert!(
@@ -162,6 +164,74 @@ fn assert_every_pull_path_goes_through(
     containerd.assert_through_credgate(daemon, "registry.test", "ctr image pull", || {
         containerd.ctr_pull(app)
     });
+    // Installed and serving: every doctor check passes, the live credential check included.
+    let doctor = containerd.credgate_doctor(&daemon.config_path());
+    doctor.assert_success();
+    assert!(
+        doctor.stdout.lines().all(|line| !line.starts_with("FAIL")),
+        "containerd {}: {doctor}",
+        containerd.version()
+    );
+    assert!(
+        doctor.stdout.contains("accepted"),
+        "containerd {}: no live credential check passed: {doctor}",
+        containerd.version()
+    );
+}
+
+/// After uninstall, doctor fails and names `credgate install` as the fix.
+fn assert_doctor_finds_credgate_missing(daemon: &CredgateDaemon, containerd: &Containerd) {
+    let doctor = containerd.credgate_doctor(&daemon.config_path());
+    doctor.assert_failure();
+    let version = containerd.version();
+    assert_eq!(
+        doctor.status.code(),
+        Some(1),
+        "containerd {version}: {doctor}"
+    );
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("FAIL") && line.contains("credgate install")),
+        "containerd {version}: {doctor}"
+    );
+    assert!(
+        !doctor.combined().contains(DEPLOY_PW),
+        "containerd {version}: secret in doctor output"
+    );
+}
+
+/// `credgate pull` stores the private image with credentials it gives containerd's transfer
+/// service on the auth stream: it needs no endpoint, so it works with credgate uninstalled.
+/// containerd 1.6 has no transfer service, and `credgate pull` says so.
+fn assert_credgate_pull_answers_the_auth_stream(
+    daemon: &CredgateDaemon,
+    containerd: &Containerd,
+    reference: &str,
+) {
+    let version = containerd.version();
+    // `ctr image pull` stored it in the same namespace earlier.
+    containerd.ctr(&["image", "rm", reference]);
+    let pull = containerd.credgate_pull(&daemon.config_path(), reference);
+    if version == "1.6" {
+        pull.assert_failure();
+        assert!(
+            pull.stderr.contains("has no transfer service"),
+            "containerd {version}: {pull}"
+        );
+        return;
+    }
+    pull.assert_success();
+    let images = containerd.ctr(&["image", "ls", "-q"]);
+    assert!(
+        images.stdout.lines().any(|line| line == reference),
+        "containerd {version}: {reference} not stored after credgate pull: {images}"
+    );
+    assert!(
+        !pull.combined().contains(DEPLOY_PW),
+        "containerd {version}: secret in pull output"
+    );
 }
 
 #[test]
