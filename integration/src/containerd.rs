@@ -3,8 +3,8 @@
 //! any shim it started) killed on drop.
 //!
 //! The config is containerd's own format for the version (version 2 for 1.x, version 3 for
-//! 2.x) with only what a test node needs changed: paths under the temp dir, the `native`
-//! snapshotter (works on any filesystem), NRI off, the sandbox (pause) image the test names,
+//! 2.x) with only what a test node needs changed: paths under the temp dir (the default
+//! overlayfs snapshotter, as on a real node), NRI off, the sandbox (pause) image the test names,
 //! and a default CRI runtime whose shim does not exist, so a pod sandbox fails after its image
 //! is pulled and no shim ever writes under the host's `/run/containerd`.
 
@@ -235,15 +235,7 @@ impl Containerd {
     /// through the transfer service, 1.x in the client); on failure, what ctr printed.
     pub fn ctr_pull(&self, reference: &str) -> Result<(), String> {
         let hosts_dir = self.hosts_dir().to_string_lossy().into_owned();
-        let output = self.ctr(&[
-            "image",
-            "pull",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            &hosts_dir,
-            reference,
-        ]);
+        let output = self.ctr(&["image", "pull", "--hosts-dir", &hosts_dir, reference]);
         if output.success() {
             Ok(())
         } else {
@@ -361,8 +353,6 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
     // The CRI's runtime named "absent" needs `containerd-shim-credgate-absent-v1`, which
     // nobody has: RunPodSandbox pulls the pause image, then fails before any shim starts.
     const ABSENT_RUNTIME: &str = "io.containerd.credgate-absent.v1";
-    // 2.x pulls (CRI and ctr) through the transfer service, which unpacks only for the
-    // snapshotters its `unpack_config` lists (by default overlayfs alone).
     if version.starts_with("1.") {
         format!(
             "version = 2\n{common}\n\
@@ -370,7 +360,6 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
              \x20 [plugins.\"io.containerd.grpc.v1.cri\"]\n\
              \x20   sandbox_image = {sandbox_image:?}\n\
              \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
-             \x20     snapshotter = \"native\"\n\
              \x20     default_runtime_name = \"absent\"\n\
              \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.absent]\n\
              \x20       runtime_type = \"{ABSENT_RUNTIME}\"\n\
@@ -383,17 +372,12 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
         format!(
             "version = 3\n{common}\n\
              [plugins]\n\
-             \x20 [plugins.'io.containerd.cri.v1.images']\n\
-             \x20   snapshotter = 'native'\n\
-             \x20   [plugins.'io.containerd.cri.v1.images'.pinned_images]\n\
-             \x20     sandbox = {sandbox_image:?}\n\
+             \x20 [plugins.'io.containerd.cri.v1.images'.pinned_images]\n\
+             \x20   sandbox = {sandbox_image:?}\n\
              \x20 [plugins.'io.containerd.cri.v1.runtime'.containerd]\n\
              \x20   default_runtime_name = 'absent'\n\
              \x20   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.absent]\n\
              \x20     runtime_type = '{ABSENT_RUNTIME}'\n\
-             \x20 [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]\n\
-             \x20   platform = 'linux'\n\
-             \x20   snapshotter = 'native'\n\
              \x20 [plugins.'io.containerd.internal.v1.opt']\n\
              \x20   path = {opt}\n\
              \x20 [plugins.'io.containerd.nri.v1.nri']\n\
