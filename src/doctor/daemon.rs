@@ -118,11 +118,13 @@ async fn status(path: &Path) -> Check {
                 .filter(|s| !s.healthy)
                 .map(|s| format!("{} ({})", s.name, s.detail))
                 .collect();
+            let sources = match status.sources.len() {
+                1 => "1 source".to_string(),
+                n => format!("{n} sources"),
+            };
             let what = format!(
-                "daemon at {shown} answers Status: credgate {}, up {} s, {} sources",
-                status.version,
-                status.uptime_seconds,
-                status.sources.len()
+                "daemon at {shown} answers Status: credgate {}, up {} s, {sources}",
+                status.version, status.uptime_seconds
             );
             if unhealthy.is_empty() {
                 Check::ok(what)
