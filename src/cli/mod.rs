@@ -233,8 +233,12 @@ pub fn docker_helper(action: Option<String>, vars: Vec<(OsString, OsString)>) ->
         &input,
         &vars,
     ));
-    // Errors go to stdout too: docker's helper client shows stdout in its error message.
+    // Errors go to stdout too, one line as docker's helpers print them (`fmt.Fprintln`):
+    // docker's helper client shows stdout in its error message.
     print!("{}", reply.stdout);
+    if reply.code != 0 && !reply.stdout.ends_with('\n') {
+        println!();
+    }
     ExitCode::from(reply.code)
 }
 

@@ -131,6 +131,13 @@ impl DaemonClient {
                     _ => ClientError::Failed { message },
                 }
             }
+            // ttrpc's own deadline (the context's timeout) fired before ours.
+            ttrpc::Error::Others(text) if text.contains("deadline elapsed") => {
+                ClientError::TimedOut {
+                    socket: self.socket.clone(),
+                    after: DAEMON_DEADLINE,
+                }
+            }
             // The daemon went away between connect and answer.
             other => ClientError::Unreachable {
                 socket: self.socket.clone(),
