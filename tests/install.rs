@@ -98,14 +98,17 @@ impl Node {
     }
 
     /// Every file and directory under the node: content (files) and mode.
-    fn tree(&self) -> BTreeMap<PathBuf, (Option<Vec<u8>>, u32)> {
+    fn tree(&self) -> Tree {
         let mut tree = BTreeMap::new();
         walk(self.dir.path(), self.dir.path(), &mut tree);
         tree
     }
 }
 
-fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<PathBuf, (Option<Vec<u8>>, u32)>) {
+/// Every path under a node: its bytes (None for a directory) and its mode.
+type Tree = BTreeMap<PathBuf, (Option<Vec<u8>>, u32)>;
+
+fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let meta = std::fs::metadata(&path).unwrap();
@@ -187,6 +190,14 @@ fn assert_ok(out: &Output) {
 }
 
 /// A node whose hosts dir already configures docker.io (server and a CA-pinned mirror).
+/// A repeated install succeeded, said `already installed`, and left the tree as `installed`.
+#[track_caller]
+fn assert_changes_nothing(out: &Output, node: &Node, installed: &Tree) {
+    assert_ok(out);
+    assert!(stdout(out).contains("already installed"), "{}", stdout(out));
+    assert_eq!(&node.tree(), installed);
+}
+
 fn node_with_docker_io(config: &str) -> Node {
     let node = Node::new(config);
     std::fs::create_dir_all(node.hosts_dir().join("docker.io")).unwrap();
@@ -241,14 +252,7 @@ fn round_trip(version: &str, with_docker_io: bool) {
     assert_eq!(names, expected_names);
     let installed = node.tree();
 
-    let again = node.with_hosts_dir(&["install"]);
-    assert_ok(&again);
-    assert!(
-        stdout(&again).contains("already installed"),
-        "{}",
-        stdout(&again)
-    );
-    assert_eq!(node.tree(), installed);
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
 
     // Uninstall finds the hosts dir through the config_path install wrote.
     let out = node.credgate(&["uninstall"]);
@@ -310,23 +314,9 @@ fn a_second_install_changes_nothing_and_says_already_installed() {
         let node = node_with_docker_io(&default_config(version));
         assert_ok(&node.with_hosts_dir(&["install"]));
         let first = node.tree();
-        let out = node.with_hosts_dir(&["install"]);
-        assert_ok(&out);
-        assert!(
-            stdout(&out).contains("already installed"),
-            "{}",
-            stdout(&out)
-        );
-        assert_eq!(node.tree(), first);
+        assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &first);
         // Without --hosts-dir it finds the same directory through config_path.
-        let out = node.credgate(&["install"]);
-        assert_ok(&out);
-        assert!(
-            stdout(&out).contains("already installed"),
-            "{}",
-            stdout(&out)
-        );
-        assert_eq!(node.tree(), first);
+        assert_changes_nothing(&node.credgate(&["install"]), &node, &first);
     }
 }
 
