@@ -97,7 +97,7 @@ impl Containerd {
         ContainerdError::Call {
             socket: self.socket.clone(),
             call,
-            status: format!("{:?}: {}", status.code(), status.message()),
+            status: status_text(status),
         }
     }
 
@@ -116,6 +116,11 @@ impl Containerd {
             revision: reply.revision,
         })
     }
+}
+
+/// A gRPC status as errors show it: `Code: message`.
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
 }
 
 /// An error and its sources on one line.

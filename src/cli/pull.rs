@@ -53,7 +53,7 @@ pub async fn pull(
     )
     .map_err(cli_error)?;
     let config = load_config(config_path)?;
-    let daemon_socket = crate::clients::socket_path(vars, config_path);
+    let daemon_socket = crate::clients::socket_for(vars, &config);
     let mut answerer = AuthAnswerer::new(daemon_socket, config, system);
     let containerd = Containerd::connect(&args.address)
         .await

@@ -35,21 +35,29 @@ pub enum ClientError {
 /// Where the daemon's socket is: `$CREDGATE_SOCKET`, else `listen.socket` of the config
 /// (`$CREDGATE_CONFIG` or the default path, when present), else the default socket.
 pub fn socket_path(vars: &[(OsString, OsString)], config: Option<&Path>) -> PathBuf {
-    let var = |name: &str| {
-        vars.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| PathBuf::from(v))
-    };
-    if let Some(socket) = var("CREDGATE_SOCKET") {
+    if let Some(socket) = var(vars, "CREDGATE_SOCKET") {
         return socket;
     }
     let config_path = config
         .map(Path::to_path_buf)
-        .or_else(|| var("CREDGATE_CONFIG"))
+        .or_else(|| var(vars, "CREDGATE_CONFIG"))
         .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
-    config_path
+    let config = config_path
         .and_then(|p| Config::load(&p).ok())
-        .map_or_else(|| Config::builtin().listen.socket, |c| c.listen.socket)
+        .unwrap_or_else(Config::builtin);
+    socket_for(vars, &config)
+}
+
+/// Where the daemon's socket is for a config already loaded: `$CREDGATE_SOCKET`, else its
+/// `listen.socket`.
+pub fn socket_for(vars: &[(OsString, OsString)], config: &Config) -> PathBuf {
+    var(vars, "CREDGATE_SOCKET").unwrap_or_else(|| config.listen.socket.clone())
+}
+
+fn var(vars: &[(OsString, OsString)], name: &str) -> Option<PathBuf> {
+    vars.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| PathBuf::from(v))
 }
 
 pub struct DaemonClient {

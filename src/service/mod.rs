@@ -277,7 +277,9 @@ fn api_auth_type(auth_type: AuthType) -> api::AuthType {
     }
 }
 
-fn lookup_response(decision: &Decision) -> api::LookupResponse {
+/// The API's answer for one keychain decision (also what `credgate pull` answers containerd
+/// with when it resolves in-process).
+pub(crate) fn lookup_response(decision: &Decision) -> api::LookupResponse {
     let mut response = api::LookupResponse::default();
     if let (Some(winner), Some(candidate)) = (&decision.winner, decision.winner_candidate()) {
         response.auth_type = api_auth_type(winner.credential.auth_type()).into();

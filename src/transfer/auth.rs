@@ -20,7 +20,7 @@ use std::time::Duration;
 use containerd_client::types::transfer::{AuthRequest, AuthResponse, AuthType as WireAuthType};
 
 use crate::api;
-use crate::clients::{ClientError, DaemonClient};
+use crate::clients::{ClientError, DaemonClient, DAEMON_DEADLINE};
 use crate::config::Config;
 use crate::identity::{ImageReference, RegistryHost, Target};
 use crate::keychain::{Decision, Keychain};
@@ -28,7 +28,7 @@ use crate::sources::{AuthType, Secret};
 use crate::system::System;
 
 /// Longest one answer may take: the daemon's own deadline plus slack for connecting.
-pub const ANSWER_DEADLINE: Duration = Duration::from_secs(20);
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(DAEMON_DEADLINE.as_secs() + 5);
 
 /// What the keychain said for one target, from the daemon or resolved in-process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,17 +69,9 @@ impl KeychainAnswer {
         }
     }
 
+    /// The daemon's answer for a decision made in-process: one conversion for both paths.
     pub fn from_decision(decision: &Decision) -> Self {
-        match (&decision.winner, decision.winner_candidate()) {
-            (Some(winner), Some(candidate)) => Self {
-                auth_type: winner.credential.auth_type(),
-                username: winner.credential.username.clone(),
-                secret: winner.credential.transfer_secret(),
-                expire_at: 0,
-                source: candidate.describe(),
-            },
-            _ => Self::anonymous(),
-        }
+        Self::from_daemon(&crate::service::lookup_response(decision))
     }
 }
 

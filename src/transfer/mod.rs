@@ -32,10 +32,11 @@ use containerd_client::types::transfer::{
     AuthRequest, ImageStore, OciRegistry, Progress, RegistryResolver, UnpackConfiguration,
 };
 use containerd_client::types::Platform;
+use containerd_client::with_namespace;
 use futures::SinkExt;
 use prost::{Message, Name};
 use prost_types::Any;
-use tonic::Code;
+use tonic::{Code, Request};
 
 use crate::containerd::{Containerd, ContainerdError, ContainerdVersion, CALL_TIMEOUT};
 use crate::identity::{IdentityError, ImageReference};
@@ -182,7 +183,7 @@ pub async fn pull(
         }),
     };
     let mut client = TransferClient::new(containerd.channel());
-    let call = client.transfer(with_namespace(transfer, &request.namespace));
+    let call = client.transfer(with_namespace!(transfer, request.namespace.as_str()));
     let mut state = PullProgress::default();
     let outcome = {
         tokio::pin!(call);
@@ -190,13 +191,16 @@ pub async fn pull(
         tokio::pin!(answering);
         let following = follow_progress(events.as_mut(), &mut state, view);
         tokio::pin!(following);
+        // One listener for the whole pull, so no signal falls between two loop passes.
+        let cancel = cancelled();
+        tokio::pin!(cancel);
         let (mut answering_done, mut following_done) = (false, false);
         loop {
             tokio::select! {
                 result = &mut call => break Some(result),
                 () = &mut answering, if !answering_done => answering_done = true,
                 () = &mut following, if !following_done => following_done = true,
-                () = cancelled() => break None,
+                () = &mut cancel => break None,
             }
         }
     };
@@ -248,7 +252,7 @@ impl ContainerdStream {
         let mut client = StreamingClient::new(containerd.channel());
         let opening = async {
             let mut inbound = client
-                .stream(with_namespace(messages, &request.namespace))
+                .stream(with_namespace!(messages, request.namespace.as_str()))
                 .await?
                 .into_inner();
             inbound.message().await?;
@@ -268,7 +272,7 @@ impl ContainerdStream {
             Ok(Err(status)) if status.code() == Code::Unimplemented => {
                 Err(unsupported(containerd, version))
             }
-            Ok(Err(status)) => Err(failed(format!("{:?}: {}", status.code(), status.message()))),
+            Ok(Err(status)) => Err(failed(crate::containerd::status_text(&status))),
             Err(_) => Err(failed(format!("no answer within {CALL_TIMEOUT:?}"))),
         }
     }
@@ -317,15 +321,6 @@ fn decode<M: Message + Name + Default>(any: &Any) -> Option<M> {
         return None;
     }
     M::decode(any.value.as_slice()).ok()
-}
-
-fn with_namespace<T>(message: T, namespace: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let value = namespace
-        .parse()
-        .expect("validated namespaces are valid metadata");
-    request.metadata_mut().insert("containerd-namespace", value);
-    request
 }
 
 /// Resolves when the user interrupts (Ctrl-C) or the process is asked to stop (SIGTERM).

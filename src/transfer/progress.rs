@@ -31,8 +31,6 @@ pub struct PullProgress {
     /// The latest status line.
     pub status: String,
     blobs: BTreeMap<String, BlobProgress>,
-    /// Blobs whose layer has been unpacked.
-    extracted: usize,
 }
 
 /// What changed with one event, for line output.
@@ -53,7 +51,6 @@ impl PullProgress {
             return Change::Status(event.event.clone());
         }
         if event.event == "extracted" {
-            self.extracted += 1;
             return Change::Blob {
                 name: event.name.clone(),
                 event: event.event.clone(),
@@ -82,20 +79,6 @@ impl PullProgress {
         self.blobs
             .values()
             .fold((0, 0), |(d, t), b| (d + b.done.min(b.total), t + b.total))
-    }
-
-    /// Blobs finished (downloaded or already present) out of those seen.
-    pub fn blobs_finished(&self) -> (usize, usize) {
-        let finished = self
-            .blobs
-            .values()
-            .filter(|b| matches!(b.event.as_str(), "complete" | "already exists"))
-            .count();
-        (finished, self.blobs.len())
-    }
-
-    pub fn layers_extracted(&self) -> usize {
-        self.extracted
     }
 }
 
@@ -212,7 +195,6 @@ mod tests {
         );
         state.apply(&event("config-sha256:cc", "already exists", 0, 7));
         assert_eq!(state.bytes(), (117, 157));
-        assert_eq!(state.blobs_finished(), (2, 3));
     }
 
     #[test]
@@ -228,7 +210,6 @@ mod tests {
             Change::Blob { .. }
         ));
         assert_eq!(state.bytes(), (100, 100));
-        assert_eq!(state.layers_extracted(), 1);
     }
 
     #[test]
