@@ -56,6 +56,13 @@ pub struct Listen {
     pub allowed_uids: Vec<u32>,
 }
 
+impl Listen {
+    /// The endpoint's URL as hosts.toml names it (`install` writes it, `doctor` looks for it).
+    pub fn mirror_url(&self) -> String {
+        format!("http://{}", self.mirror)
+    }
+}
+
 impl Default for Listen {
     fn default() -> Self {
         Self {

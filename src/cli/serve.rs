@@ -25,7 +25,8 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
         config.listen.allowed_uids.clone(),
     ));
     let failed = |e: service::SocketError| CliError::Failed(e.to_string());
-    let listener = service::bind(&socket_path, opens_to_others(&config)).map_err(failed)?;
+    let open_to_others = service::opens_to_others(&config.listen.allowed_uids);
+    let listener = service::bind(&socket_path, open_to_others).map_err(failed)?;
     let socket = service::serve_socket(listener, &socket_path, daemon.clone())
         .await
         .map_err(failed)?;
@@ -244,12 +245,6 @@ fn start_secret(path: &Path) -> Result<MirrorSecret, endpoint::SecretError> {
         );
     }
     Ok(secret)
-}
-
-/// When any allowed uid is not root, the socket must be connectable by others and
-/// SO_PEERCRED becomes the only gate.
-fn opens_to_others(config: &Config) -> bool {
-    config.listen.allowed_uids.iter().any(|&uid| uid != 0)
 }
 
 fn keychain(config: &Config, system: &System) -> Keychain {

@@ -13,7 +13,9 @@ use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 
 use crate::containerd::{Containerd, CALL_TIMEOUT};
-use crate::install::{read_registry_settings, RegistrySettings, DEFAULT_HOSTS_DIR};
+use crate::install::{
+    first_hosts_dir, read_registry_settings, RegistrySettings, DEFAULT_HOSTS_DIR,
+};
 
 use super::{Check, DoctorError, Options};
 
@@ -42,9 +44,10 @@ impl ContainerdView {
     /// The hosts directory pulls read: the one `config_path` names (the first of a list),
     /// else containerd's packaged default.
     pub fn hosts_dir(&self) -> PathBuf {
-        self.config_path()
-            .and_then(|list| list.split(':').find(|d| !d.is_empty()))
-            .map_or_else(|| PathBuf::from(DEFAULT_HOSTS_DIR), PathBuf::from)
+        PathBuf::from(
+            self.config_path()
+                .map_or(DEFAULT_HOSTS_DIR, first_hosts_dir),
+        )
     }
 }
 
@@ -311,7 +314,6 @@ mod tests {
     fn file_view(config_path: Option<&str>) -> ContainerdView {
         ContainerdView {
             file: Some(RegistrySettings {
-                version: 3,
                 table: "plugins.io.containerd.cri.v1.images.registry".into(),
                 config_path: config_path.map(str::to_string),
                 deprecated: Vec::new(),

@@ -72,8 +72,9 @@ pub(super) fn file_checks(
         )];
     }
     let mut checks = Vec::new();
-    let open_to_others = allowed_uids.iter().any(|&uid| uid != 0);
-    let mode_ok = facts.mode == 0o600 || (open_to_others && facts.mode == 0o666);
+    // 0600 is always safe; 0666 only when serve would choose it (the service's own rule).
+    let open_to_others = crate::service::opens_to_others(allowed_uids);
+    let mode_ok = facts.mode == 0o600 || facts.mode == crate::service::socket_mode(open_to_others);
     let wanted = if open_to_others {
         "0600 or 0666"
     } else {

@@ -9,12 +9,10 @@ use std::path::Path;
 use crate::config::Listen;
 use crate::endpoint::MirrorSecret;
 use crate::identity::Scope;
-use crate::install::read_hosts;
+use crate::install::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR};
 use crate::system::{Files, System};
 
 use super::Check;
-
-const DEFAULT_DIR: &str = "_default";
 
 /// The shared fix for every hosts.toml problem: install rewrites them.
 fn install_fix(hosts_dir: &Path) -> String {
@@ -36,21 +34,14 @@ pub(super) fn check(
     }
 }
 
-/// Directory names in the hosts dir other than `_default`, sorted; none when it is missing.
+/// Directory names in the hosts dir other than `_default`, sorted (install's listing).
 fn registry_dir_names(hosts_dir: &Path) -> io::Result<Vec<String>> {
-    let entries = match std::fs::read_dir(hosts_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name != DEFAULT_DIR)
-        .collect();
-    names.sort();
-    Ok(names)
+    let dirs = registry_dirs(hosts_dir)?;
+    Ok(dirs
+        .iter()
+        .filter_map(|dir| dir.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect())
 }
 
 /// The checks, given the per-registry directory names; every file is read through `files`.
@@ -64,7 +55,7 @@ pub(super) fn analyse(
     let mut checks = Vec::new();
     let secret = read_secret(files, &listen.mirror_secret_file, &mut checks);
     let expected = Expected {
-        url: format!("http://{}", listen.mirror),
+        url: listen.mirror_url(),
         secret,
         secret_file: &listen.mirror_secret_file,
         fix: install_fix(hosts_dir),

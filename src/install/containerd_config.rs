@@ -100,7 +100,6 @@ pub(crate) fn installed_hosts_dir(path: &Path, hosts_dir_flag: Option<&Path>) ->
 /// What containerd's config file says about the CRI's registry settings (`credgate doctor`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RegistrySettings {
-    pub version: i64,
     /// The dotted key of the registry table for this version.
     pub table: String,
     /// `config_path` as written; `None` when absent or empty.
@@ -123,16 +122,10 @@ pub(crate) fn read_registry_settings(
     let deprecated = registry_table(&doc, &keys).map_or_else(Vec::new, |registry| {
         ["configs", "mirrors"]
             .into_iter()
-            .filter(|name| {
-                registry
-                    .get(name)
-                    .and_then(Item::as_table_like)
-                    .is_some_and(|t| !t.is_empty())
-            })
+            .filter(|name| !entries(registry, name).is_empty())
             .collect()
     });
     Ok(Some(RegistrySettings {
-        version,
         table: keys.join("."),
         config_path: current_config_path(&doc, &keys, path)?,
         deprecated,
@@ -209,10 +202,7 @@ fn choose_hosts_dir(
         }
         (Some(dir), _) => dir.to_path_buf(),
         (None, Some(list)) if list.contains(':') => {
-            let first = list
-                .split(':')
-                .find(|d| !d.is_empty())
-                .unwrap_or(DEFAULT_HOSTS_DIR);
+            let first = first_hosts_dir(list);
             notes.push(format!(
                 "config_path in {file} lists several directories ({list:?}); containerd 2.1+ \
                  reads only one, so it becomes {first:?}: move any hosts.toml kept in the others there"
@@ -227,6 +217,14 @@ fn choose_hosts_dir(
         }
         (None, None) => PathBuf::from(DEFAULT_HOSTS_DIR),
     }
+}
+
+/// The directory a `config_path` list stands for once it must be one: its first, else the
+/// default (install writes it; doctor checks it).
+pub(crate) fn first_hosts_dir(list: &str) -> &str {
+    list.split(':')
+        .find(|d| !d.is_empty())
+        .unwrap_or(DEFAULT_HOSTS_DIR)
 }
 
 /// `keys` as a TOML key path, quoting the keys that hold dots (`plugins."io.containerd…".registry`).

@@ -40,8 +40,12 @@ pub(crate) fn plan(
     endpoint: &Endpoint,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Change>, InstallError> {
-    let mut paths = vec![hosts_dir.join("_default").join("hosts.toml")];
-    for dir in registry_dirs(hosts_dir)? {
+    let mut paths = vec![hosts_dir.join(DEFAULT_HOSTS_SUBDIR).join("hosts.toml")];
+    let dirs = registry_dirs(hosts_dir).map_err(|source| InstallError::Read {
+        path: hosts_dir.to_path_buf(),
+        source,
+    })?;
+    for dir in dirs {
         let file = dir.join("hosts.toml");
         if file.is_file() {
             paths.push(file);
@@ -59,21 +63,22 @@ pub(crate) fn plan(
         .collect()
 }
 
-/// Directories in the hosts dir other than `_default`, sorted.
-fn registry_dirs(hosts_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
+/// The hosts dir's directory for every registry without one of its own.
+pub(crate) const DEFAULT_HOSTS_SUBDIR: &str = "_default";
+
+/// Directories in the hosts dir other than `_default`, sorted; none when it is missing.
+/// Each shadows `_default` for its registry (install merges into them, doctor checks them).
+pub(crate) fn registry_dirs(hosts_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(hosts_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(InstallError::Read {
-                path: hosts_dir.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) => return Err(e),
     };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_default")
+        .filter(|e| {
+            e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != DEFAULT_HOSTS_SUBDIR
+        })
         .map(|e| e.path())
         .collect();
     dirs.sort();

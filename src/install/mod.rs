@@ -13,9 +13,9 @@ mod files;
 mod hosts;
 mod state;
 
-pub(crate) use containerd_config::{read_registry_settings, RegistrySettings};
+pub(crate) use containerd_config::{first_hosts_dir, read_registry_settings, RegistrySettings};
 pub use containerd_config::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
-pub(crate) use hosts::read_hosts;
+pub(crate) use hosts::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR};
 
 use containerd_config::ConfigEdit;
 use files::Change;
@@ -177,7 +177,7 @@ pub fn uninstall(options: &Options) -> Result<Report, InstallError> {
 
 /// The endpoint's URL and secret. A dry run never generates the secret (that would write).
 fn endpoint(config: &Config, dry_run: bool, report: &mut Report) -> Result<Endpoint, InstallError> {
-    let url = format!("http://{}", config.listen.mirror);
+    let url = config.listen.mirror_url();
     let path = &config.listen.mirror_secret_file;
     let secret = match (dry_run, MirrorSecret::read(path)) {
         (_, Ok(secret)) => String::from_utf8_lossy(secret.reveal()).into_owned(),

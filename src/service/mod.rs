@@ -16,7 +16,7 @@ use crate::sources::AuthType;
 
 mod socket;
 
-pub use socket::{bind, serve_socket, SocketError};
+pub use socket::{bind, opens_to_others, serve_socket, socket_mode, SocketError};
 
 /// Why a request could not be answered; [`to_status`] is the only mapping to ttrpc codes.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,21 @@ pub enum SocketError {
 /// `open_to_others` (some allowed uid is not root), since SO_PEERCRED is then the gate.
 /// The socket is bound under a temporary name and renamed into place, so it is never
 /// reachable with looser permissions.
+/// When any allowed uid is not root, the socket must be connectable by others and
+/// SO_PEERCRED becomes the only gate.
+pub fn opens_to_others(allowed_uids: &[u32]) -> bool {
+    allowed_uids.iter().any(|&uid| uid != 0)
+}
+
+/// The socket's mode: `0666` when it opens to others, else `0600`.
+pub fn socket_mode(open_to_others: bool) -> u32 {
+    if open_to_others {
+        0o666
+    } else {
+        0o600
+    }
+}
+
 pub fn bind(path: &Path, open_to_others: bool) -> Result<UnixListener, SocketError> {
     let dir = path
         .parent()
@@ -56,11 +71,13 @@ pub fn bind(path: &Path, open_to_others: bool) -> Result<UnixListener, SocketErr
     let staging = dir.join(format!(".credgate-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&staging);
     let listener = std::os::unix::net::UnixListener::bind(&staging).map_err(bind_err)?;
-    let mode = if open_to_others { 0o666 } else { 0o600 };
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&staging, path))
-        .and_then(|()| listener.set_nonblocking(true))
-        .map_err(bind_err)?;
+    std::fs::set_permissions(
+        &staging,
+        std::fs::Permissions::from_mode(socket_mode(open_to_others)),
+    )
+    .and_then(|()| std::fs::rename(&staging, path))
+    .and_then(|()| listener.set_nonblocking(true))
+    .map_err(bind_err)?;
     UnixListener::from_std(listener).map_err(bind_err)
 }
 
