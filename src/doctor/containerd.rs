@@ -15,6 +15,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use crate::containerd::{Containerd, CALL_TIMEOUT};
 use crate::install::{
     first_hosts_dir, read_registry_settings, RegistrySettings, DEFAULT_HOSTS_DIR,
+    LOCAL_PULL_TABLES, MIRRORS_TABLE,
 };
 
 use super::{Check, DoctorError, Options};
@@ -143,8 +144,9 @@ pub(super) fn registry_from_cri(config: &serde_json::Value) -> (Option<String>, 
         .get("configPath")
         .and_then(|p| p.as_str())
         .map(str::to_string);
-    let deprecated = ["configs", "mirrors"]
+    let deprecated = LOCAL_PULL_TABLES
         .into_iter()
+        .chain([MIRRORS_TABLE])
         .filter(|name| {
             registry
                 .get(name)
@@ -271,8 +273,13 @@ pub(super) fn config_path_checks(view: &ContainerdView, file: &Path) -> Vec<Chec
         |f| format!("`{}`", f.table),
     );
     for name in deprecated {
+        let effect = if name == MIRRORS_TABLE {
+            "containerd refuses it beside config_path, so `credgate install` does too"
+        } else {
+            "in containerd 2.1+ it switches CRI pulls to local pull, and its credentials bypass credgate"
+        };
         checks.push(Check::warn(
-            format!("containerd's config has the deprecated registry.{name} in {table}: in containerd 2.1+ it switches CRI pulls to local pull, and its credentials bypass credgate"),
+            format!("containerd's config has the deprecated registry.{name} in {table}: {effect}"),
             format!("move each entry to a hosts.toml in the hosts dir, delete registry.{name} from {}, then {RESTART}", file.display()),
         ));
     }
@@ -286,6 +293,16 @@ mod tests {
 
     /// The `registry` part of containerd 1.7.24's CRI `info["config"]`, as observed.
     const CRI_17: &str = r#"{"registry":{"auths":null,"configPath":"/tmp/dr/1.7/certs.d","configs":{"reg.example":{"auth":{"auth":"","identitytoken":"","password":"pw-secret","username":"u"},"tls":null}},"headers":null,"mirrors":null}}"#;
+
+    #[test]
+    fn the_deprecated_tables_are_the_ones_install_warns_of_plus_mirrors() {
+        let json = serde_json::json!({"registry": {
+            "auths": {"a.test": {"username": "u"}},
+            "configs": {},
+            "mirrors": {"b.test": {"endpoint": []}},
+        }});
+        assert_eq!(registry_from_cri(&json).1, ["auths", "mirrors"]);
+    }
 
     #[test]
     fn containerd_1x_reports_config_path_and_deprecated_tables_without_secrets() {

@@ -104,7 +104,7 @@ pub(crate) struct RegistrySettings {
     pub table: String,
     /// `config_path` as written; `None` when absent or empty.
     pub config_path: Option<String>,
-    /// The deprecated tables (`configs`, `mirrors`) that have entries.
+    /// The deprecated tables ([`LOCAL_PULL_TABLES`] and `mirrors`) that have entries.
     pub deprecated: Vec<&'static str>,
 }
 
@@ -120,8 +120,9 @@ pub(crate) fn read_registry_settings(
     let version = version(&doc, path)?;
     let keys = registry_keys(version);
     let deprecated = registry_table(&doc, &keys).map_or_else(Vec::new, |registry| {
-        ["configs", "mirrors"]
+        LOCAL_PULL_TABLES
             .into_iter()
+            .chain([MIRRORS_TABLE])
             .filter(|name| !entries(registry, name).is_empty())
             .collect()
     });
@@ -264,7 +265,7 @@ fn refuse_tables_containerd_rejects(
     let Some(registry) = registry_table(doc, keys) else {
         return Ok(());
     };
-    let mirrors = entries(registry, "mirrors");
+    let mirrors = entries(registry, MIRRORS_TABLE);
     if !mirrors.is_empty() {
         return Err(InstallError::RejectedWithConfigPath {
             path: path.to_path_buf(),
@@ -291,14 +292,20 @@ fn refuse_tables_containerd_rejects(
     Ok(())
 }
 
-/// One line per deprecated CRI registry table that has entries (`configs`, `auths`; `mirrors`
-/// is refused before this). containerd 2.1 moves the CRI to local pull exactly when one of
-/// them is non-empty (`CheckLocalImagePullConfigs`, `internal/cri/config/config.go:535`).
+/// The deprecated CRI registry tables that, with entries, move containerd 2.1+'s CRI to local
+/// pull (`CheckLocalImagePullConfigs`, `internal/cri/config/config.go:535`).
+pub(crate) const LOCAL_PULL_TABLES: [&str; 2] = ["configs", "auths"];
+
+/// The deprecated `mirrors` table: containerd refuses it beside `config_path`.
+pub(crate) const MIRRORS_TABLE: &str = "mirrors";
+
+/// One line per [`LOCAL_PULL_TABLES`] table that has entries (`mirrors` is refused before
+/// this).
 fn deprecated_table_warnings(doc: &DocumentMut, keys: &[&str], path: &Path) -> Vec<String> {
     let Some(registry) = registry_table(doc, keys) else {
         return Vec::new();
     };
-    ["configs", "auths"]
+    LOCAL_PULL_TABLES
         .into_iter()
         .filter(|name| !entries(registry, name).is_empty())
         .map(|name| {

@@ -13,7 +13,9 @@ mod files;
 mod hosts;
 mod state;
 
-pub(crate) use containerd_config::{first_hosts_dir, read_registry_settings, RegistrySettings};
+pub(crate) use containerd_config::{
+    first_hosts_dir, read_registry_settings, RegistrySettings, LOCAL_PULL_TABLES, MIRRORS_TABLE,
+};
 pub use containerd_config::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
 pub(crate) use hosts::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR};
 
