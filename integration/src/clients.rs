@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use crate::node::node;
 use crate::process::{run_bounded, CommandOutput};
 
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::pass_store::SYSTEM_PATH;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A registry client the tests drive.

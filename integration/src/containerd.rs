@@ -8,9 +8,8 @@
 //! and a default CRI runtime whose shim does not exist, so a pod sandbox fails after its image
 //! is pulled and no shim ever writes under the host's `/run/containerd`.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -18,7 +17,9 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::daemon::CredgateDaemon;
-use crate::process::{run_bounded, ChildGuard, CommandOutput};
+use crate::process::{
+    read_lossy, run_bounded, spawn_logged, ChildGuard, CommandOutput, DAEMON_PATH,
+};
 
 /// Where integration/test-all.sh unpacks each containerd release: `<dir>/<version>/usr/bin`.
 pub const CONTAINERD_CACHE: &str = "/var/cache/credgate-test/containerd";
@@ -31,6 +32,8 @@ pub const CTR_NAMESPACE: &str = "default";
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const CTR_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long install, uninstall and doctor may take (doctor's live checks are bounded at 10 s).
+const CREDGATE_CLI_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TAIL_LINES: usize = 60;
 
 /// A containerd config, its directories and (once started) the daemon.
@@ -85,30 +88,15 @@ impl Containerd {
             "containerd {} already runs",
             self.version
         );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("containerd.log");
-        let path = format!(
-            "{}:/usr/sbin:/usr/bin:/sbin:/bin",
-            bin_dir(self.version).display()
-        );
-        let child = Command::new(binary(self.version, "containerd"))
+        let path = format!("{}:{DAEMON_PATH}", bin_dir(self.version).display());
+        let mut command = Command::new(binary(self.version, "containerd"));
+        command
             .arg("--config")
             .arg(self.config_path())
             .env_clear()
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start containerd {}: {e}", self.version));
-        self.child = Some(ChildGuard::new(
-            child,
-            &format!("containerd {}", self.version),
-        ));
+            .env("PATH", path);
+        let label = format!("containerd {}", self.version);
+        self.child = Some(spawn_logged(&mut command, &self.log_path(), &label));
         self.wait_ready();
     }
 
@@ -200,7 +188,7 @@ impl Containerd {
 
     /// Everything containerd logged so far (debug level), across restarts.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+        read_lossy(&self.log_path())
     }
 
     /// The last lines of the log, for failure messages.
@@ -227,7 +215,7 @@ impl Containerd {
             .arg(CTR_NAMESPACE)
             .args(args)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            .env("PATH", DAEMON_PATH);
         run_bounded(&mut command, self.dir.path(), CTR_TIMEOUT)
     }
 
@@ -243,63 +231,55 @@ impl Containerd {
         }
     }
 
-    /// `credgate install` for the daemon whose config is `credgate_config`, on this
-    /// containerd's config and hosts dir (the real CLI). containerd reads `config_path` when
-    /// it starts: install before [`Containerd::start`], or [`Containerd::restart`] after.
-    pub fn install_credgate(&self, credgate_config: &Path) -> CommandOutput {
-        self.credgate_cli(&[
-            "install".as_ref(),
-            "--config".as_ref(),
-            credgate_config.as_os_str(),
-        ])
-    }
-
-    /// `credgate uninstall` on this containerd's config and hosts dir (then restart).
-    pub fn uninstall_credgate(&self) -> CommandOutput {
-        self.credgate_cli(&["uninstall".as_ref()])
-    }
-
     /// `credgate --config <credgate_config> pull --address <socket> --no-progress <reference>`:
     /// a pull through containerd's transfer service whose auth stream credgate answers (no
     /// hosts dir, so the endpoint is not involved).
     pub fn credgate_pull(&self, credgate_config: &Path, reference: &str) -> CommandOutput {
-        let mut command = Command::new(crate::credgate_binary());
+        let mut command = credgate_command(credgate_config);
         command
-            .arg("--config")
-            .arg(credgate_config)
             .args(["pull", "--no-progress", "--address"])
             .arg(self.socket())
-            .arg(reference)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            .arg(reference);
         run_bounded(&mut command, self.dir.path(), CTR_TIMEOUT)
     }
 
-    /// `credgate --config <credgate_config> doctor` on this containerd's socket, config and
-    /// hosts dir.
+    /// `credgate --config <credgate_config> doctor --containerd-address <socket>` on this
+    /// containerd's config and hosts dir.
     pub fn credgate_doctor(&self, credgate_config: &Path) -> CommandOutput {
-        let socket = self.socket();
-        self.credgate_cli(&[
-            "--config".as_ref(),
-            credgate_config.as_os_str(),
-            "doctor".as_ref(),
-            "--containerd-address".as_ref(),
-            socket.as_os_str(),
-        ])
+        let mut command = credgate_command(credgate_config);
+        command
+            .args(["doctor", "--containerd-address"])
+            .arg(self.socket());
+        self.run_on_files(command)
     }
 
-    /// `credgate <args> --containerd-config <config> --hosts-dir <hosts dir>`.
-    fn credgate_cli(&self, args: &[&std::ffi::OsStr]) -> CommandOutput {
+    /// `credgate --config <credgate_config> install` on this containerd's config and hosts dir
+    /// (the real CLI). containerd reads `config_path` when it starts: install before
+    /// [`Containerd::start`], or [`Containerd::restart`] after.
+    pub fn install_credgate(&self, credgate_config: &Path) -> CommandOutput {
+        let mut command = credgate_command(credgate_config);
+        command.arg("install");
+        self.run_on_files(command)
+    }
+
+    /// `credgate uninstall` on this containerd's config and hosts dir (then restart).
+    pub fn uninstall_credgate(&self) -> CommandOutput {
         let mut command = Command::new(crate::credgate_binary());
         command
-            .args(args)
+            .arg("uninstall")
+            .env_clear()
+            .env("PATH", DAEMON_PATH);
+        self.run_on_files(command)
+    }
+
+    /// Runs a credgate subcommand with `--containerd-config <config> --hosts-dir <hosts dir>`.
+    fn run_on_files(&self, mut command: Command) -> CommandOutput {
+        command
             .arg("--containerd-config")
             .arg(self.config_path())
             .arg("--hosts-dir")
-            .arg(self.hosts_dir())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        run_bounded(&mut command, self.dir.path(), Duration::from_secs(20))
+            .arg(self.hosts_dir());
+        run_bounded(&mut command, self.dir.path(), CREDGATE_CLI_TIMEOUT)
     }
 
     /// Runs `pull` and panics, with containerd's log tail, unless it succeeded and credgate's
@@ -330,6 +310,17 @@ impl Containerd {
     pub fn default_hosts_toml(&self) -> String {
         std::fs::read_to_string(self.hosts_dir().join("_default/hosts.toml")).unwrap_or_default()
     }
+}
+
+/// `credgate --config <credgate_config>` with only the system PATH, ready for a subcommand.
+fn credgate_command(credgate_config: &Path) -> Command {
+    let mut command = Command::new(crate::credgate_binary());
+    command
+        .arg("--config")
+        .arg(credgate_config)
+        .env_clear()
+        .env("PATH", DAEMON_PATH);
+    command
 }
 
 impl Drop for Containerd {

@@ -4,15 +4,14 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use crate::clients::{ClientEnv, DockerConfig};
-use crate::process::ChildGuard;
+use crate::process::{read_lossy, spawn_logged, ChildGuard, DAEMON_PATH};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,9 +149,13 @@ impl CredgateDaemon {
         }
     }
 
-    /// The daemon's pid, for reading its memory use from /proc.
+    /// The daemon's pid (for SIGHUP, and reading its memory use from /proc). Panics when it
+    /// was killed and not restarted: a pid of 0 would signal the test's own process group.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, ChildGuard::id)
+        self.child
+            .as_ref()
+            .map(ChildGuard::id)
+            .expect("credgate serve is not running (killed, not restarted)")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -169,10 +172,7 @@ impl CredgateDaemon {
 
     /// Everything the daemon logged so far (stdout and stderr, `CREDGATE_LOG=debug`).
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(
-            &std::fs::read(self.dir.path().join("serve.log")).unwrap_or_default(),
-        )
-        .into_owned()
+        read_lossy(&self.dir.path().join("serve.log"))
     }
 
     /// A [`ClientEnv`] with `config`, `docker-credential-credgate` linked into its bin dir and
@@ -187,23 +187,13 @@ impl CredgateDaemon {
 
 /// `credgate serve --config <config>` logging to `log` (appended) at `level`.
 fn spawn(config: &Path, log: &Path, level: &str) -> ChildGuard {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("serve.log");
-    let child = Command::new(crate::credgate_binary())
+    let mut command = Command::new(crate::credgate_binary());
+    command
         .arg("serve")
         .arg("--config")
         .arg(config)
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CREDGATE_LOG", level)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start credgate serve: {e}"));
-    ChildGuard::new(child, "credgate serve")
+        .env("PATH", DAEMON_PATH)
+        .env("CREDGATE_LOG", level);
+    spawn_logged(&mut command, log, "credgate serve")
 }

@@ -67,6 +67,32 @@ impl fmt::Display for CommandOutput {
     }
 }
 
+/// The PATH that daemons and tools the harness starts get: the system's own directories.
+pub const DAEMON_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A file's text, decoded lossily; empty when it can't be read (a log not written yet).
+pub fn read_lossy(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Starts a long-running `command` in its own process group with stdin empty and stdout and
+/// stderr appended to `log` (kept across restarts); `label` names it in messages.
+pub fn spawn_logged(command: &mut Command, log: &Path, label: &str) -> ChildGuard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+    ChildGuard::new(child, label)
+}
+
 /// Runs `command` to completion or until `timeout`, output captured through files in `scratch`
 /// (so a chatty program can never block on a full pipe). Stdin is empty.
 pub fn run_bounded(command: &mut Command, scratch: &Path, timeout: Duration) -> CommandOutput {
@@ -86,7 +112,7 @@ pub fn run_bounded(command: &mut Command, scratch: &Path, timeout: Duration) -> 
     let mut guard = ChildGuard::new(child, &label);
     let (status, timed_out) = guard.wait_until(Instant::now() + timeout);
     let read = |path: &Path| {
-        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+        let text = read_lossy(path);
         let _ = std::fs::remove_file(path);
         text
     };

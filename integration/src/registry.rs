@@ -12,7 +12,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use crate::node::{node, HostLease};
-use crate::process::ChildGuard;
+use crate::process::{read_lossy, ChildGuard, DAEMON_PATH};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -93,7 +93,7 @@ impl Registry {
             .arg("serve")
             .arg(&config_path)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", DAEMON_PATH)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("access.log")).expect("access.log"))
             .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("registry.log"))
@@ -156,7 +156,7 @@ impl Registry {
 
     /// The access log so far (combined log format, one request a line).
     pub fn access_log(&self) -> String {
-        read(&self.dir.path().join("access.log"))
+        read_lossy(&self.dir.path().join("access.log"))
     }
 
     /// The access log so far, parsed.
@@ -176,7 +176,7 @@ impl Registry {
 
     /// The registry's own log so far (startup, errors, auth failures).
     pub fn log(&self) -> String {
-        read(&self.dir.path().join("registry.log"))
+        read_lossy(&self.dir.path().join("registry.log"))
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -215,10 +215,6 @@ impl AccessLogEntry {
             .split_once('?')
             .map_or(&self.path, |(path, _)| path)
     }
-}
-
-fn read(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
 
 /// The `auth` section of config.yml, writing the files it names into `dir`.
