@@ -56,13 +56,16 @@ private_apt() {
     -o Debug::NoLocking=1 -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root "$@"
 }
 # fetch_unpacked SUITE PACKAGE DEST: download PACKAGE from SUITE and unpack it into DEST.
+# Each suite's index is refreshed once per run that fetches from it, so a later fetch never
+# asks for a .deb a months-old index names and the archive has since dropped.
+declare -A apt_updated=()
 fetch_unpacked() {
   local suite=$1 package=$2 dest=$3 debs=$TOOL_CACHE/debs/$1
   mkdir -p "$debs" "$dest"
-  [[ -f $TOOL_CACHE/apt/$suite/updated ]] || {
+  if [[ -z ${apt_updated[$suite]:-} ]]; then
     private_apt "$suite" update -qq
-    touch "$TOOL_CACHE/apt/$suite/updated"
-  }
+    apt_updated[$suite]=1
+  fi
   rm -f "$debs/${package}"_*.deb
   (cd "$debs" && private_apt "$suite" download "$package")
   dpkg-deb -x "$debs/${package}"_*.deb "$dest"
