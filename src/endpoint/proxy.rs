@@ -1,7 +1,7 @@
 //! One manifest or blob request forwarded upstream, and its answer relayed back: a few
 //! request headers out, a few response headers and the streamed body in.
 
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -10,14 +10,6 @@ use super::error::full_body;
 use super::route::{ContentRoute, Digest};
 use super::{EndpointError, EndpointState};
 use crate::upstream::{UpstreamBody, UpstreamError, UpstreamRequest};
-
-/// What containerd sends that the upstream needs; never `X-Credgate-Secret` or `Authorization`.
-const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
-    header::ACCEPT,
-    header::RANGE,
-    header::IF_NONE_MATCH,
-    header::USER_AGENT,
-];
 
 /// What the client needs back; hop-by-hop and auth headers are dropped with everything else.
 const KEPT_RESPONSE_HEADERS: [&str; 7] = [
@@ -36,26 +28,17 @@ pub(super) async fn forward(
     request: &Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, EndpointError> {
     let method = request.method().clone();
-    let upstream_request = UpstreamRequest {
-        registry: route.registry.clone(),
-        repository: Some(route.repository.clone()),
-        method: method.clone(),
-        path: route.upstream_path(),
-        headers: forwarded_headers(request.headers()),
-    };
+    // The upstream keeps only the client headers the registry may see.
+    let upstream_request = UpstreamRequest::new(
+        route.registry.clone(),
+        Some(route.repository.clone()),
+        method.clone(),
+        route.upstream_path(),
+        request.headers(),
+    );
     let keychain = state.daemon.keychain();
     let upstream = state.upstream.send(&keychain, upstream_request).await?;
     relay(state, &route, &method, upstream)
-}
-
-fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for name in FORWARDED_REQUEST_HEADERS {
-        for value in incoming.get_all(&name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers
 }
 
 /// The upstream answer with its status as is, kept headers, and a streamed body.

@@ -17,6 +17,11 @@
 //!
 //! One retry after a 401 at most: when nothing was sent, when the token came from the cache
 //! (it is dropped and fetched anew), or when the challenge changed realm or service.
+//!
+//! Requests go out through [`super::exchange`]; which identity comes next is for
+//! [`super::call`] to decide, not this module.
+
+use std::sync::Arc;
 
 use http::uri::Scheme;
 use http::{HeaderValue, Response, StatusCode, Uri};
@@ -26,13 +31,50 @@ use crate::identity::{RegistryHost, Repository};
 use crate::keychain::Candidate;
 use crate::sources::{Credential, Secret, SecretKind};
 
-use super::call::{duplicate, Call, Outcome, Reply};
-use super::challenge::{self, AuthScheme, Challenge};
+use super::challenge::{self, AuthScheme, Challenge, Challenges};
+use super::exchange::Exchange;
+use super::policy::UpstreamPolicy;
 use super::token::{
     basic_authorization, bearer_authorization, Grant, TokenEndpoint, TokenError, TokenFetcher,
+    TokenRefusal,
 };
-use super::token_cache::{Got, IdentityHash, TokenKey};
+use super::token_cache::{Got, IdentityHash, TokenCache, TokenKey};
 use super::UpstreamError;
+
+/// One request's authorization: the exchange it authorizes, and what decides and remembers
+/// auth across requests, borrowed from the [`super::Upstream`] that serves it.
+pub(crate) struct Authorizer<'a> {
+    pub exchange: Exchange<'a>,
+    pub policy: Arc<UpstreamPolicy>,
+    pub tokens: &'a TokenCache,
+    pub challenges: &'a Challenges,
+}
+
+/// What the registry made of one identity.
+pub(crate) enum Outcome {
+    Accepted {
+        response: Response<Incoming>,
+        /// The `Authorization` that was accepted, for redirects on the same origin.
+        auth: Option<HeaderValue>,
+    },
+    /// 401/403 from the registry, or a 4xx from its token endpoint.
+    Rejected(Reply),
+}
+
+/// An upstream answer that rejected an identity, kept to be handed back as is.
+pub(crate) enum Reply {
+    Registry(Response<Incoming>),
+    TokenRefused(TokenRefusal),
+}
+
+impl Reply {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Self::Registry(response) => response.status(),
+            Self::TokenRefused(refusal) => refusal.status,
+        }
+    }
+}
 
 /// Who a request is sent as.
 pub(crate) enum Identity<'a> {
@@ -91,7 +133,7 @@ pub(crate) enum Auth {
         token: Option<CachedToken>,
     },
     /// The token endpoint refused the identity.
-    Refused(super::token::TokenRefusal),
+    Refused(TokenRefusal),
 }
 
 pub(crate) struct CachedToken {
@@ -114,17 +156,17 @@ impl Auth {
     }
 }
 
-impl Call<'_> {
+impl Authorizer<'_> {
     /// Sends the request as `identity`: accepted, or rejected (401/403 after auth, or the
     /// token endpoint's refusal).
     pub async fn attempt(&self, identity: &Identity<'_>) -> Result<Outcome, UpstreamError> {
-        let known = self.challenges.get(&self.request.registry);
+        let known = self.challenges.get(&self.exchange.request.registry);
         let first = self.authorize(identity, known.as_ref(), None).await?;
         if let Auth::Refused(refusal) = first {
             return Ok(Outcome::Rejected(Reply::TokenRefused(refusal)));
         }
         let header = first.header().cloned();
-        let response = self.send_registry(header.as_ref()).await?;
+        let response = self.exchange.send_registry(header.as_ref()).await?;
         match response.status() {
             StatusCode::UNAUTHORIZED => {
                 self.after_unauthorized(identity, known, first, response)
@@ -152,7 +194,8 @@ impl Call<'_> {
         let Some(challenge) = challenge::preferred(response.headers()) else {
             return rejected(response);
         };
-        self.challenges.remember(&self.request.registry, &challenge);
+        self.challenges
+            .remember(&self.exchange.request.registry, &challenge);
         if let Auth::Header { token: Some(t), .. } = &first {
             self.tokens.invalidate(&t.key, &t.value);
         }
@@ -169,7 +212,7 @@ impl Call<'_> {
             Auth::Header { value, .. } => value,
         };
         drop(response);
-        let response = self.send_registry(Some(&header)).await?;
+        let response = self.exchange.send_registry(Some(&header)).await?;
         match response.status() {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => rejected(response),
             _ => Ok(Outcome::Accepted {
@@ -210,9 +253,10 @@ impl Call<'_> {
         scope_from: Option<&Challenge>,
     ) -> Result<Auth, UpstreamError> {
         let realm = self.checked_realm(challenge)?;
-        let scope = token_scope(scope_from, self.request.repository.as_ref());
+        let exchange = &self.exchange;
+        let scope = token_scope(scope_from, exchange.request.repository.as_ref());
         let key = TokenKey {
-            registry: self.label.clone(),
+            registry: exchange.label.clone(),
             scope: scope.clone().unwrap_or_default(),
             identity: identity.hash(),
         };
@@ -222,16 +266,16 @@ impl Call<'_> {
             scope,
         };
         let fetcher = TokenFetcher {
-            client: self.client.clone(),
-            metrics: self.metrics.clone(),
-            registry: self.label.clone(),
+            client: exchange.client.clone(),
+            metrics: exchange.metrics.clone(),
+            registry: exchange.label.clone(),
         };
         let (fetched, got) = self
             .tokens
             .get_or_fetch(&key, || fetcher.fetch(endpoint, identity.grant()))
             .await;
         if got != Got::Fetched {
-            self.metrics.token_cache_hit(&self.label);
+            exchange.metrics.token_cache_hit(&exchange.label);
         }
         match fetched {
             Ok(token) => Ok(Auth::Header {
@@ -244,7 +288,7 @@ impl Call<'_> {
             }),
             Err(error) => match &*error {
                 TokenError::Refused(refusal) => Ok(Auth::Refused(refusal.clone())),
-                TokenError::Failed(failure) => Err(duplicate(failure)),
+                TokenError::Failed(failure) => Err(failure.clone()),
             },
         }
     }
@@ -253,7 +297,7 @@ impl Call<'_> {
     fn checked_realm(&self, challenge: &Challenge) -> Result<Uri, UpstreamError> {
         let raw = challenge
             .param("realm")
-            .ok_or_else(|| self.protocol("a Bearer challenge without a realm"))?;
+            .ok_or_else(|| self.exchange.protocol("a Bearer challenge without a realm"))?;
         let refused = |reason: String| UpstreamError::RealmNotAllowed {
             realm: raw.to_string(),
             reason,
@@ -266,7 +310,7 @@ impl Call<'_> {
             .authority()
             .and_then(|a| RegistryHost::parse(a.as_str()).ok())
             .ok_or_else(|| refused("no valid host".into()))?;
-        let upstream_host = self.authority_host();
+        let upstream_host = self.exchange.authority_host();
         if !self.policy.realm_allowed(upstream_host, &realm_host) {
             return Err(refused(format!(
                 "{realm_host} is not on the domain of {upstream_host}; list it in [upstream] \
@@ -274,14 +318,6 @@ impl Call<'_> {
             )));
         }
         Ok(realm)
-    }
-
-    /// The host dialled, without the port.
-    fn authority_host(&self) -> &str {
-        match self.authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => host,
-            _ => &self.authority,
-        }
     }
 }
 

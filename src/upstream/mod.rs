@@ -21,6 +21,7 @@ mod call;
 mod challenge;
 mod client;
 mod connector;
+mod exchange;
 mod policy;
 mod probe;
 mod redirect;
@@ -50,13 +51,36 @@ pub struct UpstreamRequest {
     pub method: http::Method,
     /// `/v2/`, `/v2/<name>/manifests/<ref>` or `/v2/<name>/blobs/<digest>`.
     pub path: String,
-    /// Only the headers worth forwarding: `Accept`, `Range`, `If-None-Match`, `User-Agent`.
+    /// The client's headers worth forwarding: `Accept`, `Range`, `If-None-Match`,
+    /// `User-Agent` ([`UpstreamRequest::new`] keeps only those, and nothing else ever
+    /// reaches the registry whatever this holds).
     pub headers: http::HeaderMap,
 }
 
+impl UpstreamRequest {
+    /// The request for `path`, keeping of the client's headers only those the registry may
+    /// see: never `X-Credgate-Secret` nor the client's own `Authorization`.
+    pub fn new(
+        registry: RegistryHost,
+        repository: Option<Repository>,
+        method: http::Method,
+        path: String,
+        client_headers: &http::HeaderMap,
+    ) -> Self {
+        Self {
+            registry,
+            repository,
+            method,
+            path,
+            headers: exchange::forwarded(client_headers),
+        }
+    }
+}
+
 /// Why no upstream response could be had. Each variant names the host or realm and never a
-/// secret; the endpoint maps them to HTTP statuses in one place.
-#[derive(Debug, thiserror::Error)]
+/// secret; the endpoint maps them to HTTP statuses in one place. Clone, so a coalesced token
+/// fetch's failure reaches every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// The SSRF boundary: a loopback, link-local, private or metadata address not allowed.
     #[error("upstream {host} is not allowed: {reason}")]

@@ -8,8 +8,7 @@ use crate::identity::Target;
 use crate::keychain::Candidate;
 use crate::sources::Credential;
 
-use super::auth::Identity;
-use super::call::Outcome;
+use super::auth::{Identity, Outcome};
 use super::send::Upstream;
 use super::{UpstreamError, UpstreamRequest};
 
@@ -43,12 +42,12 @@ impl Upstream {
             path: "/v2/".to_string(),
             headers: http::HeaderMap::new(),
         };
-        let call = self.call(&request)?;
+        let authorizer = self.authorizer(&request)?;
         let identity = Identity::Candidate {
             candidate,
             credential,
         };
-        Ok(match call.attempt(&identity).await? {
+        Ok(match authorizer.attempt(&identity).await? {
             Outcome::Accepted { response, auth } => Probe::Accepted {
                 status: response.status(),
                 authorized: auth.is_some(),

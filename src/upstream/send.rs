@@ -1,4 +1,6 @@
-//! [`Upstream`], the real [`SendUpstream`].
+//! [`Upstream`], the real [`SendUpstream`]: what outlives one request (policy, clients, token
+//! cache, challenges seen) and, per request, the candidate loop ([`super::call`]) handed an
+//! authorizer ([`super::auth`]) over one exchange with the registry ([`super::exchange`]).
 
 use std::sync::Arc;
 
@@ -10,9 +12,11 @@ use crate::keychain::Keychain;
 use crate::metrics::Metrics;
 use crate::system::{Clock, SystemClock};
 
-use super::call::Call;
+use super::auth::Authorizer;
+use super::call::through_candidates;
 use super::challenge::Challenges;
 use super::client::Clients;
+use super::exchange::Exchange;
 use super::policy::{PolicyCell, UpstreamPolicy};
 use super::token_cache::TokenCache;
 use super::{SendUpstream, UpstreamBody, UpstreamError, UpstreamRequest};
@@ -39,8 +43,12 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   counted in `auth_failures`, then the next is tried, then anonymous; when all fail the
 ///   last upstream answer is returned as is: the registry's 401/403, or the token
 ///   endpoint's 4xx (status, `Content-Type` and body) when that is where it ended.
-/// - **Redirects** are followed here (at most 5); `Authorization` is kept only while hops
-///   stay on the same scheme, host and port, and other hops carry only `Accept` and `Range`.
+/// - **Headers**: of the client's, only `Accept`, `Range`, `If-None-Match` and `User-Agent`
+///   reach the registry (credgate's User-Agent when the client sent none), whatever the
+///   [`UpstreamRequest`] carries.
+/// - **Redirects** are followed upstream-side (at most 5); `Authorization` is kept only while
+///   hops stay on the same scheme, host and port, and other hops carry only `Accept` and
+///   `Range`.
 pub struct Upstream {
     policy: PolicyCell,
     clients: Clients,
@@ -82,10 +90,12 @@ impl Upstream {
         self.policy.get()
     }
 
-    pub(super) fn call<'a>(
+    /// What `request` is sent and authorized with: the client for its registry's CA, under
+    /// the policy in force, once the registry passed the literal-address check.
+    pub(super) fn authorizer<'a>(
         &'a self,
         request: &'a UpstreamRequest,
-    ) -> Result<Call<'a>, UpstreamError> {
+    ) -> Result<Authorizer<'a>, UpstreamError> {
         let policy = self.policy.get();
         policy
             .check_literal(&request.registry)
@@ -94,15 +104,17 @@ impl Upstream {
                 reason,
             })?;
         let client = self.clients.get(policy.ca_file(&request.registry))?;
-        Ok(Call {
-            request,
-            client,
+        Ok(Authorizer {
+            exchange: Exchange {
+                request,
+                client,
+                metrics: &self.metrics,
+                authority: dial_authority(&request.registry),
+                label: request.registry.to_string(),
+            },
             policy,
             tokens: &self.tokens,
             challenges: &self.challenges,
-            metrics: &self.metrics,
-            authority: dial_authority(&request.registry),
-            label: request.registry.to_string(),
         })
     }
 }
@@ -114,10 +126,10 @@ impl SendUpstream for Upstream {
         keychain: &Keychain,
         request: UpstreamRequest,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let call = self.call(&request)?;
+        let authorizer = self.authorizer(&request)?;
         let target = Target::new(request.registry.clone(), request.repository.clone());
         let ranking = keychain.rank(&target).await;
-        call.through_candidates(&ranking).await
+        through_candidates(&authorizer, &ranking).await
     }
 }
 

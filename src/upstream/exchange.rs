@@ -1,0 +1,188 @@
+//! One HTTP exchange with the registry: what crosses to it (the allow-listed client headers
+//! and the `Authorization` it is handed, nothing else), the wait for its answer, and the
+//! redirects followed after it by the rules of [`super::redirect`]. It sends what it is
+//! given and never decides which credential that is.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{ACCEPT, AUTHORIZATION, IF_NONE_MATCH, RANGE, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::metrics::Metrics;
+
+use super::client::{request_error, user_agent, HttpClient, RESPONSE_TIMEOUT};
+use super::redirect::{hop_headers, is_redirect, location, same_origin, MAX_REDIRECTS};
+use super::{UpstreamError, UpstreamRequest};
+
+/// The client headers sent on to the registry; everything else (`X-Credgate-Secret` and the
+/// client's own `Authorization` included) stays with credgate.
+const FORWARDED: [HeaderName; 4] = [ACCEPT, RANGE, IF_NONE_MATCH, USER_AGENT];
+
+/// Only the [`FORWARDED`] headers of `client`.
+pub(crate) fn forwarded(client: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED {
+        for value in client.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// The headers of the request to the registry itself: the forwardable client headers,
+/// credgate's User-Agent when the client sent none, and `auth` if given.
+fn registry_headers(client: &HeaderMap, auth: Option<&HeaderValue>) -> HeaderMap {
+    let mut headers = forwarded(client);
+    headers.entry(USER_AGENT).or_insert_with(user_agent);
+    if let Some(auth) = auth {
+        headers.insert(AUTHORIZATION, auth.clone());
+    }
+    headers
+}
+
+/// One request's way to the registry, borrowed from the [`super::Upstream`] that serves it.
+pub(crate) struct Exchange<'a> {
+    pub request: &'a UpstreamRequest,
+    pub client: HttpClient,
+    pub metrics: &'a Arc<Metrics>,
+    /// The `host[:port]` dialled (Docker Hub's API is on `registry-1.docker.io`).
+    pub authority: String,
+    /// The registry as metrics label it.
+    pub label: String,
+}
+
+impl Exchange<'_> {
+    /// The request to the registry itself, with `auth` if given.
+    pub async fn send_registry(
+        &self,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let headers = registry_headers(&self.request.headers, auth);
+        let response = self
+            .send_to(self.request.method.clone(), self.registry_uri()?, headers)
+            .await?;
+        tracing::debug!(registry = %self.request.registry, method = %self.request.method, path = %self.request.path, authorized = auth.is_some(), status = %response.status(), "upstream answered");
+        Ok(response)
+    }
+
+    /// Follows up to [`MAX_REDIRECTS`] hops. `auth` goes along only while every hop stays on
+    /// the origin of the one before; once dropped it is never sent again.
+    pub async fn follow_redirects(
+        &self,
+        mut response: Response<Incoming>,
+        mut auth: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut current = self.registry_uri()?;
+        for _ in 0..MAX_REDIRECTS {
+            if !is_redirect(response.status()) {
+                return Ok(response);
+            }
+            let next = location(&current, response.headers()).map_err(|e| self.protocol(e))?;
+            if !same_origin(&current, &next) {
+                auth = None;
+            }
+            tracing::debug!(registry = %self.request.registry, to = next.host().unwrap_or_default(), with_auth = auth.is_some(), "following a redirect");
+            let headers = hop_headers(&self.request.headers, auth.as_ref());
+            response = self
+                .send_to(self.request.method.clone(), next.clone(), headers)
+                .await?;
+            current = next;
+        }
+        if is_redirect(response.status()) {
+            return Err(self.protocol(format!("more than {MAX_REDIRECTS} redirects")));
+        }
+        Ok(response)
+    }
+
+    /// The host dialled, without the port.
+    pub fn authority_host(&self) -> &str {
+        match self.authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => host,
+            _ => &self.authority,
+        }
+    }
+
+    /// The registry answered in a way credgate cannot use.
+    pub fn protocol(&self, reason: impl Into<String>) -> UpstreamError {
+        UpstreamError::Protocol {
+            host: self.request.registry.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn send_to(
+        &self,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let host = uri.host().unwrap_or_default().to_string();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::default())
+            .map_err(|e| self.protocol(e.to_string()))?;
+        *request.headers_mut() = headers;
+        let started = Instant::now();
+        let response = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| UpstreamError::TimedOut { host: host.clone() })?
+            .map_err(|e| request_error(&host, &e))?;
+        self.metrics
+            .upstream_latency(&self.label, started.elapsed());
+        Ok(response)
+    }
+
+    fn registry_uri(&self) -> Result<Uri, UpstreamError> {
+        format!("https://{}{}", self.authority, self.request.path)
+            .parse()
+            .map_err(|_| self.protocol(format!("invalid path {:?}", self.request.path)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_safe_client_headers_are_forwarded() {
+        let mut client = HeaderMap::new();
+        client.insert(
+            ACCEPT,
+            "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+        );
+        client.append(
+            ACCEPT,
+            "application/vnd.oci.image.manifest.v1+json"
+                .parse()
+                .unwrap(),
+        );
+        client.insert(USER_AGENT, "containerd/2.1".parse().unwrap());
+        client.insert("x-credgate-secret", "s3cret".parse().unwrap());
+        client.insert(AUTHORIZATION, "Basic Y2xpZW50".parse().unwrap());
+        client.insert(http::header::COOKIE, "a=b".parse().unwrap());
+        let sent = forwarded(&client);
+        assert_eq!(sent.get_all(ACCEPT).iter().count(), 2);
+        assert_eq!(sent[USER_AGENT], "containerd/2.1");
+        assert_eq!(sent.len(), 3, "{sent:?}");
+    }
+
+    #[test]
+    fn the_registry_gets_credgates_user_agent_and_only_the_given_auth() {
+        let mut client = HeaderMap::new();
+        client.insert(ACCEPT, "application/octet-stream".parse().unwrap());
+        client.insert("x-credgate-secret", "s3cret".parse().unwrap());
+        client.insert(AUTHORIZATION, "Basic Y2xpZW50".parse().unwrap());
+        let anonymous = registry_headers(&client, None);
+        assert_eq!(anonymous[USER_AGENT], user_agent());
+        assert!(anonymous.get(AUTHORIZATION).is_none(), "{anonymous:?}");
+        assert_eq!(anonymous.len(), 2, "{anonymous:?}");
+        let ours = HeaderValue::from_static("Bearer ours");
+        let authorized = registry_headers(&client, Some(&ours));
+        assert_eq!(authorized[AUTHORIZATION], "Bearer ours");
+        assert_eq!(authorized.len(), 3, "{authorized:?}");
+    }
+}
