@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use crate::duration::parse_go_duration;
 use crate::identity::Scope;
-use crate::sources::Secret;
+use crate::secret::Secret;
+use crate::text_position::line_column;
 
 /// Used when neither `--config` nor `$CREDGATE_CONFIG` names a file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/credgate/config.toml";
@@ -376,14 +377,6 @@ impl RawRegistry {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,9 +474,25 @@ helper = "pass"
 
     #[test]
     fn a_bad_value_does_not_echo_a_secret_around_it() {
-        let err = parse("[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = 42\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(":4:"), "{err}");
+        const SECRET: &str = "pw-secret-K3";
+        // The secret on the line before the bad value, and on the same line.
+        let texts = [
+            (
+                format!("[[registry]]\nmatch = \"r.test\"\npassword = \"{SECRET}\"\nusername = 42\n"),
+                ":4:",
+            ),
+            (
+                format!("registry = [{{ match = \"r.test\", password = \"{SECRET}\", username = 42 }}]\n"),
+                ":1:",
+            ),
+        ];
+        for (text, position) in texts {
+            let err = parse(&text).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.contains(position), "{shown}");
+            assert!(!shown.contains(SECRET), "{shown}");
+            let debug = format!("{err:?}");
+            assert!(!debug.contains(SECRET), "{debug}");
+        }
     }
 }

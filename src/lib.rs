@@ -9,6 +9,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
 pub mod clients;
 pub mod config;
@@ -16,12 +17,15 @@ pub mod containerd;
 pub mod doctor;
 pub mod duration;
 pub mod endpoint;
+pub mod hex;
 pub mod identity;
 pub mod install;
 pub mod keychain;
 pub mod metrics;
+pub mod secret;
 pub mod service;
 pub mod sources;
 pub mod system;
+pub mod text_position;
 pub mod transfer;
 pub mod upstream;

@@ -12,7 +12,7 @@ use super::{load_config, CliError};
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// containerd's config file (read for config_path when containerd's CRI does not report it)
-    #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
+    #[arg(long, value_name = "PATH", default_value = crate::containerd::files::DEFAULT_CONTAINERD_CONFIG)]
     containerd_config: PathBuf,
     /// Hosts directory to check [default: the one containerd's config_path names]
     #[arg(long, value_name = "DIR")]

@@ -78,7 +78,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ContainerdFiles {
     /// containerd's config file
-    #[arg(long, value_name = "PATH", default_value = crate::install::DEFAULT_CONTAINERD_CONFIG)]
+    #[arg(long, value_name = "PATH", default_value = crate::containerd::files::DEFAULT_CONTAINERD_CONFIG)]
     containerd_config: PathBuf,
     /// Hosts directory [default: the one config_path names, else /etc/containerd/certs.d]
     #[arg(long, value_name = "DIR")]

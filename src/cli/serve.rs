@@ -10,9 +10,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{load_config, CliError};
 use crate::config::{Config, Listen};
-use crate::endpoint::{self, EndpointState, HttpServer, MirrorSecret, SecretOrigin};
+use crate::endpoint::{self, EndpointState, HttpServer};
 use crate::keychain::Keychain;
 use crate::metrics::Metrics;
+use crate::secret::{MirrorSecret, SecretError, SecretOrigin};
 use crate::service::{self, Daemon};
 use crate::system::System;
 use crate::upstream::{Upstream, UpstreamPolicy};
@@ -236,7 +237,7 @@ impl Drop for StreamingRuntime {
     }
 }
 
-fn start_secret(path: &Path) -> Result<MirrorSecret, endpoint::SecretError> {
+fn start_secret(path: &Path) -> Result<MirrorSecret, SecretError> {
     let (secret, origin) = MirrorSecret::read_or_generate(path)?;
     if origin == SecretOrigin::Generated {
         tracing::info!(

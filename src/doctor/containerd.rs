@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 
-use crate::containerd::{Containerd, CALL_TIMEOUT};
-use crate::install::{
+use crate::containerd::files::{
     first_hosts_dir, read_registry_settings, RegistrySettings, DEFAULT_HOSTS_DIR,
     LOCAL_PULL_TABLES, MIRRORS_TABLE,
 };
+use crate::containerd::{Containerd, CALL_TIMEOUT};
 
 use super::{Check, DoctorError, Options};
 

@@ -7,9 +7,9 @@ use std::io;
 use std::path::Path;
 
 use crate::config::Listen;
-use crate::endpoint::MirrorSecret;
+use crate::containerd::files::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR};
 use crate::identity::Scope;
-use crate::install::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR};
+use crate::secret::{MirrorSecret, SecretError};
 use crate::system::{Files, System};
 
 use super::Check;
@@ -34,7 +34,7 @@ pub(super) fn check(
     }
 }
 
-/// Directory names in the hosts dir other than `_default`, sorted (install's listing).
+/// Directory names in the hosts dir other than `_default`, sorted (the listing install uses).
 fn registry_dir_names(hosts_dir: &Path) -> io::Result<Vec<String>> {
     let dirs = registry_dirs(hosts_dir)?;
     Ok(dirs
@@ -85,18 +85,32 @@ struct Expected<'a> {
     fix: String,
 }
 
+/// The secret as the daemon reads it ([`MirrorSecret::from_file_text`]); anything it would
+/// refuse is a FAIL line naming the file, never its content.
 fn read_secret(files: &dyn Files, path: &Path, checks: &mut Vec<Check>) -> Option<MirrorSecret> {
-    match files.read(path) {
-        Ok(mut bytes) => {
-            if bytes.last() == Some(&b'\n') {
-                bytes.pop();
-            }
-            Some(MirrorSecret::new(bytes))
+    let read = files
+        .read(path)
+        .map_err(|source| SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+        .and_then(|bytes| MirrorSecret::from_file_text(path, bytes));
+    match read {
+        Ok(secret) => Some(secret),
+        Err(SecretError::Read { source, .. }) => {
+            checks.push(Check::fail(
+                format!("mirror secret file {}: cannot read it: {source}", path.display()),
+                "start credgate once (systemctl start credgate: it generates the secret), then credgate install",
+            ));
+            None
         }
         Err(e) => {
             checks.push(Check::fail(
-                format!("mirror secret file {}: cannot read it: {e}", path.display()),
-                "start credgate once (systemctl start credgate: it generates the secret), then credgate install",
+                format!("{e}: credgate cannot start its endpoint with it"),
+                format!(
+                    "delete {} and restart credgate (systemctl restart credgate: it generates a new secret), then credgate install",
+                    path.display()
+                ),
             ));
             None
         }
@@ -405,6 +419,37 @@ mod tests {
             .unwrap()
             .contains("systemctl start credgate"));
         assert!(checks[1].what.contains("_default/hosts.toml is missing"));
+    }
+
+    #[test]
+    fn an_empty_or_garbage_secret_file_fails_as_the_daemon_would_refuse_it() {
+        for (content, says) in [
+            ("\n", "is empty"),
+            ("two words\n", "is not one line of visible ASCII"),
+            ("line\nline\n", "is not one line of visible ASCII"),
+        ] {
+            let files = files();
+            files.write("/etc/credgate/mirror-secret", content, 0o600);
+            let checks = run(&files, &[], &[]);
+            assert_eq!(
+                verdicts(&checks),
+                [Verdict::Fail, Verdict::Ok],
+                "{checks:#?}"
+            );
+            assert!(checks[0].what.contains(says), "{}", checks[0]);
+            assert!(
+                checks[0]
+                    .what
+                    .starts_with("the mirror secret /etc/credgate/mirror-secret"),
+                "{}",
+                checks[0]
+            );
+            assert!(
+                !checks[0].to_string().contains("two words"),
+                "{}",
+                checks[0]
+            );
+        }
     }
 
     #[test]

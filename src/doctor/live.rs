@@ -17,8 +17,8 @@ pub(super) async fn registries(keychain: &Keychain) -> Vec<Scope> {
     keychain
         .list()
         .await
-        .keys()
-        .filter_map(|scope| Scope::parse(scope).ok())
+        .into_iter()
+        .map(|(scope, _)| scope)
         .collect()
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::install::InstallError;
+use crate::containerd::files::ContainerdFileError;
 use crate::system::System;
 
 mod containerd;
@@ -28,7 +28,7 @@ pub const LIVE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
     #[error("{0}")]
-    ContainerdConfig(InstallError),
+    ContainerdConfig(ContainerdFileError),
 }
 
 /// `ok`, `warn` or `FAIL`; only `FAIL` makes doctor exit 1.

@@ -40,8 +40,12 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+// `body` and `proxy` name it as `super::lower_hex`.
+use crate::hex::lower_hex;
 use crate::identity::RegistryHost;
 use crate::metrics::Metrics;
+// Re-exported: the endpoint's callers build its state with it.
+pub use crate::secret::MirrorSecret;
 use crate::service::Daemon;
 use crate::upstream::{SendUpstream, UpstreamBody};
 
@@ -50,14 +54,12 @@ mod error;
 mod metrics_listener;
 mod proxy;
 mod route;
-mod secret;
 mod server;
 
 pub use body::BodyError;
 pub use error::EndpointError;
 pub use metrics_listener::serve_metrics;
 pub use route::{ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route};
-pub use secret::{MirrorSecret, SecretError, SecretOrigin};
 pub use server::{bind_loopback, HttpServer, ListenError, MAX_HEADERS, MAX_HEADER_BYTES};
 
 /// The header hosts.toml sends with the install's secret.
@@ -188,9 +190,4 @@ fn log_refusal(request: &Request<Incoming>, error: &EndpointError) {
             tracing::debug!(%method, path, status = error.status().as_u16(), %error, "pull-through request refused")
         }
     }
-}
-
-/// Bytes as lower-case hex, the form digests and generated secrets are written in.
-fn lower_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

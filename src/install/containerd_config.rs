@@ -1,5 +1,6 @@
-//! containerd's config.toml: find the CRI registry table for the config's version, and point
-//! its `config_path` at one hosts directory, keeping every comment and the formatting.
+//! containerd's config.toml, edited: point the CRI registry table's `config_path` (found by
+//! [`crate::containerd::files`]) at one hosts directory, keeping every comment and the
+//! formatting, and refuse the tables containerd would reject beside it.
 //!
 //! Only the CRI's `registry.config_path` is set. The transfer service's own
 //! `[plugins."io.containerd.transfer.v1.local"] config_path` (in the 1.7 and 2.x defaults) is
@@ -14,13 +15,14 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, Table, Value};
 
-use super::files::Change;
-use super::{parse_toml, InstallError};
+use crate::containerd::files::{
+    config_path, config_text, first_hosts_dir, parse_toml, read_if_present, registry_keys,
+    registry_table, table_entries, toml_key_path, version, DEFAULT_HOSTS_DIR, LOCAL_PULL_TABLES,
+    MIRRORS_TABLE,
+};
 
-/// `--containerd-config` when it is not given.
-pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
-/// The hosts directory when neither `--hosts-dir` nor the config names one.
-pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
+use super::files::Change;
+use super::InstallError;
 
 /// Mode of a containerd config that install creates (containerd's packages ship 0644).
 const NEW_CONFIG_MODE: u32 = 0o644;
@@ -37,30 +39,17 @@ pub(crate) struct ConfigEdit {
     pub warnings: Vec<String>,
 }
 
-/// The CRI registry table's path for a config version.
-fn registry_keys(version: i64) -> [&'static str; 3] {
-    match version {
-        2 => ["plugins", "io.containerd.grpc.v1.cri", "registry"],
-        _ => ["plugins", "io.containerd.cri.v1.images", "registry"],
-    }
-}
-
 /// Reads and edits the config at `path` (a missing file becomes a minimal version 2 config).
 pub(crate) fn plan(path: &Path, hosts_dir_flag: Option<&Path>) -> Result<ConfigEdit, InstallError> {
-    let before = read_optional(path)?;
+    let before = read_if_present(path)?;
     let text = match &before {
-        Some(bytes) => String::from_utf8(bytes.clone()).map_err(|_| InstallError::Parse {
-            path: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            message: "not UTF-8 text".to_string(),
-        })?,
+        Some(bytes) => config_text(path, bytes.clone())?,
         None => MINIMAL_CONFIG.to_string(),
     };
     let mut doc = parse_toml(path, &text)?;
     let version = version(&doc, path)?;
     let keys = registry_keys(version);
-    let current = current_config_path(&doc, &keys, path)?;
+    let current = config_path(&doc, &keys, path)?;
     refuse_tables_containerd_rejects(&doc, version, &keys, path)?;
     let mut edit = ConfigEdit {
         change: Change::new(path, before, Vec::new(), NEW_CONFIG_MODE),
@@ -89,99 +78,12 @@ pub(crate) fn installed_hosts_dir(path: &Path, hosts_dir_flag: Option<&Path>) ->
         .and_then(|text| text.parse::<DocumentMut>().ok())
         .and_then(|doc| {
             let version = version(&doc, path).ok()?;
-            current_config_path(&doc, &registry_keys(version), path).ok()?
+            config_path(&doc, &registry_keys(version), path).ok()?
         });
     match named {
         Some(dir) if !dir.contains(':') => PathBuf::from(dir),
         _ => PathBuf::from(DEFAULT_HOSTS_DIR),
     }
-}
-
-/// What containerd's config file says about the CRI's registry settings (`credgate doctor`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RegistrySettings {
-    /// The dotted key of the registry table for this version.
-    pub table: String,
-    /// `config_path` as written; `None` when absent or empty.
-    pub config_path: Option<String>,
-    /// The deprecated tables ([`LOCAL_PULL_TABLES`] and `mirrors`) that have entries.
-    pub deprecated: Vec<&'static str>,
-}
-
-/// Reads the registry settings of the config at `path`; `None` when the file is missing.
-pub(crate) fn read_registry_settings(
-    path: &Path,
-) -> Result<Option<RegistrySettings>, InstallError> {
-    let Some(bytes) = read_optional(path)? else {
-        return Ok(None);
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let doc = parse_toml(path, &text)?;
-    let version = version(&doc, path)?;
-    let keys = registry_keys(version);
-    let deprecated = registry_table(&doc, &keys).map_or_else(Vec::new, |registry| {
-        LOCAL_PULL_TABLES
-            .into_iter()
-            .chain([MIRRORS_TABLE])
-            .filter(|name| !entries(registry, name).is_empty())
-            .collect()
-    });
-    Ok(Some(RegistrySettings {
-        table: keys.join("."),
-        config_path: current_config_path(&doc, &keys, path)?,
-        deprecated,
-    }))
-}
-
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(InstallError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn version(doc: &DocumentMut, path: &Path) -> Result<i64, InstallError> {
-    let Some(item) = doc.get("version") else {
-        return Err(InstallError::Version1 {
-            path: path.to_path_buf(),
-        });
-    };
-    match item.as_integer() {
-        Some(version @ (2 | 3)) => Ok(version),
-        _ => Err(InstallError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            version: item.to_string().trim().to_string(),
-        }),
-    }
-}
-
-/// The registry table, read-only; `None` when some table on the way is missing.
-fn registry_table<'a>(doc: &'a DocumentMut, keys: &[&str]) -> Option<&'a dyn toml_edit::TableLike> {
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    for key in keys {
-        table = table.get(key)?.as_table_like()?;
-    }
-    Some(table)
-}
-
-/// `config_path` as written; `None` when absent or empty.
-fn current_config_path(
-    doc: &DocumentMut,
-    keys: &[&str],
-    path: &Path,
-) -> Result<Option<String>, InstallError> {
-    let Some(item) = registry_table(doc, keys).and_then(|t| t.get("config_path")) else {
-        return Ok(None);
-    };
-    let value = item.as_str().ok_or_else(|| InstallError::NotAString {
-        path: path.to_path_buf(),
-        key: format!("{}.config_path", keys.join(".")),
-    })?;
-    Ok(Some(value.to_string()).filter(|v| !v.is_empty()))
 }
 
 /// `--hosts-dir` wins; else the directory `config_path` already names (the first, when it is
@@ -220,38 +122,6 @@ fn choose_hosts_dir(
     }
 }
 
-/// The directory a `config_path` list stands for once it must be one: its first, else the
-/// default (install writes it; doctor checks it).
-pub(crate) fn first_hosts_dir(list: &str) -> &str {
-    list.split(':')
-        .find(|d| !d.is_empty())
-        .unwrap_or(DEFAULT_HOSTS_DIR)
-}
-
-/// `keys` as a TOML key path, quoting the keys that hold dots (`plugins."io.containerd…".registry`).
-fn key_path(keys: &[&str]) -> String {
-    keys.iter()
-        .map(|key| {
-            if key.contains('.') {
-                format!("\"{key}\"")
-            } else {
-                key.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// The names of the entries in the registry's sub-table `name` (none when it is absent or
-/// empty: an empty table decodes to an empty map, which containerd treats as unset).
-fn entries<'a>(registry: &'a dyn toml_edit::TableLike, name: &str) -> Vec<&'a str> {
-    registry
-        .get(name)
-        .and_then(Item::as_table_like)
-        .map(|table| table.iter().map(|(key, _)| key).collect())
-        .unwrap_or_default()
-}
-
 /// Refuses a config that containerd would reject once `config_path` is set, since its CRI
 /// plugin would then not load at all: `mirrors` with entries (1.6, 1.7 and 2.1 all fail with
 /// "`mirrors` cannot be set when `config_path` is provided"), and in a version 2 config a
@@ -265,11 +135,11 @@ fn refuse_tables_containerd_rejects(
     let Some(registry) = registry_table(doc, keys) else {
         return Ok(());
     };
-    let mirrors = entries(registry, MIRRORS_TABLE);
+    let mirrors = table_entries(registry, MIRRORS_TABLE);
     if !mirrors.is_empty() {
         return Err(InstallError::RejectedWithConfigPath {
             path: path.to_path_buf(),
-            key: format!("{}.mirrors", key_path(keys)),
+            key: format!("{}.mirrors", toml_key_path(keys)),
             entries: mirrors.join(", "),
             containerd: "containerd",
         });
@@ -284,20 +154,13 @@ fn refuse_tables_containerd_rejects(
     if version == 2 && !with_tls.is_empty() {
         return Err(InstallError::RejectedWithConfigPath {
             path: path.to_path_buf(),
-            key: format!("{}.configs.<host>.tls", key_path(keys)),
+            key: format!("{}.configs.<host>.tls", toml_key_path(keys)),
             entries: with_tls.join(", "),
             containerd: "containerd 1.x",
         });
     }
     Ok(())
 }
-
-/// The deprecated CRI registry tables that, with entries, move containerd 2.1+'s CRI to local
-/// pull (`CheckLocalImagePullConfigs`, `internal/cri/config/config.go:535`).
-pub(crate) const LOCAL_PULL_TABLES: [&str; 2] = ["configs", "auths"];
-
-/// The deprecated `mirrors` table: containerd refuses it beside `config_path`.
-pub(crate) const MIRRORS_TABLE: &str = "mirrors";
 
 /// One line per [`LOCAL_PULL_TABLES`] table that has entries (`mirrors` is refused before
 /// this).
@@ -307,14 +170,14 @@ fn deprecated_table_warnings(doc: &DocumentMut, keys: &[&str], path: &Path) -> V
     };
     LOCAL_PULL_TABLES
         .into_iter()
-        .filter(|name| !entries(registry, name).is_empty())
+        .filter(|name| !table_entries(registry, name).is_empty())
         .map(|name| {
             format!(
                 "warning: {}: `{}.{name}` is deprecated, and while it has entries containerd \
                  2.1+ pulls CRI images with local pull instead of the transfer service (still \
                  through config_path); move it to hosts.toml files and Kubernetes pull secrets",
                 path.display(),
-                key_path(keys)
+                toml_key_path(keys)
             )
         })
         .collect()
@@ -388,6 +251,7 @@ fn string_value(value: &str, literal: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containerd::files::ContainerdFileError;
 
     fn planned(text: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
@@ -467,12 +331,16 @@ mod tests {
         std::fs::write(&path, "version = 4\n").unwrap();
         assert!(matches!(
             plan(&path, None),
-            Err(InstallError::UnsupportedVersion { .. })
+            Err(InstallError::ContainerdFile(
+                ContainerdFileError::UnsupportedVersion { .. }
+            ))
         ));
         std::fs::write(&path, "root = \"/var/lib/containerd\"\n").unwrap();
         assert!(matches!(
             plan(&path, None),
-            Err(InstallError::Version1 { .. })
+            Err(InstallError::ContainerdFile(
+                ContainerdFileError::Version1 { .. }
+            ))
         ));
     }
 }

@@ -1,9 +1,10 @@
 //! One planned file change: its unified diff for `--dry-run`, and applying it safely (a
 //! backup of the original first, then an atomic replace).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::atomic_file::{parent_dir, write_atomically};
 
 use super::state::InstallState;
 use super::InstallError;
@@ -120,40 +121,4 @@ pub(crate) fn create_dirs(dir: &Path, state: &mut InstallState) -> std::io::Resu
         state.record_created_dir(dir);
     }
     Ok(())
-}
-
-/// Writes `contents` to a temp file in the same directory with `mode`, syncs it, renames it
-/// over `path` and syncs the directory: readers see the old file or the new one, never half.
-pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = parent_dir(path);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.credgate-tmp.{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .and_then(|mut file| {
-            // The umask may have narrowed the mode given at open.
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            file.write_all(contents)?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-        return written;
-    }
-    sync_dir(dir)
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }

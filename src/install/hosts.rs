@@ -2,15 +2,17 @@
 //! each existing per-registry hosts.toml (which shadows `_default`) gets the endpoint as its
 //! first host, since containerd tries hosts in file order.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml_edit::{DocumentMut, Item, Table};
 
-use super::files::Change;
-use super::{parse_toml, InstallError};
+use crate::containerd::files::{
+    host_entry, parse_toml, registry_dirs, DEFAULT_HOSTS_SUBDIR, SECRET_HEADER,
+};
 
-/// The header the endpoint checks; a host table carrying it is credgate's.
-const SECRET_HEADER: &str = "X-Credgate-Secret";
+use super::files::Change;
+use super::InstallError;
+
 /// hosts.toml files hold the secret: readable by root (containerd) only.
 const HOSTS_MODE: u32 = 0o600;
 
@@ -61,28 +63,6 @@ pub(crate) fn plan(
         .iter()
         .map(|path| file_change(path, endpoint))
         .collect()
-}
-
-/// The hosts dir's directory for every registry without one of its own.
-pub(crate) const DEFAULT_HOSTS_SUBDIR: &str = "_default";
-
-/// Directories in the hosts dir other than `_default`, sorted; none when it is missing.
-/// Each shadows `_default` for its registry (install merges into them, doctor checks them).
-pub(crate) fn registry_dirs(hosts_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(hosts_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != DEFAULT_HOSTS_SUBDIR
-        })
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    Ok(dirs)
 }
 
 fn file_change(path: &Path, endpoint: &Endpoint) -> Result<Change, InstallError> {
@@ -165,7 +145,7 @@ fn with_ours_first(hosts: &Table, mut ours: Table, url: &str, root_has_values: b
     }
     let others: Vec<(toml_edit::Key, Item)> = hosts
         .iter()
-        .filter(|(key, item)| *key != url && !is_credgate_host(item))
+        .filter(|(key, item)| *key != url && !host_entry(key, item).is_credgate())
         .map(|(key, _)| {
             let (key, item) = hosts.get_key_value(key).expect("iterated key");
             (key.clone(), item.clone())
@@ -204,70 +184,10 @@ fn blank_line_before(item: &mut Item) {
     }
 }
 
-fn is_credgate_host(item: &Item) -> bool {
-    item.get("header")
-        .and_then(Item::as_table_like)
-        .is_some_and(|h| h.iter().any(|(k, _)| k.eq_ignore_ascii_case(SECRET_HEADER)))
-}
-
-/// One `[host."url"]` of a hosts.toml, as `credgate doctor` reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HostEntry {
-    pub url: String,
-    /// The values of its `X-Credgate-Secret` header (a string or an array of them).
-    pub secret_values: Vec<String>,
-}
-
-impl HostEntry {
-    /// Sends the endpoint's secret header, so it is credgate's (perhaps from an older install).
-    pub fn is_credgate(&self) -> bool {
-        !self.secret_values.is_empty()
-    }
-}
-
-/// The hosts of a hosts.toml in file order, which is the order containerd tries them in.
-pub(crate) fn read_hosts(path: &Path, text: &str) -> Result<Vec<HostEntry>, InstallError> {
-    let doc = parse_toml(path, text)?;
-    let Some(hosts) = doc.get("host").and_then(Item::as_table_like) else {
-        return Ok(Vec::new());
-    };
-    let mut entries: Vec<(Option<usize>, HostEntry)> = hosts
-        .iter()
-        .map(|(url, item)| {
-            let position = item.as_table().and_then(Table::position);
-            let entry = HostEntry {
-                url: url.to_string(),
-                secret_values: secret_values(item),
-            };
-            (position, entry)
-        })
-        .collect();
-    // Dotted keys and sub-tables keep their order; positioned tables sort by where they are.
-    entries.sort_by_key(|(position, _)| *position);
-    Ok(entries.into_iter().map(|(_, entry)| entry).collect())
-}
-
-fn secret_values(host: &Item) -> Vec<String> {
-    let Some(headers) = host.get("header").and_then(Item::as_table_like) else {
-        return Vec::new();
-    };
-    headers
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER))
-        .flat_map(|(_, value)| match value.as_value() {
-            Some(toml_edit::Value::String(s)) => vec![s.value().clone()],
-            Some(toml_edit::Value::Array(values)) => values
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containerd::files::read_hosts;
 
     fn endpoint() -> Endpoint {
         Endpoint {

@@ -6,18 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::endpoint::{MirrorSecret, SecretError};
+use crate::containerd::files::ContainerdFileError;
+use crate::secret::{MirrorSecret, SecretError};
 
 mod containerd_config;
 mod files;
 mod hosts;
 mod state;
-
-pub(crate) use containerd_config::{
-    first_hosts_dir, read_registry_settings, RegistrySettings, LOCAL_PULL_TABLES, MIRRORS_TABLE,
-};
-pub use containerd_config::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
-pub(crate) use hosts::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR};
 
 use containerd_config::ConfigEdit;
 use files::Change;
@@ -27,20 +22,9 @@ use state::InstallState;
 /// Why install or uninstall did not finish; every variant names the file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error(
-        "{path}: no `version` key, so this is a version 1 containerd config, which credgate \
-         does not edit; migrate it to version 2 or 3 first (containerd 2.x: `containerd config migrate`)"
-    )]
-    Version1 { path: PathBuf },
-    #[error("{path}: containerd config version {version} is not one credgate edits (2 or 3)")]
-    UnsupportedVersion { path: PathBuf, version: String },
+    /// containerd's config or a hosts.toml as read, before any edit.
+    #[error(transparent)]
+    ContainerdFile(#[from] ContainerdFileError),
     #[error("{path}: `{key}` is not a table")]
     NotATable { path: PathBuf, key: String },
     #[error(
@@ -77,18 +61,18 @@ pub enum InstallError {
 impl InstallError {
     /// Bad input (exit 2) rather than a failed operation (exit 1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            InstallError::Parse { .. }
-                | InstallError::Version1 { .. }
-                | InstallError::UnsupportedVersion { .. }
-                | InstallError::NotATable { .. }
-                | InstallError::NotAString { .. }
-                | InstallError::RejectedWithConfigPath { .. }
-                | InstallError::State { .. }
-                | InstallError::Secret(SecretError::Empty { .. })
-                | InstallError::Secret(SecretError::NotAHeaderValue { .. })
-        )
+        match self {
+            InstallError::ContainerdFile(e) => e.is_bad_input(),
+            _ => matches!(
+                self,
+                InstallError::NotATable { .. }
+                    | InstallError::NotAString { .. }
+                    | InstallError::RejectedWithConfigPath { .. }
+                    | InstallError::State { .. }
+                    | InstallError::Secret(SecretError::Empty { .. })
+                    | InstallError::Secret(SecretError::NotAHeaderValue { .. })
+            ),
+        }
     }
 }
 
@@ -239,26 +223,4 @@ fn apply(edit: &ConfigEdit, changes: &[Change], report: &mut Report) -> Result<(
         );
     }
     Ok(())
-}
-
-/// 1-based line and column (in characters) of a byte offset, for parse errors.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
-
-/// Parses TOML with toml_edit, naming the file, line and column on failure.
-fn parse_toml(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, InstallError> {
-    text.parse().map_err(|e: toml_edit::TomlError| {
-        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
-        InstallError::Parse {
-            path: path.to_path_buf(),
-            line,
-            column,
-            // One line: toml_edit puts its expectations on a second one.
-            message: e.message().trim_end().replace('\n', "; "),
-        }
-    })
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{backup_path, parent_dir, sync_dir, unified_diff, write_atomically};
+use crate::atomic_file::{parent_dir, sync_dir, write_atomically};
+
+use super::files::{backup_path, unified_diff};
 use super::{InstallError, Report};
 
 const STATE_FILE: &str = ".credgate-install.json";

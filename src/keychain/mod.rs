@@ -180,13 +180,13 @@ impl Keychain {
     }
 
     /// Every scope the sources can name without running a helper, with usernames where
-    /// known; on duplicates the source listed first wins.
-    pub async fn list(&self) -> BTreeMap<String, String> {
+    /// known, sorted by how the scope is written; on duplicates the source listed first wins.
+    pub async fn list(&self) -> Vec<(Scope, String)> {
         let mut listed = BTreeMap::new();
         for (scope, username) in self.list_in_order().await {
-            listed.entry(scope.to_string()).or_insert(username);
+            listed.entry(scope.to_string()).or_insert((scope, username));
         }
-        listed
+        listed.into_values().collect()
     }
 
     /// Ranks, then fetches in order until a candidate yields a credential.

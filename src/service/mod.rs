@@ -220,7 +220,14 @@ impl api::Credentials for CredentialsService {
         _req: api::ListRequest,
     ) -> ttrpc::Result<api::ListResponse> {
         Ok(api::ListResponse {
-            entries: self.daemon.keychain().list().await.into_iter().collect(),
+            entries: self
+                .daemon
+                .keychain()
+                .list()
+                .await
+                .into_iter()
+                .map(|(scope, username)| (scope.to_string(), username))
+                .collect(),
             ..Default::default()
         })
     }

@@ -2,30 +2,7 @@
 
 use std::fmt;
 
-/// A secret value. `Debug` never shows it and there is no `Display`: reading it takes an
-/// explicit [`Secret::expose`], so it can't slip into a log line or an error by formatting.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+use crate::secret::Secret;
 
 /// How a credential is used upstream; the values are containerd's transfer `AuthType`, so a
 /// transfer-service auth stream can be answered one-to-one.

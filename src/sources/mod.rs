@@ -20,7 +20,9 @@ pub mod file_cache;
 pub mod kubelet_provider;
 pub mod static_registry;
 
-pub use credential::{AuthType, Credential, Secret, SecretKind};
+pub use credential::{AuthType, Credential, SecretKind};
+// Re-exported for `upstream` and `transfer`, which still import it from here.
+pub use crate::secret::Secret;
 
 /// A source of registry credentials.
 #[async_trait]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{ProviderSpec, PLUGIN_API_VERSIONS};
 use super::KubeletProviderError;
 use crate::duration::parse_go_duration;
-use crate::sources::Secret;
+use crate::secret::Secret;
 use crate::system::{ProcessError, ProcessOutput, ProcessSpec, System};
 
 const REQUEST_KIND: &str = "CredentialProviderRequest";

@@ -1,16 +1,49 @@
-//! The per-install secret that hosts.toml sends in `X-Credgate-Secret`: the endpoint's access
-//! boundary. Read from `listen.mirror_secret_file`; generated there at first start.
+//! Secrets, kept out of logs by their types: [`Secret`], a credential's secret as sources
+//! hand it on, and [`MirrorSecret`], the per-install value hosts.toml sends in
+//! `X-Credgate-Secret`, the endpoint's access boundary (read from `listen.mirror_secret_file`,
+//! generated there at first start).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
-/// Random bytes in a generated secret (written as 64 hex characters).
-const GENERATED_BYTES: usize = 32;
+use crate::atomic_file::write_atomically;
+use crate::hex::lower_hex;
 
+/// A secret value. `Debug` never shows it and there is no `Display`: reading it takes an
+/// explicit [`Secret::expose`], so it can't slip into a log line or an error by formatting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Random bytes in a generated mirror secret (written as 64 hex characters).
+const GENERATED_BYTES: usize = 32;
+/// The mirror secret file is credgate's alone.
+const SECRET_FILE_MODE: u32 = 0o600;
+
+/// Why the mirror secret could not be read or made; no variant holds the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read the mirror secret {path}: {source}")]
@@ -31,12 +64,12 @@ pub enum SecretError {
     Random,
 }
 
-/// The secret's value. Its `Debug` never shows it.
+/// The mirror secret's value. Its `Debug` never shows it.
 #[derive(Clone)]
 pub struct MirrorSecret(Vec<u8>);
 
-impl std::fmt::Debug for MirrorSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for MirrorSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MirrorSecret(..)")
     }
 }
@@ -93,7 +126,10 @@ impl MirrorSecret {
         }
     }
 
-    fn from_file_text(path: &Path, mut text: Vec<u8>) -> Result<Self, SecretError> {
+    /// The secret in a secret file's content, as [`MirrorSecret::read`] takes it: one
+    /// trailing newline trimmed, then one non-empty line of visible ASCII. `path` only names
+    /// the file in errors (doctor reads the file its own way).
+    pub fn from_file_text(path: &Path, mut text: Vec<u8>) -> Result<Self, SecretError> {
         if text.last() == Some(&b'\n') {
             text.pop();
         }
@@ -115,40 +151,18 @@ impl MirrorSecret {
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| SecretError::Random)?;
-        let hex = super::lower_hex(&bytes);
-        write_atomically(path, format!("{hex}\n").as_bytes()).map_err(|source| {
-            SecretError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let hex = lower_hex(&bytes);
+        let write_err = |source| SecretError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(write_err)?;
+        }
+        write_atomically(path, format!("{hex}\n").as_bytes(), SECRET_FILE_MODE)
+            .map_err(write_err)?;
         Ok(Self(hex.into_bytes()))
     }
-}
-
-/// Writes `contents` to a 0600 temp file next to `path`, syncs it, and renames it into place,
-/// so the secret never exists half-written or with looser permissions.
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".tmp.{}", std::process::id()));
-    let temp = PathBuf::from(temp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .and_then(|mut file| {
-            file.write_all(contents)?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -170,6 +184,12 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_debugs_redacted() {
+        let shown = format!("{:?}", Secret::new("hunter2-secret"));
+        assert_eq!(shown, "Secret(<redacted>)");
+    }
 
     #[test]
     fn a_missing_secret_is_generated_0600_and_read_back_the_same() {

@@ -1,4 +1,5 @@
 //! containerd's own API, over its gRPC socket: the connection `doctor` and `pull` share.
+//! What containerd's files say (config.toml, the hosts directory) is read in [`files`].
 //!
 //! containerd's API is gRPC (tonic, from the `containerd-client` crate); the CRI is served on
 //! the same socket (`k8s-cri`). Every call carries a deadline so a wedged containerd turns
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
+
+pub mod files;
 
 /// containerd's default socket.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";

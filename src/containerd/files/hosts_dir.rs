@@ -1,0 +1,154 @@
+//! containerd's hosts directory, read: one directory per registry (`_default` for every
+//! registry without one), each with a hosts.toml listing the hosts containerd tries in file
+//! order; a host that sends the `X-Credgate-Secret` header is credgate's.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Item, Table};
+
+use super::{parse_toml, ContainerdFileError};
+
+/// The hosts dir's directory for every registry without one of its own.
+pub(crate) const DEFAULT_HOSTS_SUBDIR: &str = "_default";
+
+/// The header the endpoint checks, as hosts.toml names it; a host table carrying it is
+/// credgate's.
+pub(crate) const SECRET_HEADER: &str = "X-Credgate-Secret";
+
+/// Directories in the hosts dir other than `_default`, sorted; none when it is missing.
+/// Each shadows `_default` for its registry (install merges into them, doctor checks them).
+pub(crate) fn registry_dirs(hosts_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(hosts_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != DEFAULT_HOSTS_SUBDIR
+        })
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// One `[host."url"]` of a hosts.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostEntry {
+    pub url: String,
+    /// Whether its `[header]` table has an `X-Credgate-Secret` key, whatever its value.
+    pub has_secret_header: bool,
+    /// The string values of that header (a string or an array of them).
+    pub secret_values: Vec<String>,
+}
+
+impl HostEntry {
+    /// Carries the endpoint's secret header (even an empty or malformed one), so it is
+    /// credgate's, perhaps from an older install: install replaces it, doctor names it.
+    pub fn is_credgate(&self) -> bool {
+        self.has_secret_header
+    }
+}
+
+/// The host table `item` under `url`, as read.
+pub(crate) fn host_entry(url: &str, item: &Item) -> HostEntry {
+    let headers = item.get("header").and_then(Item::as_table_like);
+    let secret_headers: Vec<&Item> = headers
+        .into_iter()
+        .flat_map(|headers| headers.iter())
+        .filter(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER))
+        .map(|(_, value)| value)
+        .collect();
+    let secret_values = secret_headers
+        .iter()
+        .flat_map(|value| match value.as_value() {
+            Some(toml_edit::Value::String(s)) => vec![s.value().clone()],
+            Some(toml_edit::Value::Array(values)) => values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    HostEntry {
+        url: url.to_string(),
+        has_secret_header: !secret_headers.is_empty(),
+        secret_values,
+    }
+}
+
+/// The hosts of a hosts.toml in file order, which is the order containerd tries them in.
+pub(crate) fn read_hosts(path: &Path, text: &str) -> Result<Vec<HostEntry>, ContainerdFileError> {
+    let doc = parse_toml(path, text)?;
+    let Some(hosts) = doc.get("host").and_then(Item::as_table_like) else {
+        return Ok(Vec::new());
+    };
+    let mut entries: Vec<(Option<usize>, HostEntry)> = hosts
+        .iter()
+        .map(|(url, item)| {
+            let position = item.as_table().and_then(Table::position);
+            (position, host_entry(url, item))
+        })
+        .collect();
+    // Dotted keys and sub-tables keep their order; positioned tables sort by where they are.
+    entries.sort_by_key(|(position, _)| *position);
+    Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(text: &str) -> Vec<HostEntry> {
+        read_hosts(Path::new("r/hosts.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn hosts_are_read_in_file_order_with_their_secret_values() {
+        let text = "[host.\"https://b.test\"]\n  capabilities = [\"pull\"]\n\
+                    [host.\"http://127.0.0.1:5008\"]\n  header = { x-credgate-secret = \"one\" }\n\
+                    [host.\"https://a.test\"]\n  [host.\"https://a.test\".header]\n    \
+                    X-Credgate-Secret = [\"two\", \"three\", 4]\n";
+        let read = hosts(text);
+        let urls: Vec<&str> = read.iter().map(|h| h.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["https://b.test", "http://127.0.0.1:5008", "https://a.test"]
+        );
+        assert!(!read[0].is_credgate());
+        assert_eq!(read[1].secret_values, ["one"]);
+        assert_eq!(read[2].secret_values, ["two", "three"]);
+        assert!(read[1].is_credgate() && read[2].is_credgate());
+    }
+
+    #[test]
+    fn an_empty_secret_header_still_marks_credgates_host() {
+        let read = hosts("[host.\"http://old:5008\".header]\n  X-Credgate-Secret = []\n");
+        assert!(read[0].is_credgate());
+        assert!(read[0].secret_values.is_empty());
+    }
+
+    #[test]
+    fn a_hosts_toml_without_hosts_has_none_and_bad_toml_names_its_line() {
+        assert!(hosts("server = \"https://r.test\"\n").is_empty());
+        let err = read_hosts(Path::new("r/hosts.toml"), "server = \"x\"\n[host\n").unwrap_err();
+        assert!(err.to_string().starts_with("r/hosts.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn registry_dirs_skip_default_and_files_and_a_missing_dir_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["_default", "b.test", "a.test"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join(".credgate-install.json"), "{}").unwrap();
+        let names: Vec<PathBuf> = registry_dirs(dir.path()).unwrap();
+        assert_eq!(
+            names,
+            [dir.path().join("a.test"), dir.path().join("b.test")]
+        );
+        assert!(registry_dirs(&dir.path().join("none")).unwrap().is_empty());
+    }
+}
