@@ -40,9 +40,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::daemon::Daemon;
 use crate::identity::RegistryHost;
 use crate::metrics::Metrics;
-use crate::service::Daemon;
 use crate::upstream::{SendUpstream, UpstreamBody};
 
 mod body;

@@ -71,7 +71,7 @@ impl KeychainAnswer {
 
     /// The daemon's answer for a decision made in-process: one conversion for both paths.
     pub fn from_decision(decision: &Decision) -> Self {
-        Self::from_daemon(&crate::service::lookup_response(decision))
+        Self::from_daemon(&api::LookupResponse::from(decision))
     }
 }
 
