@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod containerd;
+pub mod daemon;
 pub mod doctor;
 pub mod duration;
 pub mod endpoint;

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use credgate::config::Config;
-use credgate::endpoint::{serve_endpoint, serve_metrics, EndpointState, HttpServer, MirrorSecret};
+use credgate::daemon::Daemon;
+use credgate::endpoint::{serve_endpoint, serve_metrics, EndpointState, HttpServer};
 use credgate::keychain::Keychain;
 use credgate::metrics::Metrics;
-use credgate::service::Daemon;
+use credgate::secret::MirrorSecret;
 use credgate::system::System;
 use credgate::upstream::{BoxError, SendUpstream, UpstreamBody, UpstreamError, UpstreamRequest};
 use http_body_util::{BodyExt, Empty};

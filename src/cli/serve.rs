@@ -10,11 +10,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{load_config, CliError};
 use crate::config::{Config, Listen};
+use crate::daemon::{bump, Daemon};
 use crate::endpoint::{self, EndpointState, HttpServer};
 use crate::keychain::Keychain;
 use crate::metrics::Metrics;
 use crate::secret::{MirrorSecret, SecretError, SecretOrigin};
-use crate::service::{self, Daemon};
+use crate::service;
 use crate::system::System;
 use crate::upstream::{Upstream, UpstreamPolicy};
 
@@ -31,44 +32,44 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
     let socket = service::serve_socket(listener, &socket_path, daemon.clone())
         .await
         .map_err(failed)?;
+    // One way out once the socket is open, so it is always closed and its file removed.
+    let served = serve_until_stopped(&config, config_path, system, daemon).await;
+    socket.shutdown().await;
+    served?;
+    tracing::info!("credgate stopped");
+    Ok(())
+}
+
+/// Opens the pull-through endpoint beside the open socket and serves until SIGTERM or
+/// SIGINT, reloading on SIGHUP.
+async fn serve_until_stopped(
+    config: &Config,
+    config_path: Option<PathBuf>,
+    system: System,
+    daemon: Arc<Daemon>,
+) -> Result<(), CliError> {
     let metrics = Arc::new(Metrics::new());
-    let upstream = match Upstream::new(UpstreamPolicy::from_config(&config), metrics.clone()) {
-        Ok(upstream) => Arc::new(upstream),
-        Err(e) => {
-            socket.shutdown().await;
-            return Err(CliError::Failed(e.to_string()));
-        }
-    };
-    let streaming = match streaming_runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            socket.shutdown().await;
-            return Err(e);
-        }
-    };
+    let upstream = Upstream::new(UpstreamPolicy::from_config(config), metrics.clone())
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let upstream = Arc::new(upstream);
+    let streaming = streaming_runtime()?;
     let open = PullThrough::open(
         config.listen.clone(),
         daemon.clone(),
         upstream.clone(),
         metrics,
     );
-    let opened = streaming.spawn(open).await.unwrap_or_else(|e| {
+    let pull_through = streaming.spawn(open).await.unwrap_or_else(|e| {
         Err(CliError::Failed(format!(
             "the endpoint failed to start: {e}"
         )))
-    });
-    let pull_through = match opened {
-        Ok(pull_through) => pull_through,
-        Err(e) => {
-            socket.shutdown().await;
-            return Err(e);
-        }
-    };
+    })?;
     let signal_err =
         |e: std::io::Error| CliError::Failed(format!("cannot install signal handlers: {e}"));
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let socket_path = config.listen.socket.clone();
     tracing::info!(socket = %socket_path.display(), "credgate is up; serving the Credentials API");
     let running = Running {
         config_path,
@@ -86,8 +87,6 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
         }
     }
     let _ = streaming.spawn(running.pull_through.shutdown()).await;
-    socket.shutdown().await;
-    tracing::info!("credgate stopped");
     Ok(())
 }
 
@@ -106,10 +105,7 @@ impl Running {
         let config = match load_config(self.config_path.as_deref()) {
             Ok(config) => config,
             Err(e) => {
-                self.daemon
-                    .counters
-                    .failed_reloads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                bump(&self.daemon.counters.failed_reloads);
                 tracing::error!(error = %e, "reload failed; still serving the previous config");
                 return;
             }

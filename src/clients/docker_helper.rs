@@ -12,7 +12,7 @@ use std::ffi::OsString;
 
 use serde::Serialize;
 
-use super::{socket_path, ClientError, DaemonClient};
+use super::{daemon_socket, ClientError};
 use crate::api::AuthType;
 use crate::identity::Target;
 use crate::system::NESTED_HELPER_VAR;
@@ -88,7 +88,7 @@ async fn get(server_url: &str, vars: &[(OsString, OsString)]) -> Reply {
         Ok(target) => target,
         Err(e) => return Reply::fail(e.to_string(), 2),
     };
-    let answer = match DaemonClient::connect(&socket_path(vars, None)).await {
+    let answer = match daemon_socket(vars, None).connect().await {
         Ok(client) => client.lookup(&target).await,
         Err(e) => Err(e),
     };
@@ -117,7 +117,7 @@ async fn get(server_url: &str, vars: &[(OsString, OsString)]) -> Reply {
 }
 
 async fn list(vars: &[(OsString, OsString)]) -> Reply {
-    let answer = match DaemonClient::connect(&socket_path(vars, None)).await {
+    let answer = match daemon_socket(vars, None).connect().await {
         Ok(client) => client.list().await,
         Err(e) => Err(e),
     };

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{socket_path, DaemonClient};
+use super::daemon_socket;
 use crate::api::AuthType;
 use crate::identity::Target;
 
@@ -87,7 +87,7 @@ pub async fn run(
         return Err(ProviderError::ApiVersion(request.api_version));
     }
     let target = Target::parse(&request.image)?;
-    let client = DaemonClient::connect(&socket_path(vars, config)).await?;
+    let client = daemon_socket(vars, config).connect().await?;
     let answer = client.lookup(&target).await?;
     let mut auth = BTreeMap::new();
     match answer.auth_type.enum_value_or_default() {

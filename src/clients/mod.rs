@@ -3,11 +3,15 @@
 //! with one line when it is not there.
 
 use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::time::Instant;
+use ttrpc::r#async::transport::Socket;
+
 use crate::api::{self, CredentialsClient};
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::identity::Target;
 
 pub mod docker_helper;
@@ -32,20 +36,85 @@ pub enum ClientError {
     Failed { message: String },
 }
 
+/// The socket a thin client dials, and the config that did not load when the default
+/// socket stands in for its `listen.socket`.
+#[derive(Debug, Clone)]
+pub struct DaemonSocket {
+    pub path: PathBuf,
+    pub unloaded_config: Option<UnloadedConfig>,
+}
+
+/// A config that was named or present but did not load. Its reason never quotes the file:
+/// a parse error can echo a value, and a value can be a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnloadedConfig {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl UnloadedConfig {
+    fn new(path: PathBuf, error: &ConfigError) -> Self {
+        let reason = match error {
+            ConfigError::Read { source, .. } => source.to_string(),
+            ConfigError::Invalid { line, column, .. } => {
+                format!("invalid at line {line}, column {column}")
+            }
+        };
+        Self { path, reason }
+    }
+}
+
+impl std::fmt::Display for UnloadedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "config {} did not load: {}; used the default socket",
+            self.path.display(),
+            self.reason
+        )
+    }
+}
+
 /// Where the daemon's socket is: `$CREDGATE_SOCKET`, else `listen.socket` of the config
-/// (`$CREDGATE_CONFIG` or the default path, when present), else the default socket.
-pub fn socket_path(vars: &[(OsString, OsString)], config: Option<&Path>) -> PathBuf {
-    if let Some(socket) = var(vars, "CREDGATE_SOCKET") {
-        return socket;
+/// (`config`, `$CREDGATE_CONFIG` or the default path when present), else the default socket
+/// — also when that config does not load, which the socket then remembers.
+pub fn daemon_socket(vars: &[(OsString, OsString)], config: Option<&Path>) -> DaemonSocket {
+    if let Some(path) = var(vars, "CREDGATE_SOCKET") {
+        return DaemonSocket {
+            path,
+            unloaded_config: None,
+        };
     }
     let config_path = config
         .map(Path::to_path_buf)
         .or_else(|| var(vars, "CREDGATE_CONFIG"))
         .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
-    let config = config_path
-        .and_then(|p| Config::load(&p).ok())
-        .unwrap_or_else(Config::builtin);
-    socket_for(vars, &config)
+    let (config, unloaded_config) = match config_path.map(|p| (Config::load(&p), p)) {
+        Some((Ok(config), _)) => (config, None),
+        Some((Err(error), path)) => (Config::builtin(), Some(UnloadedConfig::new(path, &error))),
+        None => (Config::builtin(), None),
+    };
+    DaemonSocket {
+        path: config.listen.socket,
+        unloaded_config,
+    }
+}
+
+impl DaemonSocket {
+    /// Connects; when the daemon is not reachable on a default socket that stood in for a
+    /// config that did not load, the error says so, since that may be why.
+    pub async fn connect(&self) -> Result<DaemonClient, ClientError> {
+        let connected = DaemonClient::connect(&self.path).await;
+        match (connected, &self.unloaded_config) {
+            (Err(ClientError::Unreachable { socket, reason }), Some(config)) => {
+                Err(ClientError::Unreachable {
+                    socket,
+                    reason: format!("{reason} ({config})"),
+                })
+            }
+            (connected, _) => connected,
+        }
+    }
 }
 
 /// Where the daemon's socket is for a config already loaded: `$CREDGATE_SOCKET`, else its
@@ -67,20 +136,16 @@ pub struct DaemonClient {
 
 impl DaemonClient {
     pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
-        let address = format!("unix://{}", socket.display());
-        let connect = ttrpc::r#async::Client::connect(&address);
-        let client = tokio::time::timeout(DAEMON_DEADLINE, connect)
-            .await
-            .map_err(|_| ClientError::TimedOut {
-                socket: socket.to_path_buf(),
-                after: DAEMON_DEADLINE,
-            })?
+        // A blocking connect, as ttrpc's own `Client::connect` makes: on a unix socket it
+        // answers at once, unless the daemon's backlog is full and it waits for a slot.
+        let stream = std::os::unix::net::UnixStream::connect(socket)
+            .and_then(Socket::try_from)
             .map_err(|e| ClientError::Unreachable {
                 socket: socket.to_path_buf(),
                 reason: unreachable_reason(&e),
             })?;
         Ok(Self {
-            client: CredentialsClient::new(client),
+            client: CredentialsClient::new(ttrpc::r#async::Client::new(stream)),
             socket: socket.to_path_buf(),
         })
     }
@@ -120,17 +185,11 @@ impl DaemonClient {
         &self,
         call: impl std::future::Future<Output = ttrpc::Result<T>>,
     ) -> Result<T, ClientError> {
-        let answer = tokio::time::timeout(DAEMON_DEADLINE, call)
+        let deadline = Instant::now() + DAEMON_DEADLINE;
+        let answer = tokio::time::timeout_at(deadline, call)
             .await
-            .map_err(|_| ClientError::TimedOut {
-                socket: self.socket.clone(),
-                after: DAEMON_DEADLINE,
-            })?;
-        answer.map_err(|e| self.classify(e))
-    }
-
-    fn classify(&self, error: ttrpc::Error) -> ClientError {
-        match error {
+            .map_err(|_| self.timed_out())?;
+        answer.map_err(|error| match error {
             ttrpc::Error::RpcStatus(status) => {
                 let message = status.message().to_string();
                 match status.code() {
@@ -139,32 +198,133 @@ impl DaemonClient {
                     _ => ClientError::Failed { message },
                 }
             }
-            // ttrpc's own deadline (the context's timeout) fired before ours.
-            ttrpc::Error::Others(text) if text.contains("deadline elapsed") => {
-                ClientError::TimedOut {
-                    socket: self.socket.clone(),
-                    after: DAEMON_DEADLINE,
-                }
-            }
+            // ttrpc's own deadline (the context's, started no earlier than ours) fired first.
+            _ if Instant::now() >= deadline => self.timed_out(),
             // The daemon went away between connect and answer.
-            other => ClientError::Unreachable {
+            _ => ClientError::Unreachable {
                 socket: self.socket.clone(),
-                reason: unreachable_reason(&other),
+                reason: "the connection closed".to_string(),
             },
+        })
+    }
+
+    fn timed_out(&self) -> ClientError {
+        ClientError::TimedOut {
+            socket: self.socket.clone(),
+            after: DAEMON_DEADLINE,
         }
     }
 }
 
-fn unreachable_reason(error: &ttrpc::Error) -> String {
-    let text = error.to_string();
-    for (needle, reason) in [
-        ("No such file", "no socket there"),
-        ("Connection refused", "connection refused"),
-        ("Permission denied", "permission denied on the socket"),
-    ] {
-        if text.contains(needle) {
-            return reason.to_string();
+/// Why connecting failed, in the words of the usual causes; anything else as the OS says it.
+fn unreachable_reason(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => "no socket there".to_string(),
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied on the socket".to_string(),
+        _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &Path)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), v.as_os_str().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_config_that_does_not_load_falls_back_to_the_default_socket_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let socket = daemon_socket(&vars(&[("CREDGATE_CONFIG", &missing)]), None);
+        assert_eq!(socket.path, Config::builtin().listen.socket);
+        let unloaded = socket.unloaded_config.expect("the failure is kept");
+        assert_eq!(unloaded.path, missing);
+        assert!(
+            unloaded.to_string().ends_with("; used the default socket"),
+            "{unloaded}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_is_named_by_position_never_by_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            "[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = 31415926\n",
+        )
+        .unwrap();
+        let socket = daemon_socket(&[], Some(&config));
+        let unloaded = socket.unloaded_config.expect("the failure is kept");
+        assert_eq!(unloaded.reason, "invalid at line 4, column 12");
+        assert!(!unloaded.to_string().contains("31415926"));
+    }
+
+    #[test]
+    fn a_loaded_config_or_an_explicit_socket_has_nothing_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let wanted = dir.path().join("d.sock");
+        std::fs::write(
+            &config,
+            format!("[listen]\nsocket = \"{}\"\n", wanted.display()),
+        )
+        .unwrap();
+        let socket = daemon_socket(&[], Some(&config));
+        assert_eq!((socket.path, socket.unloaded_config), (wanted, None));
+        let explicit = dir.path().join("explicit.sock");
+        let missing = dir.path().join("missing.toml");
+        let env = vars(&[
+            ("CREDGATE_SOCKET", &explicit),
+            ("CREDGATE_CONFIG", &missing),
+        ]);
+        let socket = daemon_socket(&env, None);
+        assert_eq!((socket.path, socket.unloaded_config), (explicit, None));
+    }
+
+    fn reason(error: ClientError) -> String {
+        match error {
+            ClientError::Unreachable { reason, .. } => reason,
+            other => panic!("expected Unreachable, got {other}"),
         }
     }
-    "the connection closed".to_string()
+
+    #[tokio::test]
+    async fn connect_failures_are_named_by_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.sock");
+        let error = DaemonClient::connect(&missing)
+            .await
+            .err()
+            .expect("no socket");
+        assert_eq!(reason(error), "no socket there");
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let error = DaemonClient::connect(&stale).await.err().expect("stale");
+        assert_eq!(reason(error), "connection refused");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_daemon_on_a_fallback_socket_names_the_config_that_did_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = DaemonSocket {
+            path: dir.path().join("missing.sock"),
+            unloaded_config: Some(UnloadedConfig {
+                path: PathBuf::from("/etc/credgate/config.toml"),
+                reason: "Permission denied (os error 13)".to_string(),
+            }),
+        };
+        let error = socket.connect().await.err().expect("no socket");
+        assert_eq!(
+            reason(error),
+            "no socket there (config /etc/credgate/config.toml did not load: \
+             Permission denied (os error 13); used the default socket)"
+        );
+    }
 }

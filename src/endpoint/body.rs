@@ -100,7 +100,7 @@ impl StreamedBody {
             });
         }
         if let Some((digest, context)) = self.verifier.take() {
-            let actual = super::lower_hex(context.finish().as_ref());
+            let actual = crate::hex::lower_hex(context.finish().as_ref());
             if actual != digest.hex {
                 return Err(BodyError::DigestMismatch {
                     expected: digest.to_string(),
@@ -192,7 +192,7 @@ mod tests {
         let hash = ring::digest::digest(&ring::digest::SHA256, content);
         Digest {
             algorithm: DigestAlgorithm::Sha256,
-            hex: crate::endpoint::lower_hex(hash.as_ref()),
+            hex: crate::hex::lower_hex(hash.as_ref()),
         }
     }
 

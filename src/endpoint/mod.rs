@@ -40,13 +40,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-// `body` and `proxy` name it as `super::lower_hex`.
-use crate::hex::lower_hex;
+use crate::daemon::Daemon;
 use crate::identity::RegistryHost;
 use crate::metrics::Metrics;
-// Re-exported: the endpoint's callers build its state with it.
-pub use crate::secret::MirrorSecret;
-use crate::service::Daemon;
+use crate::secret::MirrorSecret;
 use crate::upstream::{SendUpstream, UpstreamBody};
 
 mod body;

@@ -121,5 +121,5 @@ fn refuse_empty_mismatch(
 
 fn is_digest_of_nothing(digest: &Digest) -> bool {
     let empty = ring::digest::digest(digest.algorithm.ring(), b"");
-    super::lower_hex(empty.as_ref()) == digest.hex
+    crate::hex::lower_hex(empty.as_ref()) == digest.hex
 }

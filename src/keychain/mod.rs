@@ -17,6 +17,7 @@ use crate::sources::static_registry::StaticRegistrySource;
 use crate::sources::{Credential, Offer, Source};
 use crate::system::System;
 
+mod answer;
 mod explain;
 
 pub use explain::{ExplainedCandidate, Explanation, WinReason};

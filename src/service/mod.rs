@@ -1,17 +1,15 @@
 //! The ttrpc `Credentials` service: the API every client outside containerd's own resolver
 //! uses (the docker credential helper, the kubelet provider, `credgate pull`).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::api;
+use crate::daemon::{bump, Daemon};
 use crate::identity::{IdentityError, RegistryHost, Repository, Target};
-use crate::keychain::{Attempt, Decision, Explanation, Keychain, SourceOutcome};
+use crate::keychain::{Attempt, Explanation};
 use crate::sources::AuthType;
 
 mod socket;
@@ -33,102 +31,6 @@ fn to_status(error: ServiceError) -> ttrpc::Error {
         ServiceError::PermissionDenied => ttrpc::Code::PERMISSION_DENIED,
     };
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, error.to_string()))
-}
-
-/// Counters reported by `Status`.
-#[derive(Default)]
-pub struct Counters {
-    pub lookups: AtomicU64,
-    pub hits: AtomicU64,
-    pub anonymous: AtomicU64,
-    pub invalid_requests: AtomicU64,
-    pub refused_callers: AtomicU64,
-    pub reloads: AtomicU64,
-    pub failed_reloads: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> BTreeMap<String, u64> {
-        [
-            ("lookups", &self.lookups),
-            ("hits", &self.hits),
-            ("anonymous", &self.anonymous),
-            ("invalid_requests", &self.invalid_requests),
-            ("refused_callers", &self.refused_callers),
-            ("reloads", &self.reloads),
-            ("failed_reloads", &self.failed_reloads),
-        ]
-        .into_iter()
-        .map(|(name, counter)| (name.to_string(), counter.load(Ordering::Relaxed)))
-        .collect()
-    }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The state of a running daemon, shared by every front door and swapped on reload.
-pub struct Daemon {
-    keychain: RwLock<Arc<Keychain>>,
-    allowed_uids: RwLock<Vec<u32>>,
-    /// Each source's last outcome, by name: `None` healthy, `Some(reason)` failed.
-    health: Mutex<BTreeMap<String, Option<String>>>,
-    started: Instant,
-    pub counters: Counters,
-}
-
-/// Every source of `keychain`, healthy until a lookup says otherwise.
-fn unknown_health(keychain: &Keychain) -> BTreeMap<String, Option<String>> {
-    keychain
-        .source_names()
-        .into_iter()
-        .map(|n| (n, None))
-        .collect()
-}
-
-impl Daemon {
-    pub fn new(keychain: Keychain, allowed_uids: Vec<u32>) -> Self {
-        let health = Mutex::new(unknown_health(&keychain));
-        Self {
-            keychain: RwLock::new(Arc::new(keychain)),
-            allowed_uids: RwLock::new(allowed_uids),
-            health,
-            started: Instant::now(),
-            counters: Counters::default(),
-        }
-    }
-
-    pub fn keychain(&self) -> Arc<Keychain> {
-        self.keychain.read().expect("keychain lock").clone()
-    }
-
-    /// Swaps in a new keychain and caller list; requests already running finish on the old.
-    pub fn reload(&self, keychain: Keychain, allowed_uids: Vec<u32>) {
-        *self.health.lock().expect("health lock") = unknown_health(&keychain);
-        *self.keychain.write().expect("keychain lock") = Arc::new(keychain);
-        *self.allowed_uids.write().expect("uid lock") = allowed_uids;
-        bump(&self.counters.reloads);
-    }
-
-    pub fn allows(&self, uid: u32) -> bool {
-        self.allowed_uids.read().expect("uid lock").contains(&uid)
-    }
-
-    /// Records each source's outcome; the map is only written when a source's health
-    /// changed, because this runs on every lookup.
-    fn record_sources(&self, reports: &[crate::keychain::SourceReport]) {
-        let mut health = self.health.lock().expect("health lock");
-        for report in reports {
-            let failure = match &report.outcome {
-                SourceOutcome::Failed(reason) => Some(reason),
-                _ => None,
-            };
-            if health.get(&*report.source).map(Option::as_ref) != Some(failure) {
-                health.insert(report.source.to_string(), failure.cloned());
-            }
-        }
-    }
 }
 
 /// The real service.
@@ -175,7 +77,7 @@ impl api::Credentials for CredentialsService {
             Some(_) => &self.daemon.counters.hits,
             None => &self.daemon.counters.anonymous,
         });
-        let response = lookup_response(&decision);
+        let response = api::LookupResponse::from(&decision);
         tracing::debug!(%target, auth_type = ?response.auth_type, source = %response.source, matched = %response.matched, "lookup");
         Ok(response)
     }
@@ -196,11 +98,12 @@ impl api::Credentials for CredentialsService {
         _ctx: &TtrpcContext,
         _req: api::StatusRequest,
     ) -> ttrpc::Result<api::StatusResponse> {
-        let health = self.daemon.health.lock().expect("health lock").clone();
         Ok(api::StatusResponse {
             version: crate::VERSION.to_string(),
-            uptime_seconds: self.daemon.started.elapsed().as_secs(),
-            sources: health
+            uptime_seconds: self.daemon.uptime().as_secs(),
+            sources: self
+                .daemon
+                .health()
                 .into_iter()
                 .map(|(name, failure)| api::SourceHealth {
                     name,
@@ -275,29 +178,6 @@ impl RefusedCaller {
     }
 }
 
-fn api_auth_type(auth_type: AuthType) -> api::AuthType {
-    match auth_type {
-        AuthType::None => api::AuthType::NONE,
-        AuthType::Credentials => api::AuthType::CREDENTIALS,
-        AuthType::Refresh => api::AuthType::REFRESH,
-        AuthType::Header => api::AuthType::HEADER,
-    }
-}
-
-/// The API's answer for one keychain decision (also what `credgate pull` answers containerd
-/// with when it resolves in-process).
-pub(crate) fn lookup_response(decision: &Decision) -> api::LookupResponse {
-    let mut response = api::LookupResponse::default();
-    if let (Some(winner), Some(candidate)) = (&decision.winner, decision.winner_candidate()) {
-        response.auth_type = api_auth_type(winner.credential.auth_type()).into();
-        response.username = winner.credential.username.clone();
-        response.secret = winner.credential.transfer_secret().expose().to_string();
-        response.source = candidate.describe();
-        response.matched = candidate.offer.scope.to_string();
-    }
-    response
-}
-
 fn explain_response(e: &Explanation) -> api::ExplainResponse {
     let candidates = e
         .ranking
@@ -318,7 +198,8 @@ fn explain_response(e: &Explanation) -> api::ExplainResponse {
                     Attempt::Failed(reason) => format!("failed: {reason}"),
                 },
                 username: explained.username.clone().unwrap_or_default(),
-                auth_type: api_auth_type(explained.auth_type.unwrap_or(AuthType::None)).into(),
+                auth_type: api::AuthType::from(explained.auth_type.unwrap_or(AuthType::None))
+                    .into(),
                 ..Default::default()
             }
         })

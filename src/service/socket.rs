@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
-use super::{bump, CredentialsService, Daemon, RefusedCaller};
+use super::{CredentialsService, RefusedCaller};
 use crate::api::create_credentials;
+use crate::daemon::{bump, Daemon};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {

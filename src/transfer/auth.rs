@@ -24,7 +24,8 @@ use crate::clients::{ClientError, DaemonClient, DAEMON_DEADLINE};
 use crate::config::Config;
 use crate::identity::{ImageReference, RegistryHost, Target};
 use crate::keychain::{Decision, Keychain};
-use crate::sources::{AuthType, Secret};
+use crate::secret::Secret;
+use crate::sources::AuthType;
 use crate::system::System;
 
 /// Longest one answer may take: the daemon's own deadline plus slack for connecting.
@@ -71,7 +72,7 @@ impl KeychainAnswer {
 
     /// The daemon's answer for a decision made in-process: one conversion for both paths.
     pub fn from_decision(decision: &Decision) -> Self {
-        Self::from_daemon(&crate::service::lookup_response(decision))
+        Self::from_daemon(&api::LookupResponse::from(decision))
     }
 }
 

@@ -29,7 +29,8 @@ use hyper::body::Incoming;
 
 use crate::identity::{RegistryHost, Repository};
 use crate::keychain::Candidate;
-use crate::sources::{Credential, Secret, SecretKind};
+use crate::secret::Secret;
+use crate::sources::{Credential, SecretKind};
 
 use super::challenge::{self, AuthScheme, Challenge, Challenges};
 use super::exchange::Exchange;
