@@ -91,7 +91,7 @@ impl Default for HelperSettings {
     }
 }
 
-/// What the pull-through endpoint may reach beyond the defaults (see DESIGN.md's security
+/// What the pull-through endpoint may reach beyond the defaults (see docs/design.md's security
 /// rules): upstreams on loopback, link-local, private or metadata addresses are refused, and
 /// token realms must be on the upstream's own domain, unless listed here. A `[[registry]]`
 /// entry with an exact host also allows that host.

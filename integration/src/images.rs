@@ -24,6 +24,14 @@ impl PushedImage {
     }
 }
 
+/// The OCI digest of `content`, `sha256:<lower-case hex>`, as registries name blobs and
+/// manifests.
+pub fn sha256(content: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, content);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// Builds a one-layer image (one small file, unique per call) and pushes it as
 /// `<host>/<repository>:<tag>` with `crane append` from scratch, logged in as
 /// `username`/`password` under the config key `host`.

@@ -1,14 +1,30 @@
 //! Shared harness for credgate's tests against real parts. A real part that is missing is a
 //! test failure that says which package to install, never a skip.
 //!
-//! Node tests (`tests/node_*.rs`) run inside a private mount and network namespace: see
-//! [`node`]. There [`registry::Registry`] starts real distribution registries on
-//! `<host>:443`, [`token_server::TokenServer`] answers their token requests as GitLab does,
-//! [`images::push_image`] pushes a small image with crane, and [`clients::ClientEnv`] runs
-//! crane, oras and skopeo with a docker config the test writes; [`daemon::CredgateDaemon`]
-//! runs `credgate serve` and gives clients `docker-credential-credgate` pointed at it;
-//! [`containerd::Containerd`] runs a real containerd (1.6, 1.7, 2.1) with its own config and
-//! hosts dir, and [`cri::CriClient`] asks it for pulls and pod sandboxes as kubelet would.
+//! Where a test belongs:
+//!
+//! - **The repository's root `tests/`**: the `credgate` CLI and library against nothing but
+//!   temp dirs, fixtures and the built binary (its own `serve` included, on ephemeral
+//!   loopback ports): output shapes, exit codes, config errors, install's file edits, secrets
+//!   kept out of logs. No other program and no root; they run anywhere `cargo test` runs.
+//! - **`integration/tests/`** (this crate): credgate beside real parts: credential helpers and
+//!   provider plugins it runs, `credgate serve` and its listeners over real sockets, the
+//!   clients that reach it, registries, containerd. Those that need nothing of the machine
+//!   but the installed programs run under plain `cargo test --workspace`.
+//! - **`integration/tests/node_*.rs`**: those that need a node: real TLS registries under
+//!   real host names on port 443, containerd with its own root. Each runs inside its own
+//!   `unshare --mount --net` namespace (integration/test-all.sh does this; see [`node`]),
+//!   is `test = false` in Cargo.toml so plain `cargo test` skips it, and fails with the
+//!   command to use when run outside one.
+//!
+//! In a node, [`registry::Registry`] starts real distribution registries on `<host>:443`,
+//! [`token_server::TokenServer`] answers their token requests as GitLab does ([`gitlab`] is
+//! the one such registry most tests share), [`images::push_image`] pushes a small image with
+//! crane, and [`clients::ClientEnv`] runs crane, oras and skopeo with a docker config the test
+//! writes; [`daemon::CredgateDaemon`] runs `credgate serve` and gives clients
+//! `docker-credential-credgate` pointed at it; [`containerd::Containerd`] runs a real
+//! containerd (1.6, 1.7, 2.1) with its own config and hosts dir, and [`cri::CriClient`] asks
+//! it for pulls and pod sandboxes as kubelet would.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +32,7 @@ pub mod clients;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod gitlab;
 pub mod https;
 pub mod images;
 pub mod mirror;

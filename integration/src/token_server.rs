@@ -488,20 +488,6 @@ fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// GitLab as the tests meet it: `registry.test` with tokens from `auth.test`, where `deploy`
-/// owns `group/sub`, `other` owns `other`, and anonymous requests for either get 403.
-pub fn gitlab(
-    deploy_password: &str,
-    other_password: &str,
-) -> (TokenServer, crate::registry::Registry) {
-    let tokens = TokenServer::builder("auth.test")
-        .user(TokenUser::new("deploy", deploy_password, &["group/sub"]))
-        .user(TokenUser::new("other", other_password, &["other"]))
-        .start();
-    let registry = crate::registry::Registry::start(tokens.registry_auth(), "registry.test");
-    (tokens, registry)
-}
-
 #[cfg(test)]
 mod tests {
     use super::under;

@@ -18,6 +18,7 @@ use credgate::metrics::Metrics;
 use credgate::secret::MirrorSecret;
 use credgate::system::System;
 use credgate::upstream::{BoxError, SendUpstream, UpstreamBody, UpstreamError, UpstreamRequest};
+use credgate_integration::images::sha256;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -81,6 +82,12 @@ impl FakeRegistry {
                 })
             }
             "slow.test" => return Err(UpstreamError::TimedOut { host }),
+            "realm.test" => {
+                return Err(UpstreamError::RealmNotAllowed {
+                    realm: "https://auth.elsewhere.test/token".into(),
+                    reason: format!("auth.elsewhere.test is not on the domain of {host}"),
+                })
+            }
             _ => {}
         }
         let repository = request.repository.as_ref().unwrap().to_string();
@@ -293,12 +300,6 @@ impl Body for ChannelBody {
             .poll_recv(cx)
             .map(|item| item.map(|item| item.map(Frame::data)))
     }
-}
-
-fn sha256(content: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, content);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }
 
 // ---------------------------------------------------------------- the endpoint under test
@@ -782,6 +783,7 @@ async fn upstream_failures_map_to_statuses() {
     let endpoint = Endpoint::start().await;
     for (ns, status) in [
         ("forbidden.test", StatusCode::FORBIDDEN),
+        ("realm.test", StatusCode::FORBIDDEN),
         ("down.test", StatusCode::BAD_GATEWAY),
         ("slow.test", StatusCode::GATEWAY_TIMEOUT),
     ] {

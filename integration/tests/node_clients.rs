@@ -6,16 +6,12 @@
 
 use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
 use credgate_integration::daemon::CredgateDaemon;
+use credgate_integration::gitlab::{self, DEPLOY_PW};
 use credgate_integration::images::push_image;
 use credgate_integration::registry::{Registry, RegistryAuth};
-use credgate_integration::token_server::{Grant, TokenServer};
+use credgate_integration::token_server::Grant;
 
 const REPO: &str = "group/sub/app";
-const DEPLOY_PW: &str = "deploy-pw-9c1";
-
-fn gitlab() -> (TokenServer, Registry) {
-    credgate_integration::token_server::gitlab(DEPLOY_PW, "other-pw")
-}
 
 /// credgate holds only a path-scoped deploy token, as a GitLab operator would configure it.
 fn credgate() -> CredgateDaemon {
@@ -32,7 +28,7 @@ fn only_cred_helpers(host: &str) -> DockerConfig {
 
 #[test]
 fn crane_oras_and_skopeo_pull_through_credgate_and_fail_without_it() {
-    let (tokens, registry) = gitlab();
+    let (tokens, registry) = gitlab::start();
     let image = push_image("registry.test", REPO, "v1", "deploy", DEPLOY_PW);
     let daemon = credgate();
     let with_credgate = daemon.client_env(&only_cred_helpers("registry.test"));

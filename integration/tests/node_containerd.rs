@@ -47,10 +47,10 @@ use credgate_integration::clients::{ClientEnv, DockerConfig};
 use credgate_integration::containerd::{Containerd, VERSIONS};
 use credgate_integration::cri::CriClient;
 use credgate_integration::daemon::CredgateDaemon;
+use credgate_integration::gitlab::{self, DEPLOY_PW};
 use credgate_integration::images::{push_image, push_large_image};
 use credgate_integration::registry::{Registry, RegistryAuth};
 
-const DEPLOY_PW: &str = "deploy-pw-5d2";
 const HUB_PW: &str = "hub-pw-81c";
 const ALICE_PW: &str = "alice-pw-0f4";
 
@@ -84,7 +84,7 @@ fn assert_refused<T: std::fmt::Debug>(
 
 #[test]
 fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_without_it() {
-    let (tokens, _registry) = credgate_integration::token_server::gitlab(DEPLOY_PW, "other-pw-3a1");
+    let (tokens, _registry) = gitlab::start();
     let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
     let pause = push_image(
         "registry.test",

@@ -8,32 +8,14 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
 use credgate_integration::daemon::CredgateDaemon;
+use credgate_integration::gitlab::{self, DEPLOY_IDENTITY_TOKEN, DEPLOY_PW, OTHER_PW};
 use credgate_integration::https::{self, ClientRequest};
 use credgate_integration::images::push_image;
 use credgate_integration::registry::{Registry, RegistryAuth};
-use credgate_integration::token_server::{Grant, TokenServer, TokenUser};
+use credgate_integration::token_server::Grant;
 use serde_json::json;
 
 const REPO: &str = "group/sub/app";
-
-/// `registry.test` with tokens from `auth.test`: `deploy` owns `group/sub` and `public`,
-/// `other` owns `other`, `deploy` also has an identity token, and `public` is public.
-fn gitlab() -> (TokenServer, Registry) {
-    let tokens = gitlab_tokens();
-    let registry = Registry::start(tokens.registry_auth(), "registry.test");
-    (tokens, registry)
-}
-
-fn gitlab_tokens() -> TokenServer {
-    TokenServer::builder("auth.test")
-        .user(
-            TokenUser::new("deploy", "deploy-pw", &["group/sub", "public"])
-                .with_identity_token("deploy-idt"),
-        )
-        .user(TokenUser::new("other", "other-pw", &["other"]))
-        .public("public")
-        .start()
-}
 
 #[test]
 fn basic_registry_lets_the_right_user_push_and_pull() {
@@ -61,8 +43,8 @@ fn basic_registry_lets_the_right_user_push_and_pull() {
 
 #[test]
 fn token_registry_serves_deploy_to_every_client_under_both_host_spellings() {
-    let (tokens, registry) = gitlab();
-    let image = push_image("registry.test", REPO, "v1", "deploy", "deploy-pw");
+    let (tokens, registry) = gitlab::start();
+    let image = push_image("registry.test", REPO, "v1", "deploy", DEPLOY_PW);
     let pushes = tokens.requests();
     assert!(
         pushes
@@ -73,8 +55,8 @@ fn token_registry_serves_deploy_to_every_client_under_both_host_spellings() {
     );
 
     let config = DockerConfig::new()
-        .auth("registry.test", "deploy", "deploy-pw")
-        .auth("registry.test:443", "deploy", "deploy-pw");
+        .auth("registry.test", "deploy", DEPLOY_PW)
+        .auth("registry.test:443", "deploy", DEPLOY_PW);
     let deploy = ClientEnv::new(&config);
     for client in Client::ALL {
         for reference in [
@@ -111,12 +93,12 @@ fn token_registry_serves_deploy_to_every_client_under_both_host_spellings() {
 
 #[test]
 fn token_registry_accepts_identity_tokens_from_every_client() {
-    let (tokens, _registry) = gitlab();
-    let image = push_image("registry.test", REPO, "idt", "deploy", "deploy-pw");
+    let (tokens, _registry) = gitlab::start();
+    let image = push_image("registry.test", REPO, "idt", "deploy", DEPLOY_PW);
     let env = ClientEnv::new(&DockerConfig::new().identity_token(
         "registry.test",
         "deploy",
-        "deploy-idt",
+        DEPLOY_IDENTITY_TOKEN,
     ));
     for client in Client::ALL {
         tokens.clear_requests();
@@ -133,8 +115,8 @@ fn token_registry_accepts_identity_tokens_from_every_client() {
 
 #[test]
 fn token_registry_refuses_anonymous_with_403_and_other_users() {
-    let (tokens, registry) = gitlab();
-    let image = push_image("registry.test", REPO, "v1", "deploy", "deploy-pw");
+    let (tokens, registry) = gitlab::start();
+    let image = push_image("registry.test", REPO, "v1", "deploy", DEPLOY_PW);
 
     let anonymous = ClientEnv::new(&DockerConfig::new());
     for client in Client::ALL {
@@ -150,7 +132,7 @@ fn token_registry_refuses_anonymous_with_403_and_other_users() {
         );
     }
 
-    let other = ClientEnv::new(&DockerConfig::new().auth("registry.test", "other", "other-pw"));
+    let other = ClientEnv::new(&DockerConfig::new().auth("registry.test", "other", OTHER_PW));
     for client in Client::ALL {
         tokens.clear_requests();
         let refused = other.manifest(client, &image.reference);
@@ -183,17 +165,18 @@ fn token_registry_refuses_anonymous_with_403_and_other_users() {
     );
 }
 
-/// A credential helper that logs what it is asked and answers with `deploy`'s password.
+/// A credential helper that logs what it is asked and answers with `deploy`'s password
+/// (`$SPY_SECRET`).
 const SPY_HELPER: &str = r#"#!/bin/sh
 read -r server
 echo "$1 $server" >> "$SPY_LOG"
-printf '{"ServerURL":"%s","Username":"deploy","Secret":"deploy-pw"}\n' "$server"
+printf '{"ServerURL":"%s","Username":"deploy","Secret":"%s"}\n' "$server" "$SPY_SECRET"
 "#;
 
 #[test]
 fn credential_helpers_in_the_docker_config_run_from_the_env_bin_dir() {
-    let (_tokens, _registry) = gitlab();
-    let image = push_image("registry.test", REPO, "helper", "deploy", "deploy-pw");
+    let (_tokens, _registry) = gitlab::start();
+    let image = push_image("registry.test", REPO, "helper", "deploy", DEPLOY_PW);
     let config = DockerConfig::new()
         .cred_helper("registry.test", "spy")
         .cred_helper("registry.test:443", "spy");
@@ -204,6 +187,7 @@ fn credential_helpers_in_the_docker_config_run_from_the_env_bin_dir() {
     env.link_credential_helper("spy", &script);
     let log = env.scratch().join("spy.log");
     env.set_env("SPY_LOG", &log);
+    env.set_env("SPY_SECRET", DEPLOY_PW);
 
     // Each client asks the helper for the host exactly as the reference spells it.
     let port_443 = image
@@ -228,7 +212,7 @@ fn credential_helpers_in_the_docker_config_run_from_the_env_bin_dir() {
 /// The token server's contract, asked directly: what distribution and the clients rely on.
 #[test]
 fn token_server_answers_as_gitlab_does() {
-    let tokens = gitlab_tokens();
+    let tokens = gitlab::token_server();
     let realm = "/jwt/auth?service=container_registry";
     let basic = |user: &str, password: &str| {
         format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
@@ -246,7 +230,7 @@ fn token_server_answers_as_gitlab_does() {
     };
     let pull_push = "repository:group/sub/app:pull,push";
 
-    let granted = ask(pull_push, Some(basic("deploy", "deploy-pw")));
+    let granted = ask(pull_push, Some(basic("deploy", DEPLOY_PW)));
     assert_eq!(granted.status, 200, "{}", granted.text());
     let claims = token_claims(&granted.text());
     assert_eq!(claims["aud"], json!("container_registry"));
@@ -260,10 +244,10 @@ fn token_server_answers_as_gitlab_does() {
     assert_eq!(ask(pull_push, None).status, 403);
     let sibling = ask(
         "repository:group/subway/app:pull",
-        Some(basic("deploy", "deploy-pw")),
+        Some(basic("deploy", DEPLOY_PW)),
     );
     assert_eq!(token_claims(&sibling.text())["access"], json!([]));
-    let other = ask(pull_push, Some(basic("other", "other-pw")));
+    let other = ask(pull_push, Some(basic("other", OTHER_PW)));
     assert_eq!(token_claims(&other.text())["access"], json!([]));
 
     let post = |fields: &[(&str, &str)]| {
@@ -278,7 +262,7 @@ fn token_server_answers_as_gitlab_does() {
             &common[..],
             &[
                 ("grant_type", "refresh_token"),
-                ("refresh_token", "deploy-idt"),
+                ("refresh_token", DEPLOY_IDENTITY_TOKEN),
             ],
         ]
         .concat(),
@@ -290,7 +274,7 @@ fn token_server_answers_as_gitlab_does() {
             &[
                 ("grant_type", "password"),
                 ("username", "deploy"),
-                ("password", "deploy-pw"),
+                ("password", DEPLOY_PW),
             ],
         ]
         .concat(),
@@ -357,8 +341,8 @@ fn open_registries_and_public_repositories_need_no_credentials() {
     }
     assert!(open.served("GET", "/v2/library/app/manifests/v1", 200));
 
-    let (tokens, _registry) = gitlab();
-    let public = push_image("registry.test", "public/app", "v1", "deploy", "deploy-pw");
+    let (tokens, _registry) = gitlab::start();
+    let public = push_image("registry.test", "public/app", "v1", "deploy", DEPLOY_PW);
     for client in Client::ALL {
         tokens.clear_requests();
         anonymous.pull(client, &public.reference).assert_success();
@@ -376,11 +360,11 @@ fn open_registries_and_public_repositories_need_no_credentials() {
 /// `docker-credential-credgate` named in their docker config.
 #[test]
 fn clients_reach_a_credgate_daemon_through_its_credential_helper() {
-    let (tokens, _registry) = gitlab();
-    let image = push_image("registry.test", REPO, "credgate", "deploy", "deploy-pw");
-    let daemon = CredgateDaemon::start(
-        "[[registry]]\nmatch = \"registry.test\"\nusername = \"deploy\"\npassword = \"deploy-pw\"\n",
-    );
+    let (tokens, _registry) = gitlab::start();
+    let image = push_image("registry.test", REPO, "credgate", "deploy", DEPLOY_PW);
+    let daemon = CredgateDaemon::start(&format!(
+        "[[registry]]\nmatch = \"registry.test\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n",
+    ));
     let env = daemon.client_env(&DockerConfig::new().cred_helper("registry.test", "credgate"));
     for client in Client::ALL {
         tokens.clear_requests();

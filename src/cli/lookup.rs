@@ -9,7 +9,7 @@ use crate::keychain::{Attempt, Decision, Explanation, Keychain, SourceOutcome};
 use crate::sources::AuthType;
 use crate::system::System;
 
-/// The `--json` shape of a lookup (DESIGN.md contract).
+/// The `--json` shape of a lookup (the contract in docs/design.md).
 #[derive(Debug, Serialize)]
 pub struct LookupOutput {
     pub registry: String,

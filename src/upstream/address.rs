@@ -1,5 +1,5 @@
 //! Which addresses an upstream may resolve to without being allowed by name: the SSRF
-//! boundary of DESIGN.md's security rules. Anything that reaches the node itself, its local
+//! boundary of docs/design.md's security rules. Anything that reaches the node itself, its local
 //! networks or a cloud metadata service is refused.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

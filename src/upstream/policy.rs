@@ -11,7 +11,7 @@ use crate::identity::RegistryHost;
 
 use super::address::non_public_reason;
 
-/// The allow-lists of DESIGN.md's security rules, built from the config.
+/// The allow-lists of docs/design.md's security rules, built from the config.
 ///
 /// Host entries compare as canonical [`RegistryHost`]s, so `auth.test` and `auth.test:443`
 /// are the same entry and `auth.test:8443` is another.

@@ -1,0 +1,42 @@
+//! The GitLab stand-in most node tests pull from: a distribution registry on `registry.test`
+//! whose tokens come from the GitLab-like [`TokenServer`] on `auth.test`, with one fixed set
+//! of users. Tests share it so that "deploy owns `group/sub`" means the same everywhere.
+//!
+//! - `deploy` (password [`DEPLOY_PW`], identity token [`DEPLOY_IDENTITY_TOKEN`]) may pull and
+//!   push under `group/sub` and `public`;
+//! - `other` (password [`OTHER_PW`]) under `other`;
+//! - anyone may pull under `public`; an anonymous request for anything else gets 403.
+
+use crate::registry::Registry;
+use crate::token_server::{TokenServer, TokenUser};
+
+/// The registry's host name in the node.
+pub const REGISTRY_HOST: &str = "registry.test";
+/// The token server's host name in the node: another domain than the registry's, so
+/// credgate must be told to allow it (`[upstream] allow_realm_hosts`).
+pub const AUTH_HOST: &str = "auth.test";
+/// `deploy`'s password; distinctive, so tests can search logs for it.
+pub const DEPLOY_PW: &str = "deploy-pw-4e1";
+/// `deploy`'s identity (OAuth2 refresh) token.
+pub const DEPLOY_IDENTITY_TOKEN: &str = "deploy-idt-0d3";
+/// `other`'s password.
+pub const OTHER_PW: &str = "other-pw-17b";
+
+/// The token server alone, for tests that ask it directly.
+pub fn token_server() -> TokenServer {
+    TokenServer::builder(AUTH_HOST)
+        .user(
+            TokenUser::new("deploy", DEPLOY_PW, &["group/sub", "public"])
+                .with_identity_token(DEPLOY_IDENTITY_TOKEN),
+        )
+        .user(TokenUser::new("other", OTHER_PW, &["other"]))
+        .public("public")
+        .start()
+}
+
+/// The token server and the registry that trusts it; both stop when dropped.
+pub fn start() -> (TokenServer, Registry) {
+    let tokens = token_server();
+    let registry = Registry::start(tokens.registry_auth(), REGISTRY_HOST);
+    (tokens, registry)
+}
