@@ -45,7 +45,7 @@ fn paths_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
             code[..*at]
                 .chars()
                 .last()
-                .is_none_or(|c| !c.is_alphanumeric() && c != '_' && c != ':')
+                .map_or(true, |c| !c.is_alphanumeric() && c != '_' && c != ':')
         })
         .map(|(at, _)| {
             let rest = &code[at + prefix.len()..];
