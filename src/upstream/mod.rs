@@ -21,6 +21,9 @@ mod call;
 mod challenge;
 mod client;
 mod connector;
+#[cfg(test)]
+mod hostile;
+mod lru;
 mod policy;
 mod probe;
 mod redirect;
