@@ -122,7 +122,8 @@ fn import_graphs() -> (Graph, BTreeMap<String, Graph>) {
             let siblings = inner.entry(module).or_default();
             let uses = siblings.entry(me.clone()).or_default();
             for used in paths_after(&code, "super::") {
-                let is_sibling = dir.join(format!("{used}.rs")).is_file() || dir.join(used).is_dir();
+                let is_sibling =
+                    dir.join(format!("{used}.rs")).is_file() || dir.join(used).is_dir();
                 if is_sibling && used != me {
                     uses.insert(used.to_string());
                 }
@@ -146,7 +147,10 @@ fn the_files_of_each_module_import_without_circles() {
     let (_, inner) = import_graphs();
     for (module, graph) in &inner {
         if let Some(circle) = find_circle(graph) {
-            panic!("import circle inside src/{module}/: {}", circle.join(" -> "));
+            panic!(
+                "import circle inside src/{module}/: {}",
+                circle.join(" -> ")
+            );
         }
     }
 }
@@ -156,17 +160,22 @@ fn the_circle_finder_finds_a_circle() {
     let graph: Graph = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
         .into_iter()
         .fold(Graph::new(), |mut g, (from, to)| {
-            g.entry(from.to_string()).or_default().insert(to.to_string());
+            g.entry(from.to_string())
+                .or_default()
+                .insert(to.to_string());
             g
         });
     let circle = find_circle(&graph).expect("a circle");
     assert_eq!(circle.first(), circle.last());
     assert_eq!(circle.len(), 4);
-    let acyclic: Graph = [("a", "b"), ("b", "c"), ("a", "c")]
-        .into_iter()
-        .fold(Graph::new(), |mut g, (from, to)| {
-            g.entry(from.to_string()).or_default().insert(to.to_string());
-            g
-        });
+    let acyclic: Graph =
+        [("a", "b"), ("b", "c"), ("a", "c")]
+            .into_iter()
+            .fold(Graph::new(), |mut g, (from, to)| {
+                g.entry(from.to_string())
+                    .or_default()
+                    .insert(to.to_string());
+                g
+            });
     assert_eq!(find_circle(&acyclic), None);
 }

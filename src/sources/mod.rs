@@ -22,7 +22,6 @@ pub mod static_registry;
 
 pub use credential::{AuthType, Credential, SecretKind};
 // Re-exported for `upstream` and `transfer`, which still import it from here.
-pub use crate::secret::Secret;
 
 /// A source of registry credentials.
 #[async_trait]

@@ -1,12 +1,22 @@
-//! `WWW-Authenticate` challenges (RFC 7235): what a registry wants before it answers.
+//! `WWW-Authenticate` challenges (RFC 7235): what a registry wants before it answers, and
+//! the last one each registry sent, in a map bounded against registries named by callers.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use http::header::WWW_AUTHENTICATE;
 use http::HeaderMap;
 
 use crate::identity::RegistryHost;
+
+use super::lru::Lru;
+
+/// Most registries whose last challenge is kept. Anyone who can name an image picks the
+/// registry, so the map would grow with every made-up host; a node pulls from a few dozen,
+/// and one whose challenge was evicted only earns a 401 before its next token.
+pub const REMEMBERED_REGISTRIES: usize = 1_024;
+/// A challenge whose realm and service are longer than this together is answered but not
+/// kept, so the map stays near a few MiB whatever the headers hold.
+const MAX_REMEMBERED_BYTES: usize = 2 << 10;
 
 /// One challenge: its scheme and parameters (names lower-cased, values unquoted).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +50,15 @@ impl Challenge {
 
 /// The last Basic or Bearer challenge (scheme, realm, service) each registry sent, so the
 /// next request is authorized up front instead of first earning a 401. The scope is not
-/// kept: it belongs to the request that was challenged.
-#[derive(Default)]
-pub struct Challenges(Mutex<HashMap<RegistryHost, Challenge>>);
+/// kept: it belongs to the request that was challenged. At most
+/// [`REMEMBERED_REGISTRIES`], the least recently used forgotten first.
+pub struct Challenges(Mutex<Lru<RegistryHost, Challenge>>);
+
+impl Default for Challenges {
+    fn default() -> Self {
+        Self(Mutex::new(Lru::new(REMEMBERED_REGISTRIES)))
+    }
+}
 
 impl Challenges {
     pub fn get(&self, registry: &RegistryHost) -> Option<Challenge> {
@@ -62,10 +78,25 @@ impl Challenges {
                 .cloned()
                 .collect(),
         };
-        self.lock().insert(registry.clone(), kept);
+        let size = kept.params.iter().fold(0usize, |n, (k, v)| {
+            n.saturating_add(k.len()).saturating_add(v.len())
+        });
+        let mut map = self.lock();
+        if size > MAX_REMEMBERED_BYTES {
+            // An older, smaller one would be wrong now; without one the next request asks.
+            map.remove(registry);
+            return;
+        }
+        map.insert(registry.clone(), kept);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RegistryHost, Challenge>> {
+    /// Registries with a challenge kept.
+    #[allow(dead_code)] // read by the cache-size metric, and the tests
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<RegistryHost, Challenge>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -146,7 +177,7 @@ impl Cursor<'_> {
     fn token(&mut self) -> String {
         let start = self.at;
         self.skip(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
-        String::from_utf8_lossy(&self.text[start..self.at]).into_owned()
+        String::from_utf8_lossy(self.text.get(start..self.at).unwrap_or_default()).into_owned()
     }
 
     /// `name=value` pairs after a scheme, up to the next challenge or the end.
@@ -184,7 +215,8 @@ impl Cursor<'_> {
         if self.peek() != Some(b'"') {
             let start = self.at;
             self.skip(|c| c != b',' && !c.is_ascii_whitespace());
-            return String::from_utf8_lossy(&self.text[start..self.at]).into_owned();
+            return String::from_utf8_lossy(self.text.get(start..self.at).unwrap_or_default())
+                .into_owned();
         }
         self.at += 1;
         let mut value = Vec::new();
@@ -207,6 +239,7 @@ impl Cursor<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hostile::Noise;
     use super::*;
 
     fn pairs(c: &Challenge) -> Vec<(&str, &str)> {
@@ -282,5 +315,96 @@ mod tests {
         assert_eq!(preferred(&headers).unwrap().scheme, AuthScheme::Bearer);
         headers.remove(WWW_AUTHENTICATE);
         assert_eq!(preferred(&headers), None);
+    }
+
+    fn bearer(realm: &str) -> Challenge {
+        Challenge {
+            scheme: AuthScheme::Bearer,
+            params: vec![
+                ("realm".into(), realm.into()),
+                ("scope".into(), "repository:a:pull".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn twenty_thousand_registries_stay_within_the_cap_and_recent_ones_survive() {
+        let challenges = Challenges::default();
+        let registry = |name: &str| RegistryHost::parse(name).unwrap();
+        let warm = registry("registry.example");
+        challenges.remember(&warm, &bearer("https://auth.example/token"));
+        for n in 0..20_000 {
+            challenges.remember(
+                &registry(&format!("r{n}.attacker.test")),
+                &bearer("https://a.test/t"),
+            );
+            assert!(challenges.len() <= REMEMBERED_REGISTRIES);
+            if n % 10 == 0 {
+                assert!(challenges.get(&warm).is_some(), "evicted at {n}");
+            }
+        }
+        assert!(challenges.len() > REMEMBERED_REGISTRIES * 9 / 10);
+        for n in 19_900..20_000 {
+            assert!(challenges
+                .get(&registry(&format!("r{n}.attacker.test")))
+                .is_some());
+        }
+        assert!(challenges.get(&registry("r0.attacker.test")).is_none());
+        // Only scheme, realm and service are kept.
+        assert_eq!(
+            challenges.get(&warm).unwrap().params,
+            [(
+                "realm".to_string(),
+                "https://auth.example/token".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn oversized_challenges_are_not_remembered() {
+        let challenges = Challenges::default();
+        let host = RegistryHost::parse("registry.example").unwrap();
+        challenges.remember(&host, &bearer("https://auth.example/token"));
+        let huge = format!("https://auth.example/{}", "a".repeat(MAX_REMEMBERED_BYTES));
+        challenges.remember(&host, &bearer(&huge));
+        assert_eq!(challenges.get(&host), None);
+        assert_eq!(challenges.len(), 0);
+    }
+
+    #[test]
+    fn random_challenge_headers_never_panic_the_parser() {
+        let fragments = [
+            "Bearer",
+            "Basic",
+            "Negotiate",
+            " ",
+            ",",
+            "=",
+            "\"",
+            "\\",
+            "realm",
+            "service",
+            "scope",
+            "https://a.test/t",
+            "==",
+            "\t",
+            "\r\n",
+            "\u{e9}",
+            "\u{1f600}",
+        ];
+        let mut noise = Noise::new(0xc4a1_1e46e);
+        for _ in 0..20_000 {
+            let raw = noise.input(16, &fragments);
+            let challenges = parse(&String::from_utf8_lossy(&raw));
+            for c in &challenges {
+                assert!(c.params.iter().all(|(k, _)| !k.is_empty()));
+            }
+            if let Ok(value) = http::HeaderValue::from_bytes(&raw) {
+                let mut headers = HeaderMap::new();
+                headers.append(WWW_AUTHENTICATE, value.clone());
+                headers.append(WWW_AUTHENTICATE, value);
+                let _ = preferred(&headers);
+            }
+        }
     }
 }

@@ -22,6 +22,9 @@ mod challenge;
 mod client;
 mod connector;
 mod exchange;
+#[cfg(test)]
+mod hostile;
+mod lru;
 mod policy;
 mod probe;
 mod redirect;

@@ -13,13 +13,19 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::metrics::Metrics;
-use crate::sources::Secret;
+use crate::secret::Secret;
 
 use super::client::{request_error, user_agent, HttpClient, RESPONSE_TIMEOUT};
 use super::UpstreamError;
 
-/// Used when the endpoint gives no `expires_in`, as the token spec says.
+/// Used when the endpoint gives no usable `expires_in` (absent, not a number, zero or
+/// negative): the token spec's default, which containerd and docker assume likewise.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is believed to live, whatever the endpoint says. The endpoint is
+/// hostile input: an `expires_in` of 1e19 would overflow `Instant + Duration`, and a day
+/// would keep a revoked token in use. Registries typically issue tokens for 5 to 60
+/// minutes; one claiming longer is simply fetched again after an hour.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// Most of a token response credgate reads.
 const TOKEN_BODY_LIMIT: usize = 1 << 20;
 /// Most of a refusal kept to hand back as the upstream's answer.
@@ -277,11 +283,7 @@ pub fn parse_token(body: &[u8], now: SystemTime) -> Result<Issued, String> {
     let value = text("token")
         .or_else(|| text("access_token"))
         .ok_or("token response has neither token nor access_token")?;
-    let lifetime = json
-        .get("expires_in")
-        .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)))
-        .filter(|&s| s > 0)
-        .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+    let lifetime = lifetime_of(json.get("expires_in"));
     let age = text("issued_at")
         .and_then(parse_rfc3339)
         .and_then(|issued| now.duration_since(issued).ok())
@@ -295,42 +297,91 @@ pub fn parse_token(body: &[u8], now: SystemTime) -> Result<Issued, String> {
     })
 }
 
-/// `2026-11-23T10:00:00Z`, `…T10:00:00.123+01:00`: the RFC 3339 timestamps token endpoints send.
+/// `expires_in` as a lifetime: whole seconds, at most [`MAX_LIFETIME`]; anything not a
+/// positive number (a string, `null`, `0`, `-5`, `0.5`) is [`DEFAULT_LIFETIME`]. JSON
+/// numbers of any size arrive here as finite `f64`s (or `u64`/`i64`), so no cast can panic.
+fn lifetime_of(expires_in: Option<&serde_json::Value>) -> Duration {
+    let seconds = expires_in
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    if seconds.is_nan() || seconds < 1.0 {
+        return DEFAULT_LIFETIME;
+    }
+    // The float comparison caps 1e308 and infinity alike before the (saturating) cast.
+    Duration::from_secs(seconds.min(MAX_LIFETIME.as_secs_f64()) as u64)
+}
+
+/// `2026-11-23T10:00:00Z`, `…T10:00:00.123+01:00`: the RFC 3339 timestamps token endpoints
+/// send (`date-time` of section 5.6: a four-digit year, two-digit fields, any number of
+/// fraction digits, ignored). Every field is range-checked, days against their month, so
+/// no input can overflow; a leap second (`:60`) counts as `:59`. `None` when not RFC 3339
+/// or before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let (date, rest) = text.split_once(['T', 't', ' '])?;
-    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
-    let zone_at = rest.find(['Z', 'z', '+', '-'])?;
-    let (time, zone) = rest.split_at(zone_at);
-    let time = time.split('.').next()?;
-    let mut hms = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (hms.next()??, hms.next()??, hms.next()??);
-    let offset = zone_offset(zone)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+    let b = text.as_bytes();
+    let separator = |at: usize, allowed: &[u8]| b.get(at).filter(|c| allowed.contains(c));
+    separator(4, b"-")?;
+    separator(7, b"-")?;
+    separator(10, b"Tt ")?;
+    separator(13, b":")?;
+    separator(16, b":")?;
+    let (year, month, day) = (digits(b, 0, 4)?, digits(b, 5, 2)?, digits(b, 8, 2)?);
+    let (hour, minute, second) = (digits(b, 11, 2)?, digits(b, 14, 2)?, digits(b, 17, 2)?);
+    let mut rest = b.get(19..)?;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let count = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if count == 0 {
+            return None;
+        }
+        rest = fraction.get(count..)?;
+    }
+    let offset = zone_offset(rest)?;
+    let valid = (1..=12).contains(&month)
+        && (1..=days_in_month(year, month)).contains(&day)
+        && hour <= 23
+        && minute <= 59
+        && second <= 60;
+    if !valid {
         return None;
     }
     let seconds =
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    u64::try_from(seconds)
-        .ok()
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(59)
+            - offset;
+    let seconds = u64::try_from(seconds).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
-/// Seconds east of UTC: `Z` is 0, `+01:00` is 3600.
-fn zone_offset(zone: &str) -> Option<i64> {
-    if zone.eq_ignore_ascii_case("z") {
-        return Some(0);
-    }
-    let sign = match zone.as_bytes().first()? {
-        b'+' => 1,
-        b'-' => -1,
+/// `count` ASCII digits at `at` as a number; `None` if any is not a digit or missing.
+fn digits(b: &[u8], at: usize, count: usize) -> Option<i64> {
+    let field = b.get(at..at.checked_add(count)?)?;
+    field.iter().try_fold(0i64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+    })
+}
+
+/// Seconds east of UTC of the whole rest of the timestamp: `Z` is 0, `+01:00` is 3600.
+fn zone_offset(zone: &[u8]) -> Option<i64> {
+    let sign = match zone {
+        b"Z" | b"z" => return Some(0),
+        [b'+', _, _, b':', _, _] => 1,
+        [b'-', _, _, b':', _, _] => -1,
         _ => return None,
     };
-    let (hours, minutes) = zone[1..].split_once(':')?;
-    Some(sign * (hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60))
+    let (hours, minutes) = (digits(zone, 1, 2)?, digits(zone, 4, 2)?);
+    (hours <= 23 && minutes <= 59).then_some(sign * (hours * 3600 + minutes * 60))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+/// Days in `month` of `year`, February 29 only in Gregorian leap years.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), for
+/// the four-digit years and valid months [`parse_rfc3339`] passes.
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -342,6 +393,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hostile::Noise;
     use super::*;
 
     fn at(seconds: u64) -> SystemTime {
@@ -365,6 +417,143 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2026-11-23t10:00:00z"),
+            Some(at(1_795_428_000))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-23 10:00:00Z"),
+            Some(at(1_795_428_000))
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00Z"),
+            Some(at(1_709_164_800))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-23T10:00:00+23:59"),
+            Some(at(1_795_428_000 - 86_340))
+        );
+    }
+
+    #[test]
+    fn out_of_range_timestamps_are_refused_without_overflow() {
+        let long_fraction = format!("2026-11-23T10:00:00.{}Z", "9".repeat(100_000));
+        assert_eq!(parse_rfc3339(&long_fraction), Some(at(1_795_428_000)));
+        // A leap second counts as the second before it.
+        assert_eq!(
+            parse_rfc3339("2016-12-31T23:59:60Z"),
+            parse_rfc3339("2016-12-31T23:59:59Z")
+        );
+        for hostile in [
+            "9999999999-99-99T99:99:99Z",
+            "99999999999999999999-01-01T00:00:00Z",
+            "2026-00-10T00:00:00Z",
+            "2026-11-00T00:00:00Z",
+            "2026-11-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T23:60:00Z",
+            "2026-11-23T23:59:61Z",
+            "2026-11-23T10:00:00+24:00",
+            "2026-11-23T10:00:00+01:60",
+            "2026-11-23T10:00:00+0100",
+            "2026-11-23T10:00:00+01",
+            "2026-11-23T10:00:00+99999999999:00",
+            "2026-11-23T10:00:00",
+            "2026-11-23T10:00:00.Z",
+            "2026-11-23T10:00:00.5",
+            "2026-11-23T10:00:00ZZ",
+            "2026-11-23T10:00:00Z ",
+            "+2026-11-23T10:00:00Z",
+            "2026-+1-23T10:00:00Z",
+            "2026-11-23T-1:00:00Z",
+            "2026-1-23T10:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:30:00+01:00",
+            "0000-01-01T00:00:00Z",
+            "２０２６-11-23T10:00:00Z",
+            "2026-11-23T10:00:00\u{e9}",
+            "2026-11-23T",
+            "",
+        ] {
+            assert_eq!(parse_rfc3339(hostile), None, "{hostile}");
+        }
+        let latest = parse_rfc3339("9999-12-31T23:59:60.999-23:59").unwrap();
+        assert!(latest > at(253_402_300_799));
+    }
+
+    #[test]
+    fn huge_or_hostile_expires_in_is_clamped() {
+        let now = at(1_795_428_100);
+        let lifetime_of = |expires_in: &str| {
+            let body = format!(r#"{{"token":"a","expires_in":{expires_in}}}"#);
+            parse_token(body.as_bytes(), now).map(|t| t.lifetime)
+        };
+        for huge in [
+            "1e19",
+            "1e20",
+            "1.7976931348623157e308",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999999",
+            "86400",
+            "3600.5",
+        ] {
+            assert_eq!(lifetime_of(huge), Ok(MAX_LIFETIME), "{huge}");
+        }
+        for unusable in [
+            "-1", "-1e19", "0", "-0", "0.5", "1e-300", "null", "true", r#""300""#, "[]", "{}",
+        ] {
+            assert_eq!(lifetime_of(unusable), Ok(DEFAULT_LIFETIME), "{unusable}");
+        }
+        assert_eq!(lifetime_of("300.9"), Ok(Duration::from_secs(300)));
+        assert_eq!(lifetime_of("1"), Ok(Duration::from_secs(1)));
+        // Beyond f64 the JSON parser refuses the body: an error, not a panic.
+        assert!(lifetime_of("1e400").is_err());
+    }
+
+    #[test]
+    fn random_token_responses_never_panic_the_parser() {
+        let fragments = [
+            r#"{"token":"#,
+            r#"{"access_token":"#,
+            r#""expires_in":"#,
+            r#""issued_at":"#,
+            r#""2026-11-23T10:00:00Z""#,
+            r#""9999999999-99-99T99:99:99.999999Z""#,
+            "1e19",
+            "-1e400",
+            "18446744073709551615",
+            "NaN",
+            "\\u0000",
+            "\\ud800",
+            r#""x""#,
+            ",",
+            ":",
+            "}",
+            "[",
+            "-",
+            "T",
+            "+23:59",
+            "0",
+            ".",
+        ];
+        let now = at(1_795_428_100);
+        let mut noise = Noise::new(0x5eed_70c3);
+        for _ in 0..20_000 {
+            let body = noise.input(12, &fragments);
+            if let Ok(issued) = parse_token(&body, now) {
+                assert!(issued.lifetime <= MAX_LIFETIME);
+                assert!(issued.age < issued.lifetime || issued.age.is_zero());
+            }
+            let _ = parse_rfc3339(&String::from_utf8_lossy(&body));
+        }
+        let mut noise = Noise::new(0x7153_3339);
+        let pieces = ["0", "1", "2", "9", "99", "-", ":", "T", ".", "Z", "+", "60"];
+        for _ in 0..20_000 {
+            let _ = parse_rfc3339(&String::from_utf8_lossy(&noise.input(24, &pieces)));
+        }
     }
 
     #[test]
