@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{create_atomically, Creation};
 use crate::hex::lower_hex;
 
 /// A secret value. `Debug` never shows it and there is no `Display`: reading it takes an
@@ -112,15 +112,17 @@ impl MirrorSecret {
         Self::from_file_text(path, text)
     }
 
-    /// Reads the secret at `path`, or, if there is no file, generates one and writes it there
-    /// (mode 0600, atomically: a temp file renamed into place).
+    /// Reads the secret at `path`, or, if there is no file, generates one and creates it there
+    /// (mode 0600, never visible half-written). Of several processes doing this at once
+    /// (`serve` and `install`) one creates the file and the others read its secret back, so
+    /// they all agree.
     pub fn read_or_generate(path: &Path) -> Result<(Self, SecretOrigin), SecretError> {
         match Self::read(path) {
             Ok(secret) => Ok((secret, SecretOrigin::Read)),
             Err(SecretError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                Ok((Self::generate(path)?, SecretOrigin::Generated))
+                Self::generate(path)
             }
             Err(e) => Err(e),
         }
@@ -146,7 +148,8 @@ impl MirrorSecret {
         Ok(Self(text))
     }
 
-    fn generate(path: &Path) -> Result<Self, SecretError> {
+    /// A new secret created at `path`, or the one another process created there first.
+    fn generate(path: &Path) -> Result<(Self, SecretOrigin), SecretError> {
         let mut bytes = [0u8; GENERATED_BYTES];
         SystemRandom::new()
             .fill(&mut bytes)
@@ -159,9 +162,11 @@ impl MirrorSecret {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
-        write_atomically(path, format!("{hex}\n").as_bytes(), SECRET_FILE_MODE)
-            .map_err(write_err)?;
-        Ok(Self(hex.into_bytes()))
+        match create_atomically(path, format!("{hex}\n").as_bytes(), SECRET_FILE_MODE) {
+            Ok(Creation::Created) => Ok((Self(hex.into_bytes()), SecretOrigin::Generated)),
+            Ok(Creation::AlreadyThere) => Ok((Self::read(path)?, SecretOrigin::Read)),
+            Err(e) => Err(write_err(e)),
+        }
     }
 }
 
@@ -214,6 +219,56 @@ mod tests {
         let (again, origin) = MirrorSecret::read_or_generate(&path).unwrap();
         assert_eq!(origin, SecretOrigin::Read);
         assert!(again.matches(value.as_bytes()));
+    }
+
+    #[test]
+    fn racing_generators_all_get_the_one_secret_that_was_written_complete_and_0600() {
+        const GENERATORS: usize = 24;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/credgate/mirror-secret");
+        let start = std::sync::Barrier::new(GENERATORS + 1);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (secrets, generated) = std::thread::scope(|scope| {
+            // A reader polling the path the whole time: it sees no file or the whole secret.
+            let reader = scope.spawn(|| {
+                start.wait();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(text) = std::fs::read(&path) {
+                        assert_eq!(text.len(), 2 * GENERATED_BYTES + 1, "a partial secret");
+                    }
+                }
+            });
+            let generators: Vec<_> = (0..GENERATORS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        MirrorSecret::read_or_generate(&path).unwrap()
+                    })
+                })
+                .collect();
+            let results: Vec<_> = generators.into_iter().map(|g| g.join().unwrap()).collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            reader.join().unwrap();
+            let generated = results
+                .iter()
+                .filter(|(_, origin)| *origin == SecretOrigin::Generated)
+                .count();
+            let secrets: Vec<Vec<u8>> = results.into_iter().map(|(s, _)| s.0).collect();
+            (secrets, generated)
+        });
+        assert_eq!(generated, 1, "exactly one generator wins");
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(text.len(), 2 * GENERATED_BYTES + 1);
+        assert!(secrets
+            .iter()
+            .all(|s| [s.as_slice(), b"\n"].concat() == text));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("mirror-secret")]);
     }
 
     #[test]

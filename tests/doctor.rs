@@ -151,3 +151,42 @@ fn a_bad_flag_is_bad_usage() {
     let out = doctor(dir.path(), &["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn attack_a_world_readable_hosts_toml_with_the_secret_is_a_failed_check_naming_chmod_600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let private = std::fs::Permissions::from_mode(0o600);
+    let default = dir.path().join("certs.d/_default/hosts.toml");
+    std::fs::set_permissions(&default, private).unwrap();
+    let registry = dir.path().join("certs.d/docker.io/hosts.toml");
+    std::fs::create_dir_all(registry.parent().unwrap()).unwrap();
+    std::fs::write(
+        &registry,
+        format!(
+            "server = \"https://registry-1.docker.io\"\n\n[host.\"http://127.0.0.1:5008\".header]\n  \
+             X-Credgate-Secret = [\"{}\"]\n",
+            SECRETS[1]
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = doctor(dir.path(), &["--offline"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let modes: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("carries the endpoint's secret and has mode"))
+        .collect();
+    assert_eq!(modes.len(), 1, "{stdout}");
+    assert!(
+        modes[0].starts_with(&format!("FAIL  {} carries", registry.display()))
+            && modes[0].contains("has mode 0644")
+            && modes[0].ends_with(&format!("fix: chmod 600 {}", registry.display())),
+        "{}",
+        modes[0]
+    );
+    assert_no_secret(&out);
+}

@@ -1,10 +1,12 @@
 //! `credgate install` and `credgate uninstall` against the real `containerd config default`
 //! output of containerd 1.6, 1.7 and 2.1 (`integration/tests/fixtures/containerd/`), in temp
 //! dirs only: the exact text written, a second install that changes nothing, an uninstall that
-//! restores every byte, `--dry-run`, and the registry tables containerd rejects or warns about.
+//! restores every byte, `--dry-run`, the registry tables containerd rejects or warns about, and
+//! the attacks on the secret install writes: a hosts.toml any local user can read, and a
+//! secret printed by a dry run.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -380,7 +382,10 @@ fn dry_run_prints_a_unified_diff_and_writes_nothing() {
         "--- /dev/null".to_string(),
         format!("+++ {}", hosts.join("_default/hosts.toml").display()),
         format!("+++ {}", hosts.join("docker.io/hosts.toml").display()),
-        "+    X-Credgate-Secret = [\"0123456789abcdef-test-secret\"]".to_string(),
+        format!(
+            "+    X-Credgate-Secret = [\"<redacted: contents of {}>\"]",
+            node.path("credgate/mirror-secret").display()
+        ),
         "dry run: nothing was written".to_string(),
     ] {
         assert!(
@@ -635,4 +640,262 @@ fn a_malformed_registry_hosts_toml_is_exit_2_naming_it_and_nothing_written() {
     let at = format!("{}:2:", ghcr.join("hosts.toml").display());
     assert!(stderr(&out).contains(&at), "{}", stderr(&out));
     assert_eq!(node.tree(), before);
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn uid_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().uid()
+}
+
+/// The user install runs as, who must own every file that carries the secret.
+fn our_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Every hosts.toml install wrote the secret into is 0600 and ours.
+#[track_caller]
+fn assert_secret_holders_private(files: &[PathBuf]) {
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.contains(SECRET), "{} lacks the secret", file.display());
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+        assert_eq!(uid_of(file), our_uid(), "{}", file.display());
+    }
+}
+
+#[test]
+fn attack_a_local_user_reads_the_secret_from_a_merged_hosts_toml_that_was_0644() {
+    let node = node_with_docker_io(&v3());
+    let hosts = node.hosts_dir();
+    // The operator's own _default (0644) and a group-readable ghcr.io (0640).
+    std::fs::create_dir(hosts.join("_default")).unwrap();
+    let default = "[host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\"]\n";
+    write(&hosts.join("_default/hosts.toml"), default, 0o644);
+    std::fs::create_dir(hosts.join("ghcr.io")).unwrap();
+    let ghcr = "server = \"https://ghcr.io\"\n";
+    write(&hosts.join("ghcr.io/hosts.toml"), ghcr, 0o640);
+    let before = node.tree();
+
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let files = ["_default", "docker.io", "ghcr.io"].map(|d| hosts.join(d).join("hosts.toml"));
+    assert_secret_holders_private(&files);
+    // The backups hold no secret and keep the originals' bytes and modes.
+    for (dir, text, mode) in [
+        ("_default", default, 0o644),
+        ("docker.io", DOCKER_IO_HOSTS, 0o644),
+        ("ghcr.io", ghcr, 0o640),
+    ] {
+        let backup = hosts.join(dir).join("hosts.toml.credgate-backup");
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), text);
+        assert_eq!(mode_of(&backup), mode, "{}", backup.display());
+    }
+    let installed = node.tree();
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
+
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before, "byte- and mode-identical round trip");
+}
+
+#[test]
+fn attack_a_hosts_toml_loosened_after_install_is_tightened_again_and_the_dry_run_says_so() {
+    let node = node_with_docker_io(&v2());
+    let hosts = node.hosts_dir();
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let installed = node.tree();
+    // Loosened by hand (or by an earlier credgate that kept the operator's mode).
+    let docker_io = hosts.join("docker.io/hosts.toml");
+    let default = hosts.join("_default/hosts.toml");
+    std::fs::set_permissions(&docker_io, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let loosened = node.tree();
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_ok(&out);
+    assert_eq!(node.tree(), loosened);
+    for line in [
+        format!(
+            "mode of {}: 0644 -> 0600 (it carries the endpoint's secret)",
+            docker_io.display()
+        ),
+        format!(
+            "mode of {}: 0666 -> 0600 (it carries the endpoint's secret)",
+            default.display()
+        ),
+    ] {
+        assert!(
+            stdout(&out).lines().any(|l| l == line),
+            "{line:?} missing: {}",
+            stdout(&out)
+        );
+    }
+    assert!(!stdout(&out).contains("already installed"));
+
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert_eq!(node.tree(), installed, "only the modes changed back");
+    // The file install created got no backup: it has no original, only credgate's secret.
+    assert!(!hosts.join("_default/hosts.toml.credgate-backup").exists());
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
+
+    let out = node.credgate(&["uninstall", "--dry-run"]);
+    let line = format!("mode of {}: 0600 -> 0644", docker_io.display());
+    assert!(stdout(&out).lines().any(|l| l == line), "{}", stdout(&out));
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn attack_a_hosts_toml_owned_by_another_user_keeps_the_secret_readable_to_them() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: changing a file's owner needs root");
+        return;
+    }
+    let node = node_with_docker_io(&v3());
+    let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
+    std::os::unix::fs::chown(&docker_io, Some(4242), Some(4343)).unwrap();
+    std::fs::set_permissions(&docker_io, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = node.tree();
+
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    let line = format!(
+        "owner of {}: uid 4242 -> uid 0 (it carries the endpoint's secret)",
+        docker_io.display()
+    );
+    assert!(stdout(&out).lines().any(|l| l == line), "{}", stdout(&out));
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert_secret_holders_private(std::slice::from_ref(&docker_io));
+
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before);
+    let meta = std::fs::metadata(&docker_io).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (4242, 4343),
+        "the owner is given back"
+    );
+}
+
+#[test]
+fn attack_an_operators_hand_written_credgate_host_leaks_through_its_backup() {
+    // The README's snippet, copied by hand into a world-readable file before install.
+    let node = Node::new(&v3());
+    let docker_io = node.hosts_dir().join("docker.io");
+    std::fs::create_dir_all(&docker_io).unwrap();
+    let by_hand = format!("server = \"https://registry-1.docker.io\"\n\n{OURS}");
+    write(&docker_io.join("hosts.toml"), &by_hand, 0o644);
+    let before = node.tree();
+
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert!(!stdout(&out).contains(SECRET), "{}", stdout(&out));
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert_secret_holders_private(&[docker_io.join("hosts.toml")]);
+    let backup = docker_io.join("hosts.toml.credgate-backup");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), by_hand);
+    assert_eq!(mode_of(&backup), 0o600, "the backup carries the secret too");
+
+    // Uninstall gives back exactly what was there, mode included.
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before);
+}
+
+/// An old secret in the shapes containerd accepts: inline table, lower-case name, string.
+const STALE: &str = "stale-secret-R4t7";
+
+#[test]
+fn attack_the_secret_is_read_off_a_terminal_or_ci_log_of_install_or_uninstall() {
+    let node = node_with_docker_io(&v2());
+    let hosts = node.hosts_dir();
+    write(
+        &hosts.join("docker.io/hosts.toml"),
+        &format!(
+            "{DOCKER_IO_HOSTS}\n[host.\"http://old:5008\"]\n  header = {{ x-credgate-secret = \"{STALE}\" }}\n"
+        ),
+        0o644,
+    );
+    std::fs::create_dir(hosts.join("ghcr.io")).unwrap();
+    write(
+        &hosts.join("ghcr.io/hosts.toml"),
+        &format!("server = \"https://ghcr.io\"\n[header]\n  X-Credgate-Secret = [\"{STALE}\"]\n"),
+        0o600,
+    );
+    let secret_file = node.path("credgate/mirror-secret");
+    let ours = format!(
+        "    X-Credgate-Secret = [\"<redacted: contents of {}>\"]",
+        secret_file.display()
+    );
+    let assert_no_secret = |what: &str, out: &Output| {
+        for stream in [stdout(out), stderr(out)] {
+            for secret in [SECRET, STALE] {
+                assert!(
+                    !stream.contains(secret),
+                    "{what} printed {secret}:\n{stream}"
+                );
+            }
+        }
+    };
+
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_ok(&out);
+    assert_no_secret("install --dry-run", &out);
+    let diff = stdout(&out);
+    // The header lines are still there: set (ours), and the stale one that goes.
+    assert!(diff.lines().any(|l| l == format!("+{ours}")), "{diff}");
+    assert!(
+        diff.lines()
+            .any(|l| l == "-  header = { x-credgate-secret = \"<redacted: value 1>\" }"),
+        "{diff}"
+    );
+    assert!(
+        diff.lines().any(|l| l == " [header]")
+            && diff
+                .lines()
+                .any(|l| l == "   X-Credgate-Secret = [\"<redacted: value 1>\"]"),
+        "{diff}"
+    );
+
+    for (what, args) in [
+        ("install", &["install"][..]),
+        ("install again", &["install"][..]),
+        ("uninstall --dry-run", &["uninstall", "--dry-run"][..]),
+    ] {
+        let out = node.with_hosts_dir(args);
+        assert_ok(&out);
+        assert_no_secret(what, &out);
+        if what == "uninstall --dry-run" {
+            let undone = stdout(&out);
+            assert!(
+                undone
+                    .lines()
+                    .any(|l| l.starts_with("-    X-Credgate-Secret = [\"<redacted")),
+                "{undone}"
+            );
+        }
+    }
+    let out = node.with_hosts_dir(&["uninstall"]);
+    assert_ok(&out);
+    assert_no_secret("uninstall", &out);
+
+    // A dry run whose secret file does not exist yet shows the header, not a made-up value.
+    std::fs::remove_file(&secret_file).unwrap();
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).lines().any(|l| l == format!("+{ours}")),
+        "{}",
+        stdout(&out)
+    );
+
+    // And a hosts.toml that is not TOML fails without quoting the secret on its bad line.
+    write(&secret_file, &format!("{SECRET}\n"), 0o600);
+    write(
+        &hosts.join("ghcr.io/hosts.toml"),
+        &format!("[header]\n  X-Credgate-Secret = [\"{SECRET}\", \"{STALE}\"\n"),
+        0o600,
+    );
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_no_secret("a failed install", &out);
 }

@@ -1,13 +1,16 @@
 //! The hosts directory: `_default/hosts.toml` and every per-registry hosts.toml (each shadows
 //! `_default` for its registry) must list credgate's endpoint first, with the secret from
-//! `listen.mirror_secret_file`; then, for each registry the keychain knows, are its pulls
-//! covered? Secrets are compared in constant time and never printed.
+//! `listen.mirror_secret_file`, and every one that carries a secret header must be readable by
+//! root alone; then, for each registry the keychain knows, are its pulls covered? Secrets are
+//! compared in constant time and never printed.
 
 use std::io;
 use std::path::Path;
 
 use crate::config::Listen;
-use crate::containerd::files::{read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR};
+use crate::containerd::files::{
+    carries_secret, read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR,
+};
 use crate::identity::Scope;
 use crate::secret::{MirrorSecret, SecretError};
 use crate::system::{Files, System};
@@ -157,7 +160,35 @@ fn hosts_file(
             return false;
         }
     };
-    let hosts = match read_hosts(&path, &text) {
+    let ok = listing(&path, &text, &shadow, expected, checks);
+    // Whatever the listing says: a stale or misplaced secret header is a secret too.
+    if carries_secret(&text) {
+        if let Ok(stamp) = files.stamp(&path) {
+            if stamp.mode & 0o077 != 0 {
+                checks.push(Check::fail(
+                    format!(
+                        "{shown} carries the endpoint's secret and has mode {:04o}: users other \
+                         than root can read it and pull through credgate with the node's credentials",
+                        stamp.mode
+                    ),
+                    format!("chmod 600 {shown}"),
+                ));
+            }
+        }
+    }
+    ok
+}
+
+/// Checks the hosts a hosts.toml lists; true when credgate's endpoint is first with its secret.
+fn listing(
+    path: &Path,
+    text: &str,
+    shadow: &str,
+    expected: &Expected<'_>,
+    checks: &mut Vec<Check>,
+) -> bool {
+    let shown = path.display();
+    let hosts = match read_hosts(path, text) {
         Ok(hosts) => hosts,
         Err(e) => {
             checks.push(Check::fail(
@@ -204,17 +235,6 @@ fn hosts_file(
             };
             checks.push(Check::fail(what, expected.fix.clone()));
             ok = false;
-        }
-    }
-    if let Ok(stamp) = files.stamp(&path) {
-        if stamp.mode & 0o077 != 0 {
-            checks.push(Check::warn(
-                format!(
-                    "{shown} holds the endpoint's secret and has mode {:04o}",
-                    stamp.mode
-                ),
-                format!("chmod 0600 {shown}"),
-            ));
         }
     }
     ok
@@ -395,13 +415,73 @@ mod tests {
         let checks = run(&files, &[], &[]);
         assert_eq!(
             verdicts(&checks),
-            [Verdict::Warn, Verdict::Ok, Verdict::Warn],
+            [Verdict::Warn, Verdict::Ok, Verdict::Fail],
             "{checks:#?}"
         );
         assert_eq!(
             checks[2].fix.as_deref(),
-            Some("chmod 0600 /h/_default/hosts.toml")
+            Some("chmod 600 /h/_default/hosts.toml")
         );
+    }
+
+    /// The mode failures among `checks`, as (file named, fix).
+    fn mode_failures(checks: &[Check]) -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| {
+                c.what
+                    .contains("carries the endpoint's secret and has mode")
+            })
+            .inspect(|c| assert_eq!(c.verdict, Verdict::Fail, "{c}"))
+            .map(|c| {
+                let file = c.what.split(' ').next().unwrap_or_default().to_string();
+                (file, c.fix.clone().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attack_a_readable_hosts_toml_with_the_secret_fails_for_every_registry_dir() {
+        let files = files();
+        // Per-registry files: credgate first, a stale credgate host only (another address),
+        // a header at the server level, and broken TOML naming the header; each readable by
+        // others. A file without the header may be 0644.
+        let first = format!("server = \"https://a.test\"\n\n{}", ours(SECRET));
+        files.write("/h/a.test/hosts.toml", &first, 0o644);
+        let stale = ours("stale-secret-W2").replace("5008", "6000");
+        files.write("/h/b.test/hosts.toml", &stale, 0o640);
+        let server = "server = \"https://c.test\"\n[header]\n  X-Credgate-Secret = \"x\"\n";
+        files.write("/h/c.test/hosts.toml", server, 0o604);
+        files.write(
+            "/h/d.test/hosts.toml",
+            "[host\nX-Credgate-Secret = 1\n",
+            0o660,
+        );
+        files.write(
+            "/h/e.test/hosts.toml",
+            "server = \"https://e.test\"\n",
+            0o644,
+        );
+        files.write("/h/f.test/hosts.toml", &first, 0o600);
+        let dirs = ["a.test", "b.test", "c.test", "d.test", "e.test", "f.test"];
+        let checks = run(&files, &dirs, &[]);
+        let expected: Vec<(String, String)> = ["a.test", "b.test", "c.test", "d.test"]
+            .iter()
+            .map(|d| {
+                let file = format!("/h/{d}/hosts.toml");
+                (file.clone(), format!("chmod 600 {file}"))
+            })
+            .collect();
+        assert_eq!(mode_failures(&checks), expected, "{checks:#?}");
+        assert!(checks.iter().any(|c| c
+            .to_string()
+            .contains("has mode 0640: users other than root")));
+    }
+
+    #[test]
+    fn a_hosts_toml_readable_by_root_alone_has_no_mode_failure() {
+        let checks = run(&files(), &[], &[]);
+        assert!(mode_failures(&checks).is_empty(), "{checks:#?}");
     }
 
     #[test]

@@ -16,12 +16,11 @@ use std::path::{Path, PathBuf};
 use toml_edit::{DocumentMut, Item, Table, Value};
 
 use crate::containerd::files::{
-    config_path, config_text, first_hosts_dir, parse_toml, read_if_present, registry_keys,
-    registry_table, table_entries, toml_key_path, version, DEFAULT_HOSTS_DIR, LOCAL_PULL_TABLES,
-    MIRRORS_TABLE,
+    config_path, config_text, first_hosts_dir, parse_toml, registry_keys, registry_table,
+    table_entries, toml_key_path, version, DEFAULT_HOSTS_DIR, LOCAL_PULL_TABLES, MIRRORS_TABLE,
 };
 
-use super::files::Change;
+use super::files::{Access, Change, Found};
 use super::InstallError;
 
 /// Mode of a containerd config that install creates (containerd's packages ship 0644).
@@ -41,9 +40,9 @@ pub(crate) struct ConfigEdit {
 
 /// Reads and edits the config at `path` (a missing file becomes a minimal version 2 config).
 pub(crate) fn plan(path: &Path, hosts_dir_flag: Option<&Path>) -> Result<ConfigEdit, InstallError> {
-    let before = read_if_present(path)?;
+    let before = Found::read(path)?;
     let text = match &before {
-        Some(bytes) => config_text(path, bytes.clone())?,
+        Some(found) => config_text(path, found.bytes.clone())?,
         None => MINIMAL_CONFIG.to_string(),
     };
     let mut doc = parse_toml(path, &text)?;
@@ -52,7 +51,14 @@ pub(crate) fn plan(path: &Path, hosts_dir_flag: Option<&Path>) -> Result<ConfigE
     let current = config_path(&doc, &keys, path)?;
     refuse_tables_containerd_rejects(&doc, version, &keys, path)?;
     let mut edit = ConfigEdit {
-        change: Change::new(path, before, Vec::new(), NEW_CONFIG_MODE),
+        change: Change::new(
+            path,
+            before,
+            Vec::new(),
+            Access::Kept {
+                new_mode: NEW_CONFIG_MODE,
+            },
+        ),
         hosts_dir: PathBuf::new(),
         notes: Vec::new(),
         warnings: deprecated_table_warnings(&doc, &keys, path),

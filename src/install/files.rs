@@ -1,96 +1,197 @@
-//! One planned file change: its unified diff for `--dry-run`, and applying it safely (a
-//! backup of the original first, then an atomic replace).
+//! One planned file change: what it shows for `--dry-run` (a redacted unified diff, and the
+//! change of mode or owner), and applying it safely (a backup of the original first, then an
+//! atomic replace with the mode the file must have).
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::atomic_file::{parent_dir, write_atomically};
+use crate::containerd::files::carries_secret;
 
-use super::state::InstallState;
+use super::redact::Redactor;
+use super::state::{InstallState, Original};
 use super::InstallError;
 
 /// Suffix of the copy of a file as it was before credgate first changed it.
 pub(crate) const BACKUP_SUFFIX: &str = ".credgate-backup";
+/// Mode of every file that carries the endpoint's secret: readable by root (containerd) only.
+pub(crate) const SECRET_FILE_MODE: u32 = 0o600;
 
-/// A file's content before (`None`: it does not exist) and after install.
+/// A file as it was found: its bytes, permission bits and owner.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Found {
+    /// The file at `path`; `None` when there is none. Content and metadata come from one open
+    /// file, so they describe the same file.
+    pub fn read(path: &Path) -> Result<Option<Self>, InstallError> {
+        let read_err = |source| InstallError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(read_err(source)),
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(read_err)?;
+        Ok(Some(Self {
+            bytes,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }))
+    }
+
+    fn original(&self) -> Original {
+        Original {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// Who may read a file once install has written it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// The mode it had (`new_mode` when install creates it): it holds no secret.
+    Kept { new_mode: u32 },
+    /// [`SECRET_FILE_MODE`], owned by the user install runs as (root): it carries the
+    /// endpoint's secret.
+    SecretHolder,
+}
+
+/// A file's state before (`None`: it does not exist) and its content after install.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
     pub path: PathBuf,
-    pub before: Option<Vec<u8>>,
+    pub before: Option<Found>,
     pub after: Vec<u8>,
-    /// Mode for a file install creates.
-    pub new_mode: u32,
+    pub access: Access,
 }
 
 impl Change {
-    pub fn new(path: &Path, before: Option<Vec<u8>>, after: Vec<u8>, new_mode: u32) -> Self {
+    pub fn new(path: &Path, before: Option<Found>, after: Vec<u8>, access: Access) -> Self {
         Self {
             path: path.to_path_buf(),
             before,
             after,
-            new_mode,
+            access,
         }
     }
 
+    /// The mode the file has once the change is applied.
+    fn mode(&self) -> u32 {
+        match (self.access, &self.before) {
+            (Access::SecretHolder, _) => SECRET_FILE_MODE,
+            (Access::Kept { .. }, Some(found)) => found.mode,
+            (Access::Kept { new_mode }, None) => new_mode,
+        }
+    }
+
+    /// The owner a secret holder must get, when it has another one now.
+    fn owner_change(&self) -> Option<(u32, u32)> {
+        let found = self.before.as_ref()?;
+        let us = process_uid();
+        (self.access == Access::SecretHolder && found.uid != us).then_some((found.uid, us))
+    }
+
+    /// True when the content, the mode or the owner changes.
     pub fn changes_anything(&self) -> bool {
-        self.before.as_deref() != Some(self.after.as_slice())
+        match &self.before {
+            None => true,
+            Some(found) => {
+                found.bytes != self.after
+                    || found.mode != self.mode()
+                    || self.owner_change().is_some()
+            }
+        }
     }
 
-    pub fn diff(&self) -> String {
-        unified_diff(&self.path, self.before.as_deref(), Some(&self.after))
+    /// What `--dry-run` shows: a line for a mode or owner change, then the unified diff, with
+    /// every secret redacted.
+    pub fn diff(&self, redactor: &mut Redactor) -> String {
+        let mut shown = String::new();
+        if let Some(found) = &self.before {
+            if found.mode != self.mode() {
+                shown.push_str(&mode_line(&self.path, found.mode, self.mode(), self.why()));
+            }
+        }
+        if let Some((from, to)) = self.owner_change() {
+            shown.push_str(&format!(
+                "owner of {}: uid {from} -> uid {to}{}\n",
+                self.path.display(),
+                self.why()
+            ));
+        }
+        let before = self.before.as_ref().map(|found| found.bytes.as_slice());
+        shown.push_str(&redactor.diff(&self.path, before, Some(&self.after)));
+        shown
     }
 
-    /// Backs up (a modified file) or creates parent directories (a new file), writes the new
-    /// content atomically, and records which it was in `state`. Returns a line for the report.
+    fn why(&self) -> &'static str {
+        match self.access {
+            Access::SecretHolder => " (it carries the endpoint's secret)",
+            Access::Kept { .. } => "",
+        }
+    }
+
+    /// Backs up the original (a file install did not create), or creates parent directories
+    /// (a new file), writes the new content atomically with its mode, and records which it
+    /// was in `state`. Returns a line for the report.
     pub fn apply(&self, state: &mut InstallState) -> Result<String, InstallError> {
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| InstallError::Write { path, source }
         };
+        let path = &self.path;
         match &self.before {
-            Some(_) => {
-                let mode = mode_of(&self.path).map_err(write_err(&self.path))?;
-                let backup = back_up(&self.path).map_err(write_err(&backup_path(&self.path)))?;
-                write_atomically(&self.path, &self.after, mode).map_err(write_err(&self.path))?;
-                state.record_modified(&self.path);
-                Ok(format!(
-                    "updated {} (original kept as {})",
-                    self.path.display(),
-                    backup.display()
-                ))
+            Some(found) => {
+                // A file install created has no original to keep, only its own earlier content.
+                let backup = if state.created(path) {
+                    None
+                } else {
+                    Some(back_up(path, found, state).map_err(write_err(&backup_path(path)))?)
+                };
+                write_atomically(path, &self.after, self.mode()).map_err(write_err(path))?;
+                state.record_modified(path);
+                Ok(match backup {
+                    Some(backup) => format!(
+                        "updated {} (original kept as {})",
+                        path.display(),
+                        backup.display()
+                    ),
+                    None => format!("updated {}", path.display()),
+                })
             }
             None => {
-                let dir = parent_dir(&self.path);
+                let dir = parent_dir(path);
                 create_dirs(dir, state).map_err(write_err(dir))?;
-                write_atomically(&self.path, &self.after, self.new_mode)
-                    .map_err(write_err(&self.path))?;
-                state.record_created_file(&self.path);
-                Ok(format!("created {}", self.path.display()))
+                write_atomically(path, &self.after, self.mode()).map_err(write_err(path))?;
+                state.record_created_file(path);
+                Ok(format!("created {}", path.display()))
             }
         }
     }
 }
 
-/// A unified diff from `before` to `after`; `None` on either side is /dev/null.
-pub(crate) fn unified_diff(path: &Path, before: Option<&[u8]>, after: Option<&[u8]>) -> String {
-    let old = String::from_utf8_lossy(before.unwrap_or_default());
-    let new = String::from_utf8_lossy(after.unwrap_or_default());
-    let name = path.display().to_string();
-    let old_name = if before.is_some() {
-        name.as_str()
-    } else {
-        "/dev/null"
-    };
-    let new_name = if after.is_some() {
-        name.as_str()
-    } else {
-        "/dev/null"
-    };
-    similar::TextDiff::from_lines(old.as_ref(), new.as_ref())
-        .unified_diff()
-        .context_radius(3)
-        .header(old_name, new_name)
-        .to_string()
+/// The dry-run line for a file whose mode changes.
+pub(crate) fn mode_line(path: &Path, from: u32, to: u32, why: &str) -> String {
+    format!("mode of {}: {from:04o} -> {to:04o}{why}\n", path.display())
+}
+
+/// The user install runs as, who owns every file it writes.
+fn process_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
 pub(crate) fn backup_path(path: &Path) -> PathBuf {
@@ -99,16 +200,20 @@ pub(crate) fn backup_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn mode_of(path: &Path) -> std::io::Result<u32> {
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
-}
-
-/// Copies `path` to its backup unless one exists (so re-running keeps the pristine original).
-fn back_up(path: &Path) -> std::io::Result<PathBuf> {
+/// Copies the original to its backup unless one exists (so re-running keeps the pristine
+/// original), and records its mode and owner for uninstall. The backup keeps the original's
+/// mode, unless the original already carries a secret header: then it is 0600.
+fn back_up(path: &Path, found: &Found, state: &mut InstallState) -> std::io::Result<PathBuf> {
     let backup = backup_path(path);
     if !backup.exists() {
-        let original = std::fs::read(path)?;
-        write_atomically(&backup, &original, mode_of(path)?)?;
+        let text = String::from_utf8_lossy(&found.bytes);
+        let mode = if carries_secret(&text) {
+            SECRET_FILE_MODE
+        } else {
+            found.mode
+        };
+        write_atomically(&backup, &found.bytes, mode)?;
+        state.record_original(path, found.original());
     }
     Ok(backup)
 }

@@ -10,11 +10,8 @@ use crate::containerd::files::{
     host_entry, parse_toml, registry_dirs, DEFAULT_HOSTS_SUBDIR, SECRET_HEADER,
 };
 
-use super::files::Change;
+use super::files::{Access, Change, Found};
 use super::InstallError;
-
-/// hosts.toml files hold the secret: readable by root (containerd) only.
-const HOSTS_MODE: u32 = 0o600;
 
 /// The pull-through endpoint as hosts.toml names it.
 #[derive(Debug, Clone)]
@@ -65,20 +62,19 @@ pub(crate) fn plan(
         .collect()
 }
 
+/// The merged file, which carries the secret: readable by root (containerd) only, whatever
+/// mode the operator's file had.
 fn file_change(path: &Path, endpoint: &Endpoint) -> Result<Change, InstallError> {
-    let before = match std::fs::read(path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(InstallError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let text = String::from_utf8_lossy(before.as_deref().unwrap_or_default()).into_owned();
+    let before = Found::read(path)?;
+    let bytes = before.as_ref().map(|found| found.bytes.as_slice());
+    let text = String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
     let after = merge(path, &text, endpoint)?;
-    Ok(Change::new(path, before, after.into_bytes(), HOSTS_MODE))
+    Ok(Change::new(
+        path,
+        before,
+        after.into_bytes(),
+        Access::SecretHolder,
+    ))
 }
 
 /// `text` with credgate's host first among its hosts (replacing an earlier credgate host),

@@ -1,7 +1,8 @@
 //! `credgate install` and `credgate uninstall`: register the pull-through endpoint with
 //! containerd. The containerd config's `config_path` names one hosts directory, and every
-//! hosts.toml there lists the endpoint first. Every write is atomic and backed up, and a state
-//! file records what install created and modified so that uninstall can undo exactly that.
+//! hosts.toml there lists the endpoint first. Every write is atomic and backed up, every file
+//! that carries the secret is 0600, nothing printed shows a secret, and a state file records
+//! what install created and modified so that uninstall can undo exactly that.
 
 use std::path::{Path, PathBuf};
 
@@ -12,11 +13,13 @@ use crate::secret::{MirrorSecret, SecretError};
 mod containerd_config;
 mod files;
 mod hosts;
+mod redact;
 mod state;
 
 use containerd_config::ConfigEdit;
 use files::Change;
 use hosts::Endpoint;
+use redact::Redactor;
 use state::InstallState;
 
 /// Why install or uninstall did not finish; every variant names the file it is about.
@@ -56,6 +59,9 @@ pub enum InstallError {
     MissingBackup { path: PathBuf, backup: PathBuf },
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// Another variant's message with the secrets in it replaced: nothing printed shows one.
+    #[error("{message}")]
+    Redacted { message: String, bad_input: bool },
 }
 
 impl InstallError {
@@ -63,6 +69,7 @@ impl InstallError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             InstallError::ContainerdFile(e) => e.is_bad_input(),
+            InstallError::Redacted { bad_input, .. } => *bad_input,
             _ => matches!(
                 self,
                 InstallError::NotATable { .. }
@@ -112,18 +119,31 @@ pub struct Report {
 
 /// `credgate install`.
 pub fn install(config: &Config, options: &Options) -> Result<Report, InstallError> {
+    let mut redactor = Redactor::default();
+    let outcome = install_files(config, options, &mut redactor);
+    redactor.outcome(outcome)
+}
+
+fn install_files(
+    config: &Config,
+    options: &Options,
+    redactor: &mut Redactor,
+) -> Result<Report, InstallError> {
     let options = &options.absolute()?;
     let mut report = Report::default();
     let edit = containerd_config::plan(&options.containerd_config, options.hosts_dir.as_deref())?;
     report.stdout.extend(edit.notes.iter().cloned());
     report.warnings.extend(edit.warnings.iter().cloned());
-    let endpoint = endpoint(config, options.dry_run, &mut report)?;
+    let endpoint = endpoint(config, options.dry_run, &mut report, redactor)?;
     let mut changes = vec![edit.change.clone()];
     changes.extend(hosts::plan(
         &edit.hosts_dir,
         &endpoint,
         &mut report.warnings,
     )?);
+    for found in changes.iter().filter_map(|c| c.before.as_ref()) {
+        redactor.learn(&found.bytes);
+    }
     changes.retain(Change::changes_anything);
     if changes.is_empty() {
         report.stdout.push(format!(
@@ -134,7 +154,7 @@ pub fn install(config: &Config, options: &Options) -> Result<Report, InstallErro
         return Ok(report);
     }
     if options.dry_run {
-        show_dry_run(&changes, &mut report);
+        show_dry_run(&changes, &mut report, redactor);
         return Ok(report);
     }
     apply(&edit, &changes, &mut report)?;
@@ -143,6 +163,12 @@ pub fn install(config: &Config, options: &Options) -> Result<Report, InstallErro
 
 /// `credgate uninstall`.
 pub fn uninstall(options: &Options) -> Result<Report, InstallError> {
+    let mut redactor = Redactor::default();
+    let outcome = uninstall_files(options, &mut redactor);
+    redactor.outcome(outcome)
+}
+
+fn uninstall_files(options: &Options, redactor: &mut Redactor) -> Result<Report, InstallError> {
     let options = &options.absolute()?;
     let mut report = Report::default();
     let hosts_dir = containerd_config::installed_hosts_dir(
@@ -157,12 +183,18 @@ pub fn uninstall(options: &Options) -> Result<Report, InstallError> {
         ));
         return Ok(report);
     };
-    state::undo(&state, &state_path, options.dry_run, &mut report)?;
+    state::undo(&state, &state_path, options.dry_run, &mut report, redactor)?;
     Ok(report)
 }
 
-/// The endpoint's URL and secret. A dry run never generates the secret (that would write).
-fn endpoint(config: &Config, dry_run: bool, report: &mut Report) -> Result<Endpoint, InstallError> {
+/// The endpoint's URL and secret, which `redactor` then shows as the secret file's contents.
+/// A dry run never generates the secret (that would write).
+fn endpoint(
+    config: &Config,
+    dry_run: bool,
+    report: &mut Report,
+    redactor: &mut Redactor,
+) -> Result<Endpoint, InstallError> {
     let url = config.listen.mirror_url();
     let path = &config.listen.mirror_secret_file;
     let secret = match (dry_run, MirrorSecret::read(path)) {
@@ -182,12 +214,13 @@ fn endpoint(config: &Config, dry_run: bool, report: &mut Report) -> Result<Endpo
         }
         (true, Err(e)) => return Err(e.into()),
     };
+    redactor.endpoint_secret(&secret, path);
     Ok(Endpoint { url, secret })
 }
 
-fn show_dry_run(changes: &[Change], report: &mut Report) {
+fn show_dry_run(changes: &[Change], report: &mut Report, redactor: &mut Redactor) {
     for change in changes {
-        report.stdout.push(change.diff());
+        report.stdout.push(change.diff(redactor));
     }
     report
         .stdout

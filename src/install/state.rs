@@ -1,14 +1,18 @@
 //! The install state: which files and directories install created and which it modified, so
-//! uninstall restores exactly what was there. Kept as `<hosts-dir>/.credgate-install.json`
-//! (containerd only looks at `<hosts-dir>/<registry>/` directories).
+//! uninstall restores exactly what was there (content, mode and owner). Kept as
+//! `<hosts-dir>/.credgate-install.json` (containerd only looks at `<hosts-dir>/<registry>/`
+//! directories).
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{parent_dir, sync_dir, write_atomically};
 
-use super::files::{backup_path, unified_diff};
+use super::files::{backup_path, mode_line, Found};
+use super::redact::Redactor;
 use super::{InstallError, Report};
 
 const STATE_FILE: &str = ".credgate-install.json";
@@ -29,6 +33,20 @@ pub(crate) struct InstallState {
     /// Each has its original at `<path>.credgate-backup`.
     #[serde(default)]
     pub modified_files: Vec<PathBuf>,
+    /// The mode and owner of each modified file's original, given back by uninstall (its
+    /// backup may be tighter). States written before this was kept have none: the backup's
+    /// own mode is the original's there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub originals: BTreeMap<PathBuf, Original>,
+}
+
+/// A modified file's mode and owner before install first changed it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Original {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 pub(crate) fn path(hosts_dir: &Path) -> PathBuf {
@@ -57,7 +75,11 @@ impl InstallState {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), InstallError> {
-        let mut text = serde_json::to_vec_pretty(self).expect("the state serializes");
+        // A path that is not UTF-8 cannot be written to JSON: an error, not a panic.
+        let mut text = serde_json::to_vec_pretty(self).map_err(|e| InstallError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         text.push(b'\n');
         write_atomically(path, &text, STATE_MODE).map_err(|source| InstallError::Write {
             path: path.to_path_buf(),
@@ -66,8 +88,12 @@ impl InstallState {
     }
 
     fn knows(&self, path: &Path) -> bool {
+        self.created(path) || self.modified_files.iter().any(|p| p == path)
+    }
+
+    /// Whether install created the file (so it has no original to back up).
+    pub fn created(&self, path: &Path) -> bool {
         self.created_files.iter().any(|p| p == path)
-            || self.modified_files.iter().any(|p| p == path)
     }
 
     /// A file install created stays "created" when a later install changes it again.
@@ -81,6 +107,11 @@ impl InstallState {
         if !self.knows(path) {
             self.created_files.push(path.to_path_buf());
         }
+    }
+
+    /// Kept once, with the backup: later runs see install's own file, not the original.
+    pub fn record_original(&mut self, path: &Path, original: Original) {
+        self.originals.entry(path.to_path_buf()).or_insert(original);
     }
 
     pub fn record_created_dir(&mut self, dir: &Path) {
@@ -97,12 +128,22 @@ pub(crate) fn undo(
     state_path: &Path,
     dry_run: bool,
     report: &mut Report,
+    redactor: &mut Redactor,
 ) -> Result<(), InstallError> {
+    for path in state.modified_files.iter().chain(&state.created_files) {
+        // Learnt before anything is printed, so no line can show a secret they hold.
+        if let Ok(bytes) = std::fs::read(path) {
+            redactor.learn(&bytes);
+        }
+    }
     for path in &state.modified_files {
-        report.stdout.push(restore(path, dry_run)?);
+        let original = state.originals.get(path);
+        report
+            .stdout
+            .push(restore(path, original, dry_run, redactor)?);
     }
     for path in &state.created_files {
-        report.stdout.push(remove_file(path, dry_run)?);
+        report.stdout.push(remove_file(path, dry_run, redactor)?);
     }
     if dry_run {
         report
@@ -126,21 +167,46 @@ pub(crate) fn undo(
     Ok(())
 }
 
-fn restore(path: &Path, dry_run: bool) -> Result<String, InstallError> {
+/// Puts the backup back, with the original's mode and owner when the state has them.
+fn restore(
+    path: &Path,
+    original: Option<&Original>,
+    dry_run: bool,
+    redactor: &mut Redactor,
+) -> Result<String, InstallError> {
     let backup = backup_path(path);
-    let original = std::fs::read(&backup).map_err(|_| InstallError::MissingBackup {
+    let missing = || InstallError::MissingBackup {
         path: path.to_path_buf(),
         backup: backup.clone(),
-    })?;
+    };
+    let kept = Found::read(&backup)
+        .map_err(|_| missing())?
+        .ok_or_else(missing)?;
+    let mode = original.map_or(kept.mode, |o| o.mode);
     if dry_run {
-        let current = std::fs::read(path).ok();
-        return Ok(unified_diff(path, current.as_deref(), Some(&original)));
+        let current = Found::read(path).ok().flatten();
+        let mut shown = String::new();
+        if let Some(current) = current.as_ref().filter(|c| c.mode != mode) {
+            shown.push_str(&mode_line(path, current.mode, mode, ""));
+        }
+        let current = current.as_ref().map(|c| c.bytes.as_slice());
+        shown.push_str(&redactor.diff(path, current, Some(&kept.bytes)));
+        return Ok(shown);
     }
-    // The backup has the original's content and mode: renaming it back is atomic.
     let write_err = |source| InstallError::Write {
         path: path.to_path_buf(),
         source,
     };
+    // The backup gets the original's owner and mode first, so renaming it back is atomic.
+    if let Some(original) = original {
+        if (kept.uid, kept.gid) != (original.uid, original.gid) {
+            std::os::unix::fs::chown(&backup, Some(original.uid), Some(original.gid))
+                .map_err(write_err)?;
+        }
+        // After chown, which may clear set-id bits.
+        std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(original.mode))
+            .map_err(write_err)?;
+    }
     std::fs::rename(&backup, path).map_err(write_err)?;
     sync_dir(parent_dir(path)).map_err(write_err)?;
     Ok(format!(
@@ -150,10 +216,14 @@ fn restore(path: &Path, dry_run: bool) -> Result<String, InstallError> {
     ))
 }
 
-fn remove_file(path: &Path, dry_run: bool) -> Result<String, InstallError> {
+fn remove_file(
+    path: &Path,
+    dry_run: bool,
+    redactor: &mut Redactor,
+) -> Result<String, InstallError> {
     if dry_run {
         let current = std::fs::read(path).ok();
-        return Ok(unified_diff(path, current.as_deref(), None));
+        return Ok(redactor.diff(path, current.as_deref(), None));
     }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(format!("removed {}", path.display())),

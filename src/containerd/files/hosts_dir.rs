@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use toml_edit::{Item, Table};
+use toml_edit::{DocumentMut, Item, Table, TableLike};
 
 use super::{parse_toml, ContainerdFileError};
 
@@ -97,6 +97,47 @@ pub(crate) fn read_hosts(path: &Path, text: &str) -> Result<Vec<HostEntry>, Cont
     Ok(entries.into_iter().map(|(_, entry)| entry).collect())
 }
 
+/// Calls `visit` with every `X-Credgate-Secret` value in a hosts.toml, whatever its shape:
+/// the server's `[header]` and each host's, as a table, an inline table or dotted keys,
+/// the header name in any case. `visit` may change them (install shows files redacted).
+pub(crate) fn visit_secret_headers(doc: &mut DocumentMut, mut visit: impl FnMut(&mut Item)) {
+    visit_header_table(doc.as_table_mut(), &mut visit);
+    let Some(hosts) = doc.get_mut("host").and_then(Item::as_table_like_mut) else {
+        return;
+    };
+    for (_, host) in hosts.iter_mut() {
+        if let Some(host) = host.as_table_like_mut() {
+            visit_header_table(host, &mut visit);
+        }
+    }
+}
+
+fn visit_header_table(owner: &mut dyn TableLike, visit: &mut dyn FnMut(&mut Item)) {
+    let Some(headers) = owner.get_mut("header").and_then(Item::as_table_like_mut) else {
+        return;
+    };
+    for (name, value) in headers.iter_mut() {
+        if name.get().eq_ignore_ascii_case(SECRET_HEADER) {
+            visit(value);
+        }
+    }
+}
+
+/// Whether a hosts.toml's text holds an `X-Credgate-Secret` header, so it must be readable by
+/// root alone. Text that is not TOML counts when it names the header anywhere.
+pub(crate) fn carries_secret(text: &str) -> bool {
+    match text.parse::<DocumentMut>() {
+        Ok(mut doc) => {
+            let mut found = false;
+            visit_secret_headers(&mut doc, |_| found = true);
+            found
+        }
+        Err(_) => text
+            .to_ascii_lowercase()
+            .contains(&SECRET_HEADER.to_ascii_lowercase()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +162,26 @@ mod tests {
         assert_eq!(read[1].secret_values, ["one"]);
         assert_eq!(read[2].secret_values, ["two", "three"]);
         assert!(read[1].is_credgate() && read[2].is_credgate());
+    }
+
+    #[test]
+    fn the_secret_header_is_found_in_every_shape_and_only_there() {
+        for text in [
+            "[host.\"http://a:5008\".header]\n  X-Credgate-Secret = [\"s\"]\n",
+            "[host.\"http://a:5008\"]\n  header = { x-credgate-secret = \"s\" }\n",
+            "host.\"http://a:5008\".header.X-CREDGATE-SECRET = \"s\"\n",
+            "server = \"https://r.test\"\n[header]\n  X-Credgate-Secret = \"s\"\n",
+            "[host.\"x\"\n X-Credgate-Secret = \"s\"\n",
+        ] {
+            assert!(carries_secret(text), "{text}");
+        }
+        for text in [
+            "",
+            "server = \"https://r.test\"\n[host.\"https://m.test\".header]\n  X-Other = \"v\"\n",
+            "# X-Credgate-Secret in a comment\n",
+        ] {
+            assert!(!carries_secret(text), "{text}");
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub(crate) use config_file::{
 };
 pub use config_file::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
 pub(crate) use hosts_dir::{
-    host_entry, read_hosts, registry_dirs, DEFAULT_HOSTS_SUBDIR, SECRET_HEADER,
+    carries_secret, host_entry, read_hosts, registry_dirs, visit_secret_headers,
+    DEFAULT_HOSTS_SUBDIR, SECRET_HEADER,
 };
 
 /// Why one of containerd's files could not be read as containerd would; every variant names
