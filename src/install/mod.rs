@@ -15,6 +15,7 @@ mod files;
 mod hosts;
 mod redact;
 mod state;
+mod undo;
 
 use containerd_config::ConfigEdit;
 use files::Change;
@@ -183,7 +184,7 @@ fn uninstall_files(options: &Options, redactor: &mut Redactor) -> Result<Report,
         ));
         return Ok(report);
     };
-    state::undo(&state, &state_path, options.dry_run, &mut report, redactor)?;
+    undo::undo(&state, &state_path, options.dry_run, &mut report, redactor)?;
     Ok(report)
 }
 
