@@ -41,6 +41,8 @@ pub struct CredgateDaemon {
     /// The metrics listener's address (`listen.metrics`).
     pub metrics: SocketAddr,
     level: String,
+    /// The daemon's PATH (where it finds `docker-credential-*` helpers).
+    path: String,
     dir: TempDir,
     /// None between [`CredgateDaemon::kill`] and [`CredgateDaemon::restart`].
     child: Option<ChildGuard>,
@@ -57,6 +59,17 @@ impl CredgateDaemon {
     /// Like [`CredgateDaemon::start`] with `CREDGATE_LOG` set to `level` (benchmarks run
     /// at `warn`, since debug logging is on every request's path).
     pub fn start_logging(sources: &str, level: &str) -> CredgateDaemon {
+        Self::start_with(sources, level, DAEMON_PATH)
+    }
+
+    /// Like [`CredgateDaemon::start`] with `helper_dir` first on the daemon's PATH, so a
+    /// docker config can name a test's own `docker-credential-*` program.
+    pub fn start_with_helper_dir(sources: &str, helper_dir: &Path) -> CredgateDaemon {
+        let path = format!("{}:{DAEMON_PATH}", helper_dir.display());
+        Self::start_with(sources, "debug", &path)
+    }
+
+    fn start_with(sources: &str, level: &str, path: &str) -> CredgateDaemon {
         let dir = tempfile::tempdir().expect("daemon temp dir");
         let socket = dir.path().join("credgate.sock");
         let secret_file = dir.path().join("mirror-secret");
@@ -73,11 +86,12 @@ impl CredgateDaemon {
         std::fs::write(&config_path, config).expect("write config.toml");
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
             .expect("chmod config.toml");
-        let child = spawn(&config_path, &dir.path().join("serve.log"), level);
+        let child = spawn(&config_path, &dir.path().join("serve.log"), level, path);
         let mut daemon = CredgateDaemon {
             mirror,
             metrics,
             level: level.to_string(),
+            path: path.to_string(),
             dir,
             child: Some(child),
         };
@@ -100,6 +114,7 @@ impl CredgateDaemon {
             &self.config_path(),
             &self.dir.path().join("serve.log"),
             &self.level,
+            &self.path,
         ));
         self.wait_for_socket();
     }
@@ -185,15 +200,15 @@ impl CredgateDaemon {
     }
 }
 
-/// `credgate serve --config <config>` logging to `log` (appended) at `level`.
-fn spawn(config: &Path, log: &Path, level: &str) -> ChildGuard {
+/// `credgate serve --config <config>` logging to `log` (appended) at `level`, with `path`.
+fn spawn(config: &Path, log: &Path, level: &str, path: &str) -> ChildGuard {
     let mut command = Command::new(crate::credgate_binary());
     command
         .arg("serve")
         .arg("--config")
         .arg(config)
         .env_clear()
-        .env("PATH", DAEMON_PATH)
+        .env("PATH", path)
         .env("CREDGATE_LOG", level);
     spawn_logged(&mut command, log, "credgate serve")
 }

@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attack;
 pub mod clients;
 pub mod containerd;
 pub mod cri;
