@@ -237,9 +237,84 @@ fn within(bits: u128, net: u128, len: u32, width: u32) -> bool {
     (bits ^ net).checked_shr(host_bits).unwrap_or(0) == 0
 }
 
+/// The IPv4 address a host name spells in one of the legacy numeric forms `inet_aton` (and so
+/// the system resolver) accepts: one to four parts, each decimal, octal (`0177`) or hex (`0x7f`),
+/// the last part filling the remaining bytes (`2130706433`, `0x7f.1`, `127.1`), one trailing
+/// dot allowed. Such a "name" is an address in disguise and is judged as one.
+pub fn numeric_ipv4(host: &str) -> Option<Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<u32> = host
+        .split('.')
+        .map(numeric_part)
+        .collect::<Option<Vec<u32>>>()?;
+    let (last, leading) = parts.split_last()?;
+    if leading.len() > 3 || leading.iter().any(|p| *p > 0xff) {
+        return None;
+    }
+    let last_bits = 8 * (4 - leading.len() as u32);
+    if last_bits < 32 && *last >= 1 << last_bits {
+        return None;
+    }
+    let high = leading
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, p)| acc | (p << (24 - 8 * i as u32)));
+    Some(Ipv4Addr::from(high | last))
+}
+
+fn numeric_part(part: &str) -> Option<u32> {
+    let (digits, radix) = if let Some(hex) = part
+        .strip_prefix("0x")
+        .or_else(|| part.strip_prefix("0X"))
+    {
+        (hex, 16)
+    } else if part.len() > 1 && part.starts_with('0') {
+        (&part[1..], 8)
+    } else {
+        (part, 10)
+    };
+    if digits.is_empty() && radix == 16 {
+        return Some(0);
+    }
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_host_names_are_read_as_the_addresses_they_spell() {
+        for (host, ip) in [
+            ("2130706433", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("0x7f.0.0.1", "127.0.0.1"),
+            ("0x7f000001", "127.0.0.1"),
+            ("127.1", "127.0.0.1"),
+            ("10.1", "10.0.0.1"),
+            ("169.254.43518", "169.254.169.254"),
+            ("127.0.0.1.", "127.0.0.1"),
+            ("0x", "0.0.0.0"),
+        ] {
+            assert_eq!(numeric_ipv4(host), Some(ip.parse().unwrap()), "{host}");
+        }
+        for host in [
+            "registry.test",
+            "4294967296",
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "08.0.0.1",
+            "1..2",
+            "",
+            "0xg",
+            "99999999999999999999",
+        ] {
+            assert_eq!(numeric_ipv4(host), None, "{host}");
+        }
+    }
 
     fn reason(ip: &str) -> Option<&'static str> {
         non_public_reason(ip.parse().unwrap())
