@@ -1,13 +1,37 @@
 //! Prometheus metrics of the pull-through endpoint, served as text on `listen.metrics`.
 //! Labels carry registries, statuses and source names; never a secret.
+//!
+//! Decides which label values may exist. Anyone who can name an image chooses `ns`, so a
+//! registry keeps its own label only when the keychain knows it (a scope names that host, or
+//! a glob scope covers it: the glob is the label); every other registry counts under
+//! [`OTHER_REGISTRY`] and requests that named none (or whose `ns` was refused) under
+//! [`NO_REGISTRY`]. The number of series therefore follows the config, never the callers.
+//! Sizes owned elsewhere (caches, running helpers, open connections) are read on each
+//! scrape through [`Metrics::watch`].
 
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::identity::{RegistryHost, Scope, Target};
+
+/// The label of requests that named no registry (`/v2/`), or whose `ns` was invalid or
+/// refused: a caller without the secret, or with a refused `ns`, never creates a label value.
+pub const NO_REGISTRY: &str = "-";
+/// The one label shared by every registry the keychain does not know.
+pub const OTHER_REGISTRY: &str = "other";
+/// Most registries with a label of their own; a config naming more (a docker config with
+/// thousands of `auths`) counts the rest under [`OTHER_REGISTRY`], so the page stays small.
+pub const MAX_REGISTRY_LABELS: usize = 256;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -30,8 +54,140 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// A size read on every scrape from the part of credgate that owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Size {
+    /// Upstream tokens cached (bounded by the token cache's cap).
+    TokenCache,
+    /// Registries whose last auth challenge is remembered.
+    Challenges,
+    /// Credential helper answers cached.
+    HelperCache,
+    /// Credential helper processes running now.
+    RunningHelpers,
+    /// Open connections to the pull-through endpoint.
+    EndpointConnections,
+    /// Open connections to the metrics listener.
+    MetricsConnections,
+    /// The daemon's resident memory, from `/proc/self/status`.
+    ResidentMemory,
+    /// The daemon's open file descriptors, from `/proc/self/fd`.
+    OpenFds,
+}
+
+impl Size {
+    fn name(self) -> &'static str {
+        match self {
+            Size::TokenCache => "token_cache_entries",
+            Size::Challenges => "challenge_entries",
+            Size::HelperCache => "helper_cache_entries",
+            Size::RunningHelpers => "helpers_running",
+            Size::EndpointConnections => "endpoint_connections",
+            Size::MetricsConnections => "metrics_connections",
+            Size::ResidentMemory => "process_resident_memory_bytes",
+            Size::OpenFds => "process_open_fds",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Size::TokenCache => "Upstream tokens cached",
+            Size::Challenges => "Registries whose last auth challenge is remembered",
+            Size::HelperCache => "Credential helper answers cached",
+            Size::RunningHelpers => "Credential helper processes running",
+            Size::EndpointConnections => "Open connections to the pull-through endpoint",
+            Size::MetricsConnections => "Open connections to the metrics listener",
+            Size::ResidentMemory => "Resident memory of the credgate process",
+            Size::OpenFds => "Open file descriptors of the credgate process",
+        }
+    }
+}
+
+type ReadSize = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// The watched sizes, encoded on each scrape (a collector, so nothing is stored between).
+#[derive(Clone, Default)]
+struct Sizes(Arc<RwLock<BTreeMap<Size, ReadSize>>>);
+
+impl fmt::Debug for Sizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watched = self.0.read().expect("sizes lock");
+        f.debug_list().entries(watched.keys()).finish()
+    }
+}
+
+impl Collector for Sizes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let watched = self.0.read().expect("sizes lock");
+        for (size, read) in watched.iter() {
+            // A size that can't be read now (no /proc) is left off the page, not shown as 0.
+            let Some(value) = read() else { continue };
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric =
+                encoder.encode_descriptor(size.name(), size.help(), None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which registries keep their own label.
+#[derive(Default)]
+struct RegistryLabels {
+    /// Canonical `host[:port]` of every exact scope.
+    exact: HashSet<String>,
+    /// Glob scopes, each with its host pattern as the label, in listing order.
+    globs: Vec<(Scope, String)>,
+}
+
+impl RegistryLabels {
+    fn from_scopes(scopes: impl IntoIterator<Item = Scope>) -> Self {
+        let mut labels = Self::default();
+        for scope in scopes {
+            if labels.exact.len() + labels.globs.len() >= MAX_REGISTRY_LABELS {
+                break;
+            }
+            match scope.exact_registry() {
+                Some(registry) => {
+                    labels.exact.insert(registry.to_string());
+                }
+                None => {
+                    let written = scope.to_string();
+                    let pattern = written.split('/').next().unwrap_or_default().to_string();
+                    if !labels.globs.iter().any(|(_, p)| *p == pattern) {
+                        labels.globs.push((scope, pattern));
+                    }
+                }
+            }
+        }
+        labels
+    }
+
+    fn label(&self, registry: &str) -> String {
+        if self.exact.contains(registry) {
+            return registry.to_string();
+        }
+        if self.globs.is_empty() {
+            return OTHER_REGISTRY.to_string();
+        }
+        let Ok(host) = RegistryHost::parse(registry) else {
+            return OTHER_REGISTRY.to_string();
+        };
+        self.globs
+            .iter()
+            // The scope's own path as the repository, so only the host decides.
+            .find(|(scope, _)| scope.matches(&Target::new(host.clone(), scope.path().cloned())))
+            .map_or_else(
+                || OTHER_REGISTRY.to_string(),
+                |(_, pattern)| pattern.clone(),
+            )
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    labels: RwLock<RegistryLabels>,
+    sizes: Sizes,
     requests: Family<RequestLabels, Counter>,
     upstream_latency: Family<RegistryLabel, Histogram, fn() -> Histogram>,
     token_fetches: Family<RegistryLabel, Counter>,
@@ -47,6 +203,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// No registry has a label of its own until [`Metrics::label_registries`].
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("credgate");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -88,45 +245,86 @@ impl Metrics {
             "Credentials an upstream rejected, by source",
             auth_failures.clone(),
         );
-        Self {
+        let sizes = Sizes::default();
+        registry.register_collector(Box::new(sizes.clone()));
+        let metrics = Self {
             registry,
+            labels: RwLock::new(RegistryLabels::default()),
+            sizes,
             requests,
             upstream_latency,
             token_fetches,
             token_cache_hits,
             bytes_streamed,
             auth_failures,
+        };
+        metrics.watch_optional(Size::ResidentMemory, resident_memory);
+        metrics.watch_optional(Size::OpenFds, open_fds);
+        metrics
+    }
+
+    /// The registries that keep their own label from now on: the hosts of the keychain's
+    /// scopes (at most [`MAX_REGISTRY_LABELS`]). Series already created stay.
+    pub fn label_registries(&self, scopes: impl IntoIterator<Item = Scope>) {
+        *self.labels.write().expect("labels lock") = RegistryLabels::from_scopes(scopes);
+    }
+
+    /// Reports `read()` as the gauge `size` on every scrape; watching a size again replaces
+    /// the reader. `read` runs on the scrape, so it must be cheap and must not block.
+    pub fn watch(&self, size: Size, read: impl Fn() -> usize + Send + Sync + 'static) {
+        self.watch_optional(size, move || u64::try_from(read()).ok());
+    }
+
+    fn watch_optional(&self, size: Size, read: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+        self.sizes
+            .0
+            .write()
+            .expect("sizes lock")
+            .insert(size, Box::new(read));
+    }
+
+    /// The label `registry` (canonical `host[:port]`) is counted under.
+    fn registry_label(&self, registry: &str) -> RegistryLabel {
+        RegistryLabel {
+            registry: self.labels.read().expect("labels lock").label(registry),
         }
     }
 
-    pub fn request(&self, registry: &str, status: u16) {
-        let labels = RequestLabels {
-            registry: registry.to_string(),
-            status,
+    /// One endpoint request; `registry` is `None` when the request named no valid, allowed one.
+    pub fn request(&self, registry: Option<&str>, status: u16) {
+        let registry = match registry {
+            Some(registry) => self.registry_label(registry).registry,
+            None => NO_REGISTRY.to_string(),
         };
+        let labels = RequestLabels { registry, status };
         self.requests.get_or_create(&labels).inc();
     }
 
     pub fn upstream_latency(&self, registry: &str, latency: Duration) {
         self.upstream_latency
-            .get_or_create(&label(registry))
+            .get_or_create(&self.registry_label(registry))
             .observe(latency.as_secs_f64());
     }
 
     pub fn token_fetch(&self, registry: &str) {
-        self.token_fetches.get_or_create(&label(registry)).inc();
+        self.token_fetches
+            .get_or_create(&self.registry_label(registry))
+            .inc();
     }
 
     pub fn token_cache_hit(&self, registry: &str) {
-        self.token_cache_hits.get_or_create(&label(registry)).inc();
+        self.token_cache_hits
+            .get_or_create(&self.registry_label(registry))
+            .inc();
     }
 
     pub fn bytes_streamed(&self, registry: &str, bytes: u64) {
         self.bytes_streamed
-            .get_or_create(&label(registry))
+            .get_or_create(&self.registry_label(registry))
             .inc_by(bytes);
     }
 
+    /// `source` is a source's name from the config, so these labels follow the config too.
     pub fn auth_failure(&self, source: &str) {
         let labels = SourceLabel {
             source: source.to_string(),
@@ -143,20 +341,38 @@ impl Metrics {
     }
 }
 
-fn label(registry: &str) -> RegistryLabel {
-    RegistryLabel {
-        registry: registry.to_string(),
-    }
+/// `VmRSS` from `/proc/self/status`, in bytes.
+fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The entries of `/proc/self/fd`, less the one reading the directory.
+fn open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    u64::try_from(entries.saturating_sub(1)).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn scopes(written: &[&str]) -> Vec<Scope> {
+        written.iter().map(|s| Scope::parse(s).unwrap()).collect()
+    }
+
+    /// Lines that carry a value (series), not `# HELP`/`# TYPE`/`# EOF`.
+    fn series(text: &str) -> usize {
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    }
+
     #[test]
     fn renders_every_family_with_labels() {
         let m = Metrics::new();
-        m.request("registry.test", 200);
+        m.label_registries(scopes(&["registry.test"]));
+        m.request(Some("registry.test"), 200);
         m.token_fetch("registry.test");
         m.bytes_streamed("registry.test", 42);
         m.auth_failure("[[registry]] at /etc/credgate/config.toml:3");
@@ -172,5 +388,117 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("credgate_token_fetches_total"), "{text}");
+    }
+
+    #[test]
+    fn two_thousand_unknown_registries_share_one_label_and_the_series_count_stays_constant() {
+        let m = Metrics::new();
+        m.label_registries(scopes(&["registry.test", "ghcr.io/org"]));
+        let touch = |m: &Metrics, registry: &str| {
+            m.request(Some(registry), 502);
+            m.upstream_latency(registry, Duration::from_millis(3));
+            m.token_fetch(registry);
+            m.token_cache_hit(registry);
+            m.bytes_streamed(registry, 1);
+        };
+        touch(&m, "registry.test");
+        touch(&m, "ghcr.io");
+        touch(&m, "attacker-0.example");
+        m.request(None, 403);
+        let before = series(&m.render());
+        for i in 1..2_000 {
+            touch(&m, &format!("attacker-{i}.example"));
+            m.request(None, 403);
+        }
+        let text = m.render();
+        assert_eq!(series(&text), before, "{text}");
+        assert!(!text.contains("attacker-"), "{text}");
+        assert!(
+            text.contains(
+                r#"credgate_endpoint_requests_total{registry="other",status="502"} 2000"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credgate_endpoint_requests_total{registry="-",status="403"} 2000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credgate_token_fetches_total{registry="ghcr.io"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_registry_is_unlabelled_until_the_keychain_knows_it_and_a_glob_labels_its_hosts() {
+        let m = Metrics::new();
+        m.token_fetch("registry.test");
+        m.label_registries(scopes(&[
+            "registry.test",
+            "*.dkr.ecr.us-east-1.amazonaws.com",
+            "*.example.com:5000/team",
+        ]));
+        m.token_fetch("registry.test");
+        m.token_fetch("123.dkr.ecr.us-east-1.amazonaws.com");
+        m.token_fetch("456.dkr.ecr.us-east-1.amazonaws.com");
+        m.token_fetch("a.example.com:5000");
+        m.token_fetch("a.example.com");
+        m.token_fetch("not a host");
+        let text = m.render();
+        for line in [
+            r#"credgate_token_fetches_total{registry="registry.test"} 1"#,
+            r#"credgate_token_fetches_total{registry="other"} 3"#,
+            r#"credgate_token_fetches_total{registry="*.dkr.ecr.us-east-1.amazonaws.com"} 2"#,
+            r#"credgate_token_fetches_total{registry="*.example.com:5000"} 1"#,
+        ] {
+            assert!(text.contains(line), "no {line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_config_with_thousands_of_scopes_labels_at_most_the_cap() {
+        let written: Vec<String> = (0..1_000).map(|i| format!("r{i}.test")).collect();
+        let m = Metrics::new();
+        m.label_registries(written.iter().map(|s| Scope::parse(s).unwrap()));
+        for registry in &written {
+            m.token_fetch(registry);
+        }
+        let labelled = m
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("credgate_token_fetches_total{"))
+            .count();
+        assert_eq!(labelled, MAX_REGISTRY_LABELS + 1);
+    }
+
+    #[test]
+    fn watched_sizes_are_read_on_every_scrape_with_the_prefix() {
+        let m = Metrics::new();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+        let read = open.clone();
+        m.watch(Size::EndpointConnections, move || {
+            read.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        m.watch(Size::TokenCache, || 7);
+        let text = m.render();
+        assert!(text.contains("credgate_endpoint_connections 3"), "{text}");
+        assert!(text.contains("credgate_token_cache_entries 7"), "{text}");
+        assert!(!text.contains("credgate_helpers_running"), "{text}");
+        open.store(5, std::sync::atomic::Ordering::Relaxed);
+        assert!(m.render().contains("credgate_endpoint_connections 5"));
+    }
+
+    #[test]
+    fn process_memory_and_descriptors_are_on_the_page() {
+        let text = Metrics::new().render();
+        let value = |name: &str| -> u64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value("credgate_process_resident_memory_bytes ") > 1024 * 1024);
+        assert!(value("credgate_process_open_fds ") >= 3);
     }
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use credgate::config::Config;
 use credgate::daemon::Daemon;
 use credgate::endpoint::{serve_endpoint, serve_metrics, EndpointState, HttpServer};
+use credgate::identity::Scope;
 use credgate::keychain::Keychain;
 use credgate::metrics::Metrics;
 use credgate::secret::MirrorSecret;
@@ -317,6 +318,10 @@ impl Endpoint {
         let fake = Arc::new(FakeRegistry::new());
         let daemon = Arc::new(Daemon::new(Keychain::new(Vec::new()), vec![0]));
         let metrics = Arc::new(Metrics::new());
+        // Registries the keychain would know keep their own metrics label.
+        metrics.label_registries(
+            ["registry.test", "registry.test:5000"].map(|s| Scope::parse(s).unwrap()),
+        );
         let state = Arc::new(EndpointState::new(
             daemon.clone(),
             fake.clone(),

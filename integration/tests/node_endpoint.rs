@@ -63,6 +63,8 @@ struct Gate {
 impl Gate {
     fn new(config: &Config) -> Arc<Gate> {
         let metrics = Arc::new(Metrics::new());
+        // As `serve` does from the keychain's scopes: registry.test keeps its own label.
+        metrics.label_registries([credgate::identity::Scope::parse("registry.test").unwrap()]);
         let upstream =
             Upstream::new(UpstreamPolicy::from_config(config), metrics.clone()).expect("upstream");
         let keychain = Keychain::from_config(config, &System::real(std::env::vars_os()));

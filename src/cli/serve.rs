@@ -1,10 +1,11 @@
 //! `credgate serve`: the daemon's lifecycle. It loads the config, opens the ttrpc socket, the
 //! pull-through endpoint and the metrics listener, reloads on SIGHUP (a bad new config is
 //! reported and the old one keeps serving) and stops cleanly on SIGTERM or SIGINT, removing
-//! its socket.
+//! its socket. It also keeps the metrics' registry labels following the keychain's scopes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -13,11 +14,15 @@ use crate::config::{Config, Listen};
 use crate::daemon::{bump, Daemon};
 use crate::endpoint::{self, EndpointState, HttpServer};
 use crate::keychain::Keychain;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Size};
 use crate::secret::{MirrorSecret, SecretError, SecretOrigin};
 use crate::service;
 use crate::system::System;
 use crate::upstream::{Upstream, UpstreamPolicy};
+
+/// How often the registries with a metrics label of their own are re-read from the keychain
+/// between reloads: docker configs change without one (`docker login`).
+const LABEL_REFRESH: Duration = Duration::from_secs(60);
 
 pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
@@ -57,7 +62,7 @@ async fn serve_until_stopped(
         config.listen.clone(),
         daemon.clone(),
         upstream.clone(),
-        metrics,
+        metrics.clone(),
     );
     let pull_through = streaming.spawn(open).await.unwrap_or_else(|e| {
         Err(CliError::Failed(format!(
@@ -78,10 +83,18 @@ async fn serve_until_stopped(
         socket_path,
         pull_through,
         upstream,
+        metrics,
     };
+    // The first tick is at once: the labels of the config just loaded.
+    let mut relabel = tokio::time::interval(LABEL_REFRESH);
+    relabel.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = hangup.recv() => running.reload(),
+            _ = hangup.recv() => {
+                running.reload();
+                running.label_registries().await;
+            }
+            _ = relabel.tick() => running.label_registries().await,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -98,9 +111,18 @@ struct Running {
     socket_path: PathBuf,
     pull_through: PullThrough,
     upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
 }
 
 impl Running {
+    /// Registries the keychain's scopes name keep their own metrics label; every other
+    /// registry a caller names counts under one shared label.
+    async fn label_registries(&self) {
+        let listed = self.daemon.keychain().list().await;
+        self.metrics
+            .label_registries(listed.into_iter().map(|(scope, _)| scope));
+    }
+
     fn reload(&self) {
         let config = match load_config(self.config_path.as_deref()) {
             Ok(config) => config,
@@ -160,13 +182,15 @@ impl PullThrough {
             metrics.clone(),
         ));
         let endpoint = endpoint::serve_endpoint(mirror, state.clone());
-        let metrics = endpoint::serve_metrics(metrics_listener, metrics);
+        let page = endpoint::serve_metrics(metrics_listener, metrics.clone());
+        metrics.watch(Size::EndpointConnections, endpoint.open_connections());
+        metrics.watch(Size::MetricsConnections, page.open_connections());
         tracing::info!(address = %endpoint.local_addr(), "pull-through endpoint listening");
-        tracing::info!(address = %metrics.local_addr(), "metrics listening");
+        tracing::info!(address = %page.local_addr(), "metrics listening");
         Ok(PullThrough {
             state,
             endpoint,
-            metrics,
+            metrics: page,
             listen: listen.clone(),
         })
     }

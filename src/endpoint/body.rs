@@ -208,6 +208,7 @@ mod tests {
             items.push_back(Err("reset".into()));
         }
         let metrics = Arc::new(Metrics::new());
+        metrics.label_registries([crate::identity::Scope::parse("r.test").unwrap()]);
         let tally = Tally {
             metrics: metrics.clone(),
             registry: "r.test".into(),

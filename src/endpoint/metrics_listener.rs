@@ -7,16 +7,27 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::error::full_body;
-use super::server::{self, HttpServer};
+use super::server::{self, HttpServer, Limits};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamBody;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// Serves `/metrics` and `/healthz` on `listener` until [`HttpServer::shutdown`].
+/// Serves `/metrics` and `/healthz` on `listener` until [`HttpServer::shutdown`], with
+/// [`Limits::METRICS`]: nobody shows a secret here, so at the cap the oldest connection is
+/// closed for the newcomer.
 pub fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> HttpServer {
-    server::spawn(listener, "metrics", move |request| {
+    serve_metrics_with(listener, metrics, Limits::METRICS)
+}
+
+/// [`serve_metrics`] with other limits (tests use small ones).
+pub fn serve_metrics_with(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> HttpServer {
+    server::spawn(listener, "metrics", limits, move |request| {
         let response = page(&metrics, &request);
         async move { response }
     })

@@ -28,11 +28,17 @@
 //!   connection ([`body`]). Partial (206) answers are passed through unverified: a range
 //!   cannot be checked against a whole-content digest, and the client verifies the assembled
 //!   content.
-//! - **Metrics** label requests with the canonical registry from `ns`; requests that name
-//!   none (`/v2/`, and refusals before a valid `ns` was read) count under `-`, so callers
-//!   without the secret cannot create label values.
+//! - **Metrics** label requests with the canonical registry from `ns` when the keychain knows
+//!   it, else `other` ([`crate::metrics`]); requests that name none (`/v2/`, refusals before
+//!   a valid `ns` was read, and an `ns` the upstream boundary refused) count under `-`, so
+//!   callers cannot create label values.
 //! - **Transport.** HTTP/1.1 only (containerd speaks HTTP/1.1 to `http://` mirrors); request
 //!   heads are bounded to [`MAX_HEADERS`] headers and [`MAX_HEADER_BYTES`] bytes (431 beyond).
+//! - **Connections.** At most [`MAX_ENDPOINT_CONNECTIONS`] are open; at the cap the oldest
+//!   connection that never showed the secret is closed for the newcomer, so idle strangers
+//!   can't starve containerd ([`connections`]). A request without the right secret is
+//!   answered `Connection: close`, so a stranger's connection lives for one head at most
+//!   (10 s to send it); a trusted one is closed after 10 s idle.
 
 use std::sync::{Arc, RwLock};
 
@@ -42,11 +48,12 @@ use hyper::body::Incoming;
 
 use crate::daemon::Daemon;
 use crate::identity::RegistryHost;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NO_REGISTRY};
 use crate::secret::MirrorSecret;
-use crate::upstream::{SendUpstream, UpstreamBody};
+use crate::upstream::{SendUpstream, UpstreamBody, UpstreamError};
 
 mod body;
+mod connections;
 mod error;
 mod metrics_listener;
 mod proxy;
@@ -54,16 +61,17 @@ mod route;
 mod server;
 
 pub use body::BodyError;
+pub use connections::Trust;
 pub use error::EndpointError;
-pub use metrics_listener::serve_metrics;
+pub use metrics_listener::{serve_metrics, serve_metrics_with};
 pub use route::{ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route};
-pub use server::{bind_loopback, HttpServer, ListenError, MAX_HEADERS, MAX_HEADER_BYTES};
+pub use server::{
+    bind_loopback, HttpServer, Limits, ListenError, MAX_ENDPOINT_CONNECTIONS, MAX_HEADERS,
+    MAX_HEADER_BYTES, MAX_METRICS_CONNECTIONS,
+};
 
 /// The header hosts.toml sends with the install's secret.
 pub const SECRET_HEADER: &str = "x-credgate-secret";
-
-/// The metrics label of requests that named no valid registry.
-const NO_REGISTRY: &str = "-";
 
 /// Everything a request needs, shared by every connection.
 pub struct EndpointState {
@@ -110,9 +118,19 @@ impl EndpointState {
     }
 }
 
-/// Serves the endpoint on `listener` until [`HttpServer::shutdown`].
+/// Serves the endpoint on `listener` until [`HttpServer::shutdown`], with
+/// [`Limits::ENDPOINT`].
 pub fn serve_endpoint(listener: tokio::net::TcpListener, state: Arc<EndpointState>) -> HttpServer {
-    server::spawn(listener, "pull-through endpoint", move |request| {
+    serve_endpoint_with(listener, state, Limits::ENDPOINT)
+}
+
+/// [`serve_endpoint`] with other limits (tests use small ones).
+pub fn serve_endpoint_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<EndpointState>,
+    limits: Limits,
+) -> HttpServer {
+    server::spawn(listener, "pull-through endpoint", limits, move |request| {
         respond(state.clone(), request)
     })
 }
@@ -124,14 +142,27 @@ async fn respond(state: Arc<EndpointState>, request: Request<Incoming>) -> Respo
         Ok(response) => response,
         Err(error) => {
             log_refusal(&request, &error);
-            error.into_response()
+            if matches!(
+                error,
+                EndpointError::Upstream(UpstreamError::NotAllowed { .. })
+            ) {
+                // A refused `ns` is counted as naming none: it never gets a label.
+                registry = None;
+            }
+            let stranger = matches!(error, EndpointError::BadSecret);
+            let mut response = error.into_response();
+            if stranger {
+                // A caller without the secret gets no kept-alive connection to sit on.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     let label = registry.as_ref().map(RegistryHost::to_string);
     let status = response.status();
-    state
-        .metrics
-        .request(label.as_deref().unwrap_or(NO_REGISTRY), status.as_u16());
+    state.metrics.request(label.as_deref(), status.as_u16());
     tracing::debug!(
         method = %request.method(),
         path = request.uri().path(),
@@ -149,6 +180,9 @@ async fn answer(
     registry: &mut Option<RegistryHost>,
 ) -> Result<Response<UpstreamBody>, EndpointError> {
     state.check_secret(request.headers())?;
+    if let Some(trust) = request.extensions().get::<Trust>() {
+        trust.grant();
+    }
     match Route::parse(request.method(), request.uri())? {
         Route::ApiVersion => Ok(api_version()),
         Route::Content(route) => {
@@ -188,3 +222,6 @@ fn log_refusal(request: &Request<Incoming>, error: &EndpointError) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

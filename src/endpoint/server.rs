@@ -1,10 +1,16 @@
 //! Loopback HTTP/1.1 listeners (the endpoint and the metrics page): bounded request heads,
-//! one task per connection, and a graceful stop that lets running transfers finish for a
-//! while.
+//! a bounded number of connections ([`super::connections`]), one task per connection, and a
+//! graceful stop that lets running transfers finish for a while.
+//!
+//! Timeouts: a request head must arrive within [`Limits::head_timeout`] of the connection
+//! opening, and, on a kept-alive connection, of the previous response finishing (hyper
+//! restarts its header-read timer whenever a connection goes idle), so an idle connection is
+//! closed after that long. A response being streamed is never cut by it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,14 +22,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::connections::{Admitted, ConnectionTable};
 use crate::upstream::UpstreamBody;
 
 /// Most headers a request may carry; more is 431.
 pub const MAX_HEADERS: usize = 64;
 /// Largest request head (request line and headers); more is 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// A client that has not sent its request head by then is dropped.
+/// A client that has not sent its request head by then is dropped; also how long a
+/// kept-alive connection may sit idle.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections the endpoint keeps. containerd opens a few per pull (3 concurrent layer
+/// downloads per image by default), so 512 serves well over a hundred parallel pulls, and
+/// stays far below the fd limit the unit sets (`LimitNOFILE=65536`) and the usual default
+/// of 1024, leaving descriptors for upstream connections and helpers.
+pub const MAX_ENDPOINT_CONNECTIONS: usize = 512;
+/// Open connections the metrics listener keeps: a scraper or two and a person with curl.
+pub const MAX_METRICS_CONNECTIONS: usize = 8;
 /// How long a stop waits for running transfers before cutting them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pause after a failed accept (out of file descriptors), so the loop does not spin.
@@ -54,9 +69,29 @@ pub async fn bind_loopback(
         .map_err(|source| ListenError::Bind { key, addr, source })
 }
 
+/// How many connections a listener keeps, and how long a request head may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// At least one; see [`super::connections`] for who is closed at the cap.
+    pub max_connections: usize,
+    pub head_timeout: Duration,
+}
+
+impl Limits {
+    pub const ENDPOINT: Limits = Limits {
+        max_connections: MAX_ENDPOINT_CONNECTIONS,
+        head_timeout: HEADER_READ_TIMEOUT,
+    };
+    pub const METRICS: Limits = Limits {
+        max_connections: MAX_METRICS_CONNECTIONS,
+        head_timeout: HEADER_READ_TIMEOUT,
+    };
+}
+
 /// A running listener.
 pub struct HttpServer {
     local_addr: SocketAddr,
+    connections: Arc<ConnectionTable>,
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -67,6 +102,12 @@ impl HttpServer {
         self.local_addr
     }
 
+    /// Reads how many connections are open, for a gauge; it outlives the server (then 0).
+    pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let connections = self.connections.clone();
+        move || connections.len()
+    }
+
     /// Stops accepting, lets open connections finish their current response for up to
     /// [`DRAIN_TIMEOUT`], then closes whatever is left.
     pub async fn shutdown(self) {
@@ -75,8 +116,14 @@ impl HttpServer {
     }
 }
 
-/// Serves `handle` on `listener`, one task per connection.
-pub(super) fn spawn<H, F>(listener: TcpListener, name: &'static str, handle: H) -> HttpServer
+/// Serves `handle` on `listener`, one task per connection. Each request carries its
+/// connection's [`super::Trust`] in its extensions.
+pub(super) fn spawn<H, F>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: Limits,
+    handle: H,
+) -> HttpServer
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<UpstreamBody>> + Send + 'static,
@@ -85,23 +132,38 @@ where
         .local_addr()
         .expect("a bound TCP listener has an address");
     let (stop, stopped) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(listener, name, handle, stopped));
+    let connections = ConnectionTable::new(limits.max_connections);
+    let listening = Listening {
+        name,
+        connections: connections.clone(),
+        head_timeout: limits.head_timeout,
+    };
+    let accept = tokio::spawn(accept_loop(listener, listening, handle, stopped));
     HttpServer {
         local_addr,
+        connections,
         stop,
         accept,
     }
 }
 
+/// What the accept loop needs besides the socket and the handler.
+struct Listening {
+    name: &'static str,
+    connections: Arc<ConnectionTable>,
+    head_timeout: Duration,
+}
+
 async fn accept_loop<H, F>(
     listener: TcpListener,
-    name: &'static str,
+    listening: Listening,
     handle: H,
     mut stopped: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<UpstreamBody>> + Send + 'static,
 {
+    let name = listening.name;
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -109,10 +171,23 @@ async fn accept_loop<H, F>(
             Some(_) = connections.join_next() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Some(admitted) = listening.connections.admit() else {
+                        // Every open connection showed the secret: this one waits its turn
+                        // by reconnecting, rather than taking a descriptor now.
+                        tracing::warn!(listener = name, "connection limit reached; closing a new connection");
+                        drop(stream);
+                        continue;
+                    };
                     // Small answers (manifests, errors) go out in more than one write; without
                     // this, Nagle and the client's delayed ACK add ~40 ms to each.
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(stream, handle.clone(), stopped.clone()));
+                    connections.spawn(serve_connection(
+                        stream,
+                        admitted,
+                        listening.head_timeout,
+                        handle.clone(),
+                        stopped.clone(),
+                    ));
                 }
                 Err(error) => {
                     tracing::warn!(listener = name, %error, "accept failed");
@@ -135,19 +210,28 @@ async fn accept_loop<H, F>(
     }
 }
 
-async fn serve_connection<H, F>(stream: TcpStream, handle: H, mut stopped: watch::Receiver<bool>)
-where
+async fn serve_connection<H, F>(
+    stream: TcpStream,
+    mut admitted: Admitted,
+    head_timeout: Duration,
+    handle: H,
+    mut stopped: watch::Receiver<bool>,
+) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<UpstreamBody>> + Send + 'static,
 {
-    let service = service_fn(move |request| {
+    let trust = admitted.trust.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(trust.clone());
         let response = handle(request);
         async move { Ok::<_, Infallible>(response.await) }
     });
-    let connection = http1_settings().serve_connection(TokioIo::new(stream), service);
+    let connection = http1_settings(head_timeout).serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
     let outcome = tokio::select! {
         outcome = connection.as_mut() => outcome,
+        // Shed for a newer connection: dropping the connection closes the socket.
+        _ = &mut admitted.shed => return,
         _ = stopped.changed() => {
             connection.as_mut().graceful_shutdown();
             connection.await
@@ -159,11 +243,11 @@ where
     }
 }
 
-fn http1_settings() -> http1::Builder {
+fn http1_settings(head_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_headers(MAX_HEADERS)
         .max_header_size(MAX_HEADER_BYTES);
     builder

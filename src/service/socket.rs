@@ -1,14 +1,20 @@
 //! The unix socket the Credentials service listens on. Callers are checked with SO_PEERCRED
 //! when they connect: allowed ones reach the real service, refused ones a service that
 //! answers every call with `PERMISSION_DENIED`, so a refused client gets a clear status
-//! instead of a dropped connection.
+//! instead of a dropped connection. An allowed caller's uid is checked again against the
+//! daemon's current `allowed_uids` before every read from its connection
+//! ([`AllowedCaller`]), so after a reload that drops the uid its next call finds the
+//! connection closed.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use ttrpc::r#async::transport::Listener;
@@ -153,16 +159,93 @@ pub async fn serve_socket(
     })
 }
 
-fn channel_listener(rx: mpsc::Receiver<UnixStream>) -> Listener {
+fn channel_listener<S>(rx: mpsc::Receiver<S>) -> Listener
+where
+    S: AsyncRead + AsyncWrite + Send + Sync + 'static,
+{
     Listener::new(stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|conn| (Ok::<_, io::Error>(conn), rx))
     }))
 }
 
+/// The connection of a caller that was allowed when it connected. Before each read its uid
+/// is checked against the daemon's current `allowed_uids`; once a reload has dropped it,
+/// reads end (EOF) and ttrpc closes the connection, so the call that was being sent is never
+/// answered. Writes pass through: an answer to a call admitted before the reload still goes
+/// out.
+struct AllowedCaller {
+    stream: UnixStream,
+    uid: u32,
+    daemon: Arc<Daemon>,
+    revoked: bool,
+}
+
+impl AllowedCaller {
+    fn still_allowed(&mut self) -> bool {
+        if self.revoked {
+            return false;
+        }
+        if self.daemon.allows(self.uid) {
+            return true;
+        }
+        self.revoked = true;
+        bump(&self.daemon.counters.refused_callers);
+        tracing::warn!(
+            uid = self.uid,
+            "closing a connection whose uid is no longer in allowed_uids"
+        );
+        false
+    }
+}
+
+impl AsyncRead for AllowedCaller {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.still_allowed() {
+            // Nothing read: end of stream.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AllowedCaller {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 async fn accept_loop(
     listener: UnixListener,
     daemon: Arc<Daemon>,
-    served: mpsc::Sender<UnixStream>,
+    served: mpsc::Sender<AllowedCaller>,
     refused: mpsc::Sender<UnixStream>,
 ) {
     loop {
@@ -174,20 +257,116 @@ async fn accept_loop(
                 continue;
             }
         };
-        let route = match conn.peer_cred() {
-            Ok(cred) if daemon.allows(cred.uid()) => &served,
+        let sent = match conn.peer_cred() {
+            Ok(cred) if daemon.allows(cred.uid()) => {
+                let caller = AllowedCaller {
+                    stream: conn,
+                    uid: cred.uid(),
+                    daemon: daemon.clone(),
+                    revoked: false,
+                };
+                served.send(caller).await.is_ok()
+            }
             Ok(cred) => {
                 bump(&daemon.counters.refused_callers);
                 tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a caller whose uid is not in allowed_uids");
-                &refused
+                refused.send(conn).await.is_ok()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the caller's credentials; dropping the connection");
                 continue;
             }
         };
-        if route.send(conn).await.is_err() {
+        if !sent {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CredentialsClient, StatusRequest};
+    use crate::keychain::Keychain;
+
+    struct Served {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        daemon: Arc<Daemon>,
+        service: SocketService,
+    }
+
+    async fn serve(allowed_uids: Vec<u32>) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credgate.sock");
+        let daemon = Arc::new(Daemon::new(Keychain::new(Vec::new()), allowed_uids));
+        let listener = bind(&path, false).unwrap();
+        let service = serve_socket(listener, &path, daemon.clone()).await.unwrap();
+        Served {
+            _dir: dir,
+            path,
+            daemon,
+            service,
+        }
+    }
+
+    async fn client(path: &Path) -> CredentialsClient {
+        let address = format!("unix://{}", path.display());
+        CredentialsClient::new(ttrpc::r#async::Client::connect(&address).await.unwrap())
+    }
+
+    async fn status(client: &CredentialsClient) -> ttrpc::Result<crate::api::StatusResponse> {
+        let ctx = ttrpc::context::with_timeout(10_000_000_000);
+        client.status(ctx, &StatusRequest::default()).await
+    }
+
+    fn me() -> u32 {
+        nix::unistd::getuid().as_raw()
+    }
+
+    fn someone_else() -> u32 {
+        me().wrapping_add(1)
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_drops_a_uid_cuts_off_its_open_connection_at_the_next_call() {
+        let served = serve(vec![me()]).await;
+        let connected = client(&served.path).await;
+        assert!(status(&connected).await.is_ok());
+
+        served
+            .daemon
+            .reload(Keychain::new(Vec::new()), vec![someone_else()]);
+        let after = status(&connected).await;
+        assert!(after.is_err(), "{after:?}");
+        assert!(
+            !matches!(after, Err(ttrpc::Error::Others(ref m)) if m.contains("timeout")),
+            "refused at once, not left to time out: {after:?}"
+        );
+        assert_eq!(served.daemon.counters.snapshot()["refused_callers"], 1);
+        assert!(status(&connected).await.is_err(), "still refused");
+
+        // A new connection of the same uid gets the refusal as a status.
+        let fresh = client(&served.path).await;
+        let refused = status(&fresh).await.unwrap_err();
+        assert!(
+            matches!(refused, ttrpc::Error::RpcStatus(ref s) if s.code() == ttrpc::Code::PERMISSION_DENIED),
+            "{refused:?}"
+        );
+        served.service.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_keeps_the_uid_keeps_its_connection() {
+        let served = serve(vec![me()]).await;
+        let connected = client(&served.path).await;
+        assert!(status(&connected).await.is_ok());
+        served
+            .daemon
+            .reload(Keychain::new(Vec::new()), vec![someone_else(), me()]);
+        assert!(status(&connected).await.is_ok());
+        assert!(status(&connected).await.is_ok());
+        assert_eq!(served.daemon.counters.snapshot()["refused_callers"], 0);
+        served.service.shutdown().await;
     }
 }
