@@ -91,13 +91,7 @@ impl UpstreamPolicy {
         if self.may_be_private(host) {
             return Ok(());
         }
-        match addresses
-            .iter()
-            .find_map(|a| non_public_reason(a.ip()).map(|why| (a.ip(), why)))
-        {
-            Some((ip, why)) => Err(refusal(host, ip, why)),
-            None => Ok(()),
-        }
+        first_non_public(addresses).map_or(Ok(()), |(ip, why)| Err(refusal(host, ip, why)))
     }
 
     /// The same check for an IP-literal host, before anything is resolved or looked up.
@@ -115,6 +109,25 @@ impl UpstreamPolicy {
     pub fn realm_allowed(&self, upstream_host: &str, realm_host: &RegistryHost) -> bool {
         self.realm_hosts.contains(realm_host) || on_own_domain(upstream_host, realm_host.host())
     }
+}
+
+/// Whether a redirect off the registry's own host may go to `addresses`: public ones only,
+/// whatever the allow-lists say (a registry must not steer the gate to an internal host the
+/// operator allowed for itself). The error is the reason.
+pub fn check_public(host: &RegistryHost, addresses: &[SocketAddr]) -> Result<(), String> {
+    match first_non_public(addresses) {
+        Some((ip, why)) => Err(format!(
+            "{host} resolves to {ip}, a {why} address; a redirect off the registry's own host \
+             (host and port) may reach public addresses only, whatever the allow-lists say"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn first_non_public(addresses: &[SocketAddr]) -> Option<(IpAddr, &'static str)> {
+    addresses
+        .iter()
+        .find_map(|a| non_public_reason(a.ip()).map(|why| (a.ip(), why)))
 }
 
 fn refusal(host: &RegistryHost, ip: IpAddr, why: &str) -> String {
@@ -260,6 +273,23 @@ mod tests {
         assert!(policy
             .check_addresses(&host("registry.test:5000"), &[loopback])
             .is_err());
+    }
+
+    #[test]
+    fn redirect_targets_off_the_registry_must_be_public_whatever_is_allowed() {
+        let internal: SocketAddr = "10.0.0.7:443".parse().unwrap();
+        let public: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        let policy = UpstreamPolicy::default().allow_private(host("internal.test"));
+        assert!(policy
+            .check_addresses(&host("internal.test"), &[internal])
+            .is_ok());
+        let refused = check_public(&host("internal.test"), &[internal]).unwrap_err();
+        assert!(
+            refused.contains("internal.test resolves to 10.0.0.7, a private address"),
+            "{refused}"
+        );
+        assert!(check_public(&host("cdn.test"), &[public, internal]).is_err());
+        assert!(check_public(&host("cdn.test"), &[public]).is_ok());
     }
 
     #[test]
