@@ -33,6 +33,7 @@ use tempfile::TempDir;
 use crate::clients::DockerConfig;
 use crate::daemon::{CredgateDaemon, MIRROR_SECRET};
 use crate::https::{self, response, ClientRequest, HttpRequest, HttpsServer};
+use crate::images::sha256;
 use crate::mirror;
 use crate::node::node;
 use crate::process::{
@@ -273,13 +274,6 @@ pub fn write_docker_config(dir: &Path, config: &DockerConfig) -> PathBuf {
     let text = serde_json::to_string_pretty(&config.to_json()).expect("config JSON");
     write_file(&path, &text, 0o600);
     path
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ pub const NODE_HOSTS: &[(&str, [u8; 4])] = &[
     ("a.glob.test", [127, 0, 0, 15]),
     ("b.glob.test", [127, 0, 0, 16]),
     ("registry-1.docker.io", [127, 0, 0, 17]),
+    // A blob CDN must look public to credgate: a redirect off a registry's own host may reach
+    // public addresses only. This one lies outside every special-purpose range and lives on the
+    // namespace's own `lo`, which has no route out of the namespace.
+    ("cdn.test", [11, 7, 0, 16]),
 ];
 
 /// More names for a node host: they resolve to its address and its server certificate
@@ -241,6 +245,14 @@ fn set_up() {
         Command::new(crate::require_program("ip", "iproute2")).args(["link", "set", "lo", "up"]),
         scratch.path(),
     );
+    for (_, ip) in NODE_HOSTS.iter().filter(|(_, ip)| ip[0] != 127) {
+        let address = format!("{}/32", Ipv4Addr::from(*ip));
+        run(
+            Command::new(crate::require_program("ip", "iproute2"))
+                .args(["addr", "add", &address, "dev", "lo"]),
+            scratch.path(),
+        );
+    }
 
     let hosts = scratch.path().join("hosts");
     std::fs::write(&hosts, hosts_file()).expect("write hosts");

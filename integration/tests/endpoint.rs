@@ -1,26 +1,34 @@
 //! The pull-through endpoint's server half, driven over real HTTP exactly as containerd sends
 //! mirror requests (path, `?ns=`, `Accept`, `X-Credgate-Secret`). The upstream behind it is an
 //! in-process fake `SendUpstream`: it produces what a real registry can't on demand (a reset
-//! mid-blob, wrong bytes for a digest, a short body) and canned content for the rest.
+//! mid-blob, wrong bytes for a digest, a short body) and canned content for the rest. Where
+//! the real `Upstream` matters (redirects, throttling), it talks TLS to in-process registries
+//! on 127.0.0.1 under a test CA, with the SSRF allow-list set by the test.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use credgate::config::Config;
 use credgate::daemon::Daemon;
-use credgate::endpoint::{serve_endpoint, serve_metrics, EndpointState, HttpServer};
-use credgate::identity::Scope;
+use credgate::endpoint::{serve_endpoint, serve_metrics, EndpointState, HttpServer, Patience};
+use credgate::identity::{RegistryHost, Scope};
 use credgate::keychain::Keychain;
 use credgate::metrics::Metrics;
 use credgate::secret::MirrorSecret;
 use credgate::system::System;
-use credgate::upstream::{BoxError, SendUpstream, UpstreamBody, UpstreamError, UpstreamRequest};
+use credgate::upstream::{
+    BoxError, SendUpstream, Upstream, UpstreamBody, UpstreamError, UpstreamPolicy, UpstreamRequest,
+};
+use credgate_integration::https::server_config;
 use credgate_integration::images::sha256;
-use http_body_util::{BodyExt, Empty};
+use credgate_integration::pki::TestCa;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -41,6 +49,9 @@ struct FakeRegistry {
     blob: Bytes,
     /// The sender feeding the last gated body, for the test to release the rest.
     gate: Mutex<Option<mpsc::Sender<Result<Bytes, BoxError>>>>,
+    /// `group/throttled` answers 429 with each of these `Retry-After`s in turn (`None`: no
+    /// header), then the manifest.
+    throttle: Mutex<VecDeque<Option<&'static str>>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -57,8 +68,13 @@ impl FakeRegistry {
             )),
             blob: Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()),
             gate: Mutex::new(None),
+            throttle: Mutex::new(VecDeque::new()),
             seen: Mutex::new(Vec::new()),
         }
+    }
+
+    fn asked(&self) -> usize {
+        self.seen.lock().unwrap().len()
     }
 
     fn last_seen(&self) -> (UpstreamRequest, usize) {
@@ -118,6 +134,23 @@ impl FakeRegistry {
                     &blob_digest,
                 )
             }
+            ("group/whole-206", _) => {
+                // The whole content, wrong bytes, as a 206 nobody asked a range of.
+                let mut wrong = ok(&self.blob, "application/octet-stream", &blob_digest);
+                *wrong.status_mut() = StatusCode::PARTIAL_CONTENT;
+                *wrong.body_mut() = chunks(vec![Ok(corrupted(&self.blob))]);
+                wrong
+            }
+            ("group/lie-203", _) => {
+                let mut wrong = ok(&self.blob, "application/octet-stream", &blob_digest);
+                *wrong.status_mut() = StatusCode::NON_AUTHORITATIVE_INFORMATION;
+                *wrong.body_mut() = chunks(split(&corrupted(&self.blob), 64 * 1024));
+                wrong
+            }
+            ("group/throttled", _) => match self.throttle.lock().unwrap().pop_front() {
+                Some(retry_after) => too_many_requests(retry_after),
+                None => ok(&self.manifest, MANIFEST_TYPE, &manifest_digest),
+            },
             ("group/reset", _) => reset_midway(&self.blob, true),
             ("group/reset-chunked", _) => reset_midway(&self.blob, false),
             ("group/short", _) => short_body(&self.manifest),
@@ -163,7 +196,7 @@ fn content_response(
     digest: &str,
 ) -> Response<UpstreamBody> {
     let range = request
-        .headers
+        .headers()
         .get("range")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_range);
@@ -192,6 +225,25 @@ fn content_response(
     if let Some((start, end)) = range {
         let value = format!("bytes {start}-{end}/{}", content.len());
         headers.insert("content-range", value.parse().unwrap());
+    }
+    response
+}
+
+/// `content` with one byte flipped: the right length, only the digest can tell.
+fn corrupted(content: &Bytes) -> Bytes {
+    let mut wrong = content.to_vec();
+    wrong[content.len() / 2] ^= 0xff;
+    Bytes::from(wrong)
+}
+
+fn too_many_requests(retry_after: Option<&str>) -> Response<UpstreamBody> {
+    let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
+    let mut response = Response::new(chunks(vec![Ok(Bytes::from_static(body.as_bytes()))]));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    if let Some(value) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", value.parse().unwrap());
     }
     response
 }
@@ -315,19 +367,36 @@ struct Endpoint {
 
 impl Endpoint {
     async fn start() -> Endpoint {
+        Self::start_with(Patience::default()).await
+    }
+
+    /// In front of the fake, waiting on it as `patience` says.
+    async fn start_with(patience: Patience) -> Endpoint {
         let fake = Arc::new(FakeRegistry::new());
+        Self::start_before(fake.clone(), fake, patience).await
+    }
+
+    /// In front of `upstream`; `fake` is only there to be looked at.
+    async fn start_before(
+        fake: Arc<FakeRegistry>,
+        upstream: Arc<dyn SendUpstream>,
+        patience: Patience,
+    ) -> Endpoint {
         let daemon = Arc::new(Daemon::new(Keychain::new(Vec::new()), vec![0]));
         let metrics = Arc::new(Metrics::new());
         // Registries the keychain would know keep their own metrics label.
         metrics.label_registries(
             ["registry.test", "registry.test:5000"].map(|s| Scope::parse(s).unwrap()),
         );
-        let state = Arc::new(EndpointState::new(
-            daemon.clone(),
-            fake.clone(),
-            MirrorSecret::new(SECRET),
-            metrics.clone(),
-        ));
+        let state = Arc::new(
+            EndpointState::new(
+                daemon.clone(),
+                upstream,
+                MirrorSecret::new(SECRET),
+                metrics.clone(),
+            )
+            .with_patience(patience),
+        );
         let server = serve_endpoint(loopback().await, state.clone());
         let metrics = serve_metrics(loopback().await, metrics);
         Endpoint {
@@ -455,17 +524,17 @@ async fn a_manifest_passes_through_with_its_headers_and_only_safe_headers_go_ups
 
     let (sent, _) = endpoint.fake.last_seen();
     assert_eq!(sent.registry.to_string(), REGISTRY);
-    assert_eq!(sent.repository.unwrap().as_str(), "group/app");
+    assert_eq!(sent.repository.as_ref().unwrap().as_str(), "group/app");
     assert_eq!(sent.method, Method::GET);
     assert_eq!(sent.path, "/v2/group/app/manifests/v1");
     let mut names: Vec<_> = sent
-        .headers
+        .headers()
         .keys()
         .map(|k| k.as_str().to_string())
         .collect();
     names.sort();
     assert_eq!(names, ["accept", "user-agent"]);
-    assert_eq!(sent.headers["accept"], ACCEPT);
+    assert_eq!(sent.headers()["accept"], ACCEPT);
 }
 
 #[tokio::test]
@@ -537,7 +606,7 @@ async fn a_range_is_forwarded_and_206_passes_through_with_content_range() {
         endpoint.fake.blob.slice(1000..2000)
     );
     assert_eq!(
-        endpoint.fake.last_seen().0.headers["range"],
+        endpoint.fake.last_seen().0.headers()["range"],
         "bytes=1000-1999"
     );
 }
@@ -891,6 +960,323 @@ async fn a_partial_answer_is_not_verified() {
     let response = endpoint.send(request).await;
     assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(read_to_end(response).await.unwrap(), 100);
+}
+
+#[tokio::test]
+async fn an_upstream_206_to_a_request_without_range_is_refused_not_streamed_unchecked() {
+    let endpoint = Endpoint::start().await;
+    let digest = sha256(&endpoint.fake.blob);
+    let path = format!("/v2/group/whole-206/blobs/{digest}?ns=registry.test");
+    let response = endpoint.get(&path).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8(body_of(response).await.to_vec()).unwrap();
+    assert!(
+        body.contains("206 (partial content) to a request without Range"),
+        "{body}"
+    );
+    let response = endpoint.send(endpoint.request(Method::HEAD, &path)).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn an_upstream_203_with_wrong_bytes_breaks_the_clients_transfer() {
+    let endpoint = Endpoint::start().await;
+    let digest = sha256(&endpoint.fake.blob);
+    let response = endpoint
+        .get(&format!(
+            "/v2/group/lie-203/blobs/{digest}?ns=registry.test"
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::NON_AUTHORITATIVE_INFORMATION);
+    let outcome = read_to_end(response).await;
+    assert!(
+        outcome.is_err(),
+        "a complete 203 of {outcome:?} corrupt bytes"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_aborts_the_clients_transfer() {
+    let endpoint = Endpoint::start_with(Patience {
+        body_idle: Duration::from_millis(300),
+        ..Patience::default()
+    })
+    .await;
+    let digest = sha256(&endpoint.fake.blob);
+    let response = endpoint
+        .get(&format!("/v2/group/stream/blobs/{digest}?ns=registry.test"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The gate's sender stays with the fake: the upstream never sends the rest nor ends.
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), read_to_end(response))
+        .await
+        .expect("the stalled transfer was cut off, not left hanging");
+    assert!(outcome.is_err(), "a complete 200 of {outcome:?} bytes");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+// ---------------------------------------------------------------- throttling (429)
+
+fn quick_throttle() -> Patience {
+    Patience {
+        throttle_default_wait: Duration::from_millis(50),
+        ..Patience::default()
+    }
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_and_retried_inside_the_gate() {
+    let endpoint = Endpoint::start_with(quick_throttle()).await;
+    endpoint
+        .fake
+        .throttle
+        .lock()
+        .unwrap()
+        .extend([Some("1"), Some("garbage")]);
+    let started = Instant::now();
+    let response = endpoint
+        .get("/v2/group/throttled/manifests/v1?ns=registry.test")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_of(response).await, endpoint.fake.manifest);
+    assert_eq!(endpoint.fake.asked(), 3);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1050), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_429_that_persists_is_passed_on_with_its_retry_after_after_two_retries() {
+    let endpoint = Endpoint::start_with(quick_throttle()).await;
+    endpoint
+        .fake
+        .throttle
+        .lock()
+        .unwrap()
+        .extend([Some("0"), None, Some("-3"), Some("0")]);
+    let response = endpoint
+        .get("/v2/group/throttled/manifests/v1?ns=registry.test")
+        .await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&response, "retry-after"), Some("-3"));
+    assert_eq!(error_code(response).await, "TOOMANYREQUESTS");
+    assert_eq!(endpoint.fake.asked(), 3);
+}
+
+#[tokio::test]
+async fn a_hostile_retry_after_never_holds_the_request() {
+    for hostile in [
+        "99999999999999999999999999999",
+        "3600",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ] {
+        let endpoint = Endpoint::start().await;
+        endpoint
+            .fake
+            .throttle
+            .lock()
+            .unwrap()
+            .push_back(Some(hostile));
+        let started = Instant::now();
+        let response = endpoint
+            .get("/v2/group/throttled/manifests/v1?ns=registry.test")
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{hostile}"
+        );
+        assert_eq!(header(&response, "retry-after"), Some(hostile));
+        assert!(started.elapsed() < Duration::from_secs(2), "{hostile}");
+        assert_eq!(endpoint.fake.asked(), 1, "{hostile}");
+    }
+}
+
+// ---------------------------------------------------------------- the real upstream over TLS
+
+/// An HTTPS registry on a 127.0.0.1 port with a certificate from `ca` for `127.0.0.1` and
+/// `localhost`; records the path of every request it answers.
+struct TlsRegistry {
+    addr: SocketAddr,
+    paths: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsRegistry {
+    async fn start<F>(ca: &TestCa, answer: F) -> TlsRegistry
+    where
+        F: Fn(&str) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    {
+        let listener = loopback().await;
+        let addr = listener.local_addr().unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(server_config(&ca.issue(&["127.0.0.1", "localhost"])));
+        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let answer = Arc::new(answer);
+        let recorded = paths.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, answer, recorded) =
+                    (acceptor.clone(), answer.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let path = request.uri().path().to_string();
+                        recorded.lock().unwrap().push(path.clone());
+                        let response = answer(&path);
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsRegistry { addr, paths, task }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn host(&self) -> RegistryHost {
+        RegistryHost::parse(&self.addr.to_string()).unwrap()
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(status: StatusCode, body: &'static [u8]) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+    *response.status_mut() = status;
+    response
+}
+
+fn redirect_to(location: &str) -> Response<Full<Bytes>> {
+    let mut response = answer(StatusCode::TEMPORARY_REDIRECT, b"");
+    response
+        .headers_mut()
+        .insert("location", location.parse().unwrap());
+    response
+}
+
+/// The endpoint in front of the real `Upstream`, whose policy trusts `ca` for `registry` and
+/// lets every host in `private` resolve to loopback (as `[[registry]]` entries do).
+async fn real_endpoint(
+    dir: &tempfile::TempDir,
+    ca: &TestCa,
+    registry: &TlsRegistry,
+    private: &[RegistryHost],
+) -> Endpoint {
+    let mut policy =
+        UpstreamPolicy::default().with_ca_file(registry.host(), ca.write_pem(dir.path()));
+    for host in private {
+        policy = policy.allow_private(host.clone());
+    }
+    let upstream = Upstream::new(policy, Arc::new(Metrics::new())).expect("upstream");
+    Endpoint::start_before(
+        Arc::new(FakeRegistry::new()),
+        Arc::new(upstream),
+        quick_throttle(),
+    )
+    .await
+}
+
+const BLOB: &[u8] = b"layer bytes";
+
+fn blob_path(registry: &TlsRegistry) -> String {
+    format!(
+        "/v2/group/app/blobs/{}?ns=127.0.0.1%3A{}",
+        sha256(BLOB),
+        registry.port()
+    )
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_operator_allowed_private_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate();
+    let internal = TlsRegistry::start(&ca, |_| answer(StatusCode::OK, b"internal secrets")).await;
+    let internal_port = internal.port();
+    let target = Arc::new(Mutex::new(String::new()));
+    let location = target.clone();
+    let registry = TlsRegistry::start(&ca, move |_| redirect_to(&location.lock().unwrap())).await;
+    // Both are allowed to be private, as exact [[registry]] hosts are.
+    let endpoint = real_endpoint(&dir, &ca, &registry, &[registry.host(), internal.host()]).await;
+    for to in [
+        // Another allowed host (same address, another port).
+        format!("https://127.0.0.1:{internal_port}/admin/keys?x=1"),
+        // The registry's own port under another name.
+        format!("https://localhost:{}/v2/", registry.port()),
+    ] {
+        *target.lock().unwrap() = to.clone();
+        // By tag: no digest would have caught the internal answer.
+        let path = format!(
+            "/v2/group/app/manifests/v1?ns=127.0.0.1%3A{}",
+            registry.port()
+        );
+        let response = endpoint.get(&path).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{to}");
+        let body = String::from_utf8(body_of(response).await.to_vec()).unwrap();
+        assert!(body.contains("public addresses only"), "{to}: {body}");
+    }
+    assert!(internal.paths().is_empty(), "{:?}", internal.paths());
+}
+
+#[tokio::test]
+async fn a_redirect_on_the_registrys_own_host_and_port_may_stay_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate();
+    let registry = TlsRegistry::start(&ca, |path| match path {
+        "/storage/layer" => answer(StatusCode::OK, BLOB),
+        _ => redirect_to("/storage/layer"),
+    })
+    .await;
+    let endpoint = real_endpoint(&dir, &ca, &registry, &[registry.host()]).await;
+    let response = endpoint.get(&blob_path(&registry)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_of(response).await, BLOB);
+    assert_eq!(registry.paths().len(), 2, "{:?}", registry.paths());
+}
+
+#[tokio::test]
+async fn a_registry_answering_429_then_200_is_served_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let registry = TlsRegistry::start(&ca, move |_| {
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut response = answer(StatusCode::TOO_MANY_REQUESTS, b"{}");
+            response
+                .headers_mut()
+                .insert("retry-after", "1".parse().unwrap());
+            response
+        } else {
+            answer(StatusCode::OK, BLOB)
+        }
+    })
+    .await;
+    let endpoint = real_endpoint(&dir, &ca, &registry, &[registry.host()]).await;
+    let started = Instant::now();
+    let response = endpoint.get(&blob_path(&registry)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_of(response).await, BLOB);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(started.elapsed() >= Duration::from_secs(1));
 }
 
 // ---------------------------------------------------------------- metrics

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use credgate_integration::attack::{
     self, assert_alive, credential_helper, credgate_cli, mode_of, pull_through, resolver, series,
-    sha256, vm_rss_kib, write_docker_config, write_file, Attack, ConnectedCaller, DialRecorder,
+    vm_rss_kib, write_docker_config, write_file, Attack, ConnectedCaller, DialRecorder,
     HostileTokens, IdleConnections, RawServe,
 };
 use credgate_integration::clients::DockerConfig;
@@ -34,8 +34,8 @@ use credgate_integration::registry::{Registry, RegistryAuth};
 use credgate_integration::token_server::{TokenServer, TokenUser};
 use http::StatusCode;
 
-const DEPLOY_PW: &str = "deploy-pw-att-4e1";
-const OTHER_PW: &str = "other-pw-att-4e2";
+use credgate_integration::gitlab::DEPLOY_PW;
+use credgate_integration::images::sha256;
 const HUB_PW: &str = "hub-pw-att-4e3";
 const ALICE_PW: &str = "alice-pw-att-4e4";
 const INTERNAL_PW: &str = "internal-pw-att-4e5";
@@ -473,7 +473,7 @@ fn two_thousand_distinct_ns_values_grow_neither_memory_nor_metric_series() {
     let mut attack = Attack::begin(this_test!());
     // Names under unknown.attack.test get NXDOMAIN from the node's resolver at once.
     resolver();
-    let (_tokens, _registry) = credgate_integration::token_server::gitlab(DEPLOY_PW, OTHER_PW);
+    let (_tokens, _registry) = credgate_integration::gitlab::start();
     push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
     let daemon = gitlab_daemon();
     // Every kind of request once, so each label value a fixed credgate would use exists.
@@ -852,7 +852,7 @@ fn containerd_21(daemon: &CredgateDaemon, sandbox_image: &str) -> Containerd {
 fn two_thousand_idle_connections_do_not_starve_a_containerd_pull() {
     let mut attack = Attack::begin(this_test!());
     attack::raise_own_open_files(8192);
-    let (_tokens, _registry) = credgate_integration::token_server::gitlab(DEPLOY_PW, OTHER_PW);
+    let (_tokens, _registry) = credgate_integration::gitlab::start();
     let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
     let daemon = gitlab_daemon();
     // A service without LimitNOFILE gets systemd's default soft limit.

@@ -5,13 +5,21 @@
 //! To make that true at the very end too, a verified body holds back its latest chunk until
 //! the upstream body has ended and the digest and length check out: the client can never
 //! have read every byte of a body that turns out to be wrong.
+//!
+//! An upstream that stalls (no frame for the idle timeout while the client waits for one)
+//! fails the body the same way: containerd sees a broken transfer and retries, never a hang.
+//! The clock runs only while the client is waiting on the upstream, so a slow reader never
+//! trips it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
+use tokio::time::{Instant, Sleep};
 
 use super::route::Digest;
 use crate::metrics::Metrics;
@@ -26,6 +34,8 @@ pub enum BodyError {
     Length { expected: u64, received: u64 },
     #[error("content does not match its digest {expected}: it hashes to {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("upstream body stalled: no data for {0:?}")]
+    Idle(Duration),
 }
 
 /// What a body is checked against at its end.
@@ -53,10 +63,20 @@ pub struct StreamedBody {
     /// The chunk a verified body has not released yet.
     held: Option<Bytes>,
     finished: bool,
+    idle_timeout: Duration,
+    /// The deadline for the upstream's next frame, armed while the client waits for it.
+    idle: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl StreamedBody {
-    pub fn new(inner: UpstreamBody, tally: Tally, expectations: Expectations) -> Self {
+    /// `idle_timeout` bounds how long the upstream may leave a waiting client without a frame.
+    pub fn new(
+        inner: UpstreamBody,
+        tally: Tally,
+        expectations: Expectations,
+        idle_timeout: Duration,
+    ) -> Self {
         let verifier = expectations.digest.map(|digest| {
             let context = ring::digest::Context::new(digest.algorithm.ring());
             (digest, context)
@@ -69,7 +89,26 @@ impl StreamedBody {
             received: 0,
             held: None,
             finished: false,
+            idle_timeout,
+            idle: None,
+            waiting: false,
         }
+    }
+
+    /// The upstream has nothing yet: start the idle clock if it is not running, and tell
+    /// whether it ran out.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.idle_timeout;
+        if !self.waiting {
+            self.waiting = true;
+            match self.idle.as_mut() {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.idle
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 
     /// Takes in one upstream chunk; returns what may go to the client now.
@@ -143,7 +182,15 @@ impl Body for StreamedBody {
             if this.finished {
                 return Poll::Ready(None);
             }
-            let outcome = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(polled) => polled,
+                Poll::Pending if this.stalled(cx) => {
+                    return this.fail(BodyError::Idle(this.idle_timeout))
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            this.waiting = false;
+            let outcome = match polled {
                 // Trailers are not forwarded: registries send none.
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(chunk) => this.accept(chunk),
@@ -174,7 +221,8 @@ mod tests {
     use super::*;
     use crate::endpoint::route::DigestAlgorithm;
 
-    struct Items(VecDeque<Result<Bytes, BoxError>>);
+    /// These items in order, each after one `Pending`, as a network read would.
+    struct Items(VecDeque<Result<Bytes, BoxError>>, bool);
 
     impl Body for Items {
         type Data = Bytes;
@@ -182,8 +230,13 @@ mod tests {
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if !std::mem::replace(&mut self.1, true) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.1 = false;
             Poll::Ready(self.0.pop_front().map(|item| item.map(Frame::data)))
         }
     }
@@ -214,7 +267,7 @@ mod tests {
             registry: "r.test".into(),
             what: "r.test/app blob".into(),
         };
-        let mut body = StreamedBody::new(Items(items).boxed(), tally, expectations);
+        let mut body = StreamedBody::new(Items(items, false).boxed(), tally, expectations, IDLE);
         let mut received = Vec::new();
         while let Some(frame) = body.frame().await {
             match frame {
@@ -223,6 +276,70 @@ mod tests {
             }
         }
         (received, None, metrics)
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn tally() -> Tally {
+        Tally {
+            metrics: Arc::new(Metrics::new()),
+            registry: "r.test".into(),
+            what: "r.test/app blob".into(),
+        }
+    }
+
+    /// One chunk, then nothing ever again: an upstream that stalls mid-body.
+    struct Stalls(Option<Bytes>);
+
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.take() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_idle_timeout() {
+        let idle = Duration::from_millis(50);
+        let inner = Stalls(Some(Bytes::from_static(b"hello "))).boxed();
+        let mut body = StreamedBody::new(inner, tally(), expect(Some(11), None), idle);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), &b"hello "[..]);
+        let started = Instant::now();
+        let error = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the stall was cut off")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("stalled: no data for 50ms"), "{error}");
+        assert!(started.elapsed() >= idle);
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_does_not_count_as_a_stalled_upstream() {
+        let items = [&b"hello "[..], &b"world"[..]].map(|c| Ok(Bytes::copy_from_slice(c)));
+        let mut body = StreamedBody::new(
+            Items(items.into_iter().collect(), false).boxed(),
+            tally(),
+            expect(Some(11), None),
+            Duration::from_millis(20),
+        );
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            got.push(frame.unwrap().into_data().unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got.concat(), b"hello world");
     }
 
     fn expect(length: Option<u64>, digest: Option<Digest>) -> Expectations {

@@ -20,14 +20,17 @@
 //! - **Upstream answers** pass through with their status, so containerd moves on to its next
 //!   host on anything >= 400 — except a final 401, which becomes 403: credgate has tried every
 //!   credential it has, and a 401 would make containerd retry with its own. Only `Content-Length`, `Content-Type`, `Docker-Content-Digest`,
-//!   `ETag`, `Content-Range`, `Accept-Ranges` and `Last-Modified` are kept (no hop-by-hop or
+//!   `ETag`, `Content-Range`, `Accept-Ranges`, `Last-Modified` and `Retry-After` are kept (no hop-by-hop or
 //!   auth headers such as `Www-Authenticate`); only `Accept`, `Range`, `If-None-Match` and
 //!   `User-Agent` are forwarded.
-//! - **Integrity.** A full (200) GET of a blob, or of a manifest by digest, is verified as it
-//!   streams; a mismatch, a short or long body, or an upstream failure aborts the client's
-//!   connection ([`body`]). Partial (206) answers are passed through unverified: a range
-//!   cannot be checked against a whole-content digest, and the client verifies the assembled
-//!   content.
+//! - **Integrity.** A whole answer (any 2xx but 206) to a GET of a blob, or of a manifest by
+//!   digest, is verified as it streams; a mismatch, a short or long body, an upstream failure
+//!   or an upstream idle for [`Patience::body_idle`] aborts the client's connection ([`body`]).
+//!   A 206 is passed through unverified only when the client sent `Range` (a range cannot be
+//!   checked against a whole-content digest; the client verifies the assembled content); to a
+//!   request without `Range` it is refused (502) ([`proxy`]).
+//! - **Throttling.** An upstream 429 is waited out and retried within [`Patience`] before it
+//!   is passed on.
 //! - **Metrics** label requests with the canonical registry from `ns` when the keychain knows
 //!   it, else `other` ([`crate::metrics`]); requests that name none (`/v2/`, refusals before
 //!   a valid `ns` was read, and an `ns` the upstream boundary refused) count under `-`, so
@@ -56,6 +59,7 @@ mod body;
 mod connections;
 mod error;
 mod metrics_listener;
+mod patience;
 mod proxy;
 mod route;
 mod server;
@@ -64,6 +68,7 @@ pub use body::BodyError;
 pub use connections::Trust;
 pub use error::EndpointError;
 pub use metrics_listener::{serve_metrics, serve_metrics_with};
+pub use patience::Patience;
 pub use route::{ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route};
 pub use server::{
     bind_loopback, HttpServer, Limits, ListenError, MAX_ENDPOINT_CONNECTIONS, MAX_HEADERS,
@@ -79,6 +84,7 @@ pub struct EndpointState {
     upstream: Arc<dyn SendUpstream>,
     secret: RwLock<MirrorSecret>,
     metrics: Arc<Metrics>,
+    patience: Patience,
 }
 
 impl EndpointState {
@@ -95,7 +101,14 @@ impl EndpointState {
             upstream,
             secret: RwLock::new(secret),
             metrics,
+            patience: Patience::default(),
         }
+    }
+
+    /// Other waits on the upstream than [`Patience::default`] (tests use short ones).
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Swaps in a new secret (reload); requests already admitted are not affected.

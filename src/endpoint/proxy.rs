@@ -1,5 +1,13 @@
 //! One manifest or blob request forwarded upstream, and its answer relayed back: a few
 //! request headers out, a few response headers and the streamed body in.
+//!
+//! - A 429 is waited out and retried within [`super::Patience`] before anything is relayed.
+//! - Every 2xx but 206 is the whole content: for digest-addressed content it is verified as
+//!   it streams, whatever the status says. A 206 is relayed unverified only when the client
+//!   asked for a range; to a request without `Range` it is a protocol error (502), never
+//!   passed on as if it were whole. A 2xx without a body for a GET by digest is one too.
+
+use std::time::SystemTime;
 
 use http::header;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -7,12 +15,13 @@ use hyper::body::Incoming;
 
 use super::body::{Expectations, StreamedBody, Tally};
 use super::error::full_body;
+use super::patience::Throttled;
 use super::route::{ContentRoute, Digest};
 use super::{EndpointError, EndpointState};
 use crate::upstream::{UpstreamBody, UpstreamError, UpstreamRequest};
 
 /// What the client needs back; hop-by-hop and auth headers are dropped with everything else.
-const KEPT_RESPONSE_HEADERS: [&str; 7] = [
+const KEPT_RESPONSE_HEADERS: [&str; 8] = [
     "content-length",
     "content-type",
     "docker-content-digest",
@@ -20,7 +29,16 @@ const KEPT_RESPONSE_HEADERS: [&str; 7] = [
     "content-range",
     "accept-ranges",
     "last-modified",
+    "retry-after",
 ];
+
+/// What the client asked, as far as relaying the answer is concerned.
+struct Asked<'a> {
+    route: &'a ContentRoute,
+    method: &'a Method,
+    /// The client sent `Range`: a 206 is an answer it asked for.
+    ranged: bool,
+}
 
 pub(super) async fn forward(
     state: &EndpointState,
@@ -36,19 +54,53 @@ pub(super) async fn forward(
         route.upstream_path(),
         request.headers(),
     );
+    let upstream = send_patiently(state, &route, upstream_request).await?;
+    let asked = Asked {
+        route: &route,
+        method: &method,
+        ranged: request.headers().contains_key(header::RANGE),
+    };
+    relay(state, &asked, upstream)
+}
+
+/// The upstream's answer, a 429 first waited out and retried as [`super::Patience`] allows.
+async fn send_patiently(
+    state: &EndpointState,
+    route: &ContentRoute,
+    request: UpstreamRequest,
+) -> Result<Response<UpstreamBody>, EndpointError> {
     let keychain = state.daemon.keychain();
-    let upstream = state.upstream.send(&keychain, upstream_request).await?;
-    relay(state, &route, &method, upstream)
+    let mut throttled = Throttled::default();
+    loop {
+        let upstream = state.upstream.send(&keychain, request.clone()).await?;
+        if upstream.status() != StatusCode::TOO_MANY_REQUESTS {
+            return Ok(upstream);
+        }
+        let now = SystemTime::now();
+        let Some(wait) = state
+            .patience
+            .wait_before_retry(upstream.headers(), throttled, now)
+        else {
+            return Ok(upstream);
+        };
+        // Its body is not wanted, and holding it would hold its connection.
+        drop(upstream);
+        tracing::info!(registry = %route.registry, path = %route.upstream_path(), wait = ?wait, retry = throttled.retries + 1, "upstream answered 429; waiting before retrying");
+        tokio::time::sleep(wait).await;
+        throttled.retries += 1;
+        throttled.waited += wait;
+    }
 }
 
 /// The upstream answer with its status as is, kept headers, and a streamed body.
 fn relay(
     state: &EndpointState,
-    route: &ContentRoute,
-    method: &Method,
+    asked: &Asked<'_>,
     upstream: Response<UpstreamBody>,
 ) -> Result<Response<UpstreamBody>, EndpointError> {
     let (parts, upstream_body) = upstream.into_parts();
+    refuse_impossible_status(asked, parts.status)?;
+    let route = asked.route;
     let mut response = Response::new(full_body(bytes::Bytes::new()));
     *response.status_mut() = gate_status(parts.status);
     for name in KEPT_RESPONSE_HEADERS {
@@ -56,7 +108,7 @@ fn relay(
             response.headers_mut().append(name, value.clone());
         }
     }
-    if *method == Method::HEAD || !has_body(parts.status) {
+    if *asked.method == Method::HEAD || !has_body(parts.status) {
         return Ok(response);
     }
     let expectations = expectations(route, parts.status, &parts.headers);
@@ -66,7 +118,7 @@ fn relay(
         registry: route.registry.to_string(),
         what: format!("{}{}", route.registry, route.upstream_path()),
     };
-    let body = StreamedBody::new(upstream_body, tally, expectations);
+    let body = StreamedBody::new(upstream_body, tally, expectations, state.patience.body_idle);
     *response.body_mut() = http_body_util::BodyExt::boxed(body);
     Ok(response)
 }
@@ -87,16 +139,37 @@ fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-/// The declared length always; the digest only for a full GET of digest-addressed content.
+/// Answers that cannot be right for what was asked, refused before anything is relayed: a
+/// 206 the client never asked for (relayed, a part would pass for the whole, unverified),
+/// and a 2xx with no content at all for a GET by digest.
+fn refuse_impossible_status(asked: &Asked<'_>, status: StatusCode) -> Result<(), EndpointError> {
+    let reason = if status == StatusCode::PARTIAL_CONTENT && !asked.ranged {
+        "a 206 (partial content) to a request without Range".to_string()
+    } else if let Some(digest) = asked
+        .route
+        .expected_digest()
+        .filter(|_| *asked.method == Method::GET && status.is_success() && !has_body(status))
+    {
+        format!("a {status} without content for {digest}")
+    } else {
+        return Ok(());
+    };
+    Err(UpstreamError::Protocol {
+        host: asked.route.registry.to_string(),
+        reason,
+    }
+    .into())
+}
+
+/// The declared length always; the digest for every whole answer (any 2xx but 206) of
+/// digest-addressed content.
 fn expectations(route: &ContentRoute, status: StatusCode, headers: &HeaderMap) -> Expectations {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let digest = match status {
-        StatusCode::OK => route.expected_digest().cloned(),
-        _ => None,
-    };
+    let whole = status.is_success() && status != StatusCode::PARTIAL_CONTENT;
+    let digest = route.expected_digest().filter(|_| whole).cloned();
     Expectations { length, digest }
 }
 

@@ -2,8 +2,10 @@
 //! against the system roots plus the registry's `ca_file`, offering HTTP/2 and HTTP/1.1 by
 //! ALPN. Plain `http://` is never used for an upstream: the connector is https-only.
 //!
-//! One client (and so one connection pool) per distinct `ca_file`, the system-roots-only
-//! client included, built on first use and kept until the policy is replaced.
+//! One client (and so one connection pool) per distinct `ca_file` and [`Reach`], the
+//! system-roots-only client included, built on first use and kept until the policy is
+//! replaced. Separate pools per reach matter: a connection pooled under the allow-lists must
+//! never be reused for a hop that may reach public addresses only.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::connector::{ConnectError, GuardedConnector};
+use super::connector::{ConnectError, GuardedConnector, Reach};
 use super::policy::PolicyCell;
 use super::UpstreamError;
 
@@ -32,11 +34,13 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub(crate) type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
-/// The clients, keyed by the extra CA file they trust.
+type ClientKey = (Option<PathBuf>, Reach);
+
+/// The clients, keyed by the extra CA file they trust and what they may reach.
 pub(crate) struct Clients {
     system_roots: Arc<RootCertStore>,
     policy: PolicyCell,
-    by_ca: Mutex<HashMap<Option<PathBuf>, HttpClient>>,
+    by_ca: Mutex<HashMap<ClientKey, HttpClient>>,
 }
 
 impl Clients {
@@ -48,17 +52,21 @@ impl Clients {
             policy,
             by_ca: Mutex::new(HashMap::new()),
         };
-        clients.get(None)?;
+        clients.get(None, Reach::Policy)?;
         Ok(clients)
     }
 
-    /// The client trusting the system roots and `ca_file`.
-    pub(crate) fn get(&self, ca_file: Option<&Path>) -> Result<HttpClient, UpstreamError> {
-        let key = ca_file.map(Path::to_path_buf);
+    /// The client trusting the system roots and `ca_file`, connecting within `reach`.
+    pub(crate) fn get(
+        &self,
+        ca_file: Option<&Path>,
+        reach: Reach,
+    ) -> Result<HttpClient, UpstreamError> {
+        let key = (ca_file.map(Path::to_path_buf), reach);
         if let Some(client) = self.lock().get(&key) {
             return Ok(client.clone());
         }
-        let client = self.build(ca_file)?;
+        let client = self.build(ca_file, reach)?;
         Ok(self.lock().entry(key).or_insert(client).clone())
     }
 
@@ -67,11 +75,11 @@ impl Clients {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PathBuf>, HttpClient>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, HttpClient>> {
         self.by_ca.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn build(&self, ca_file: Option<&Path>) -> Result<HttpClient, UpstreamError> {
+    fn build(&self, ca_file: Option<&Path>, reach: Reach) -> Result<HttpClient, UpstreamError> {
         let mut roots = (*self.system_roots).clone();
         if let Some(path) = ca_file {
             add_ca_file(&mut roots, path)?;
@@ -82,7 +90,7 @@ impl Clients {
             .https_only()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(GuardedConnector::new(self.policy.clone()));
+            .wrap_connector(GuardedConnector::new(self.policy.clone(), reach));
         Ok(Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -203,11 +211,17 @@ mod tests {
         let clients = Clients::new(PolicyCell::new(UpstreamPolicy::default())).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        let error = clients.get(Some(&missing)).unwrap_err().to_string();
+        let error = clients
+            .get(Some(&missing), Reach::Policy)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("missing.pem"), "{error}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let error = clients.get(Some(&empty)).unwrap_err().to_string();
+        let error = clients
+            .get(Some(&empty), Reach::PublicOnly)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no usable PEM certificate"), "{error}");
     }
 }

@@ -2,6 +2,9 @@
 //! against the policy, and connect only to the addresses checked. Because nothing resolves
 //! the name a second time, a DNS answer that changes between check and connect (rebinding)
 //! cannot slip a private address through.
+//!
+//! A connector serves one [`Reach`]: the registry's own connections get the policy's
+//! allow-lists, redirect hops off the registry's host get public addresses only.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::identity::RegistryHost;
 
-use super::policy::PolicyCell;
+use super::policy::{check_public, PolicyCell};
 
 /// Resolving and connecting together may take this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,16 +62,28 @@ impl ConnectError {
     }
 }
 
+/// Which addresses a connection may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Reach {
+    /// The policy in force: the allow-listed hosts may be private (registries, token realms).
+    Policy,
+    /// Public addresses only, whatever the allow-lists say: a redirect off the registry's
+    /// own host is chosen by the registry, and must not turn the gate against the node's
+    /// own network (an internal registry the operator allowed included).
+    PublicOnly,
+}
+
 /// A hyper-util connector (a `tower::Service<Uri>`) that applies the policy in force when
 /// each connection is made.
 #[derive(Clone)]
 pub(crate) struct GuardedConnector {
     policy: PolicyCell,
+    reach: Reach,
 }
 
 impl GuardedConnector {
-    pub(crate) fn new(policy: PolicyCell) -> Self {
-        Self { policy }
+    pub(crate) fn new(policy: PolicyCell, reach: Reach) -> Self {
+        Self { policy, reach }
     }
 }
 
@@ -85,10 +100,12 @@ impl tower_service::Service<Uri> for GuardedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let policy = self.policy.clone();
+        let reach = self.reach;
         Box::pin(async move {
             let (host, port) = host_port(&uri)?;
             let name = display_name(&host, port);
-            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(policy, &host, port));
+            let connected =
+                tokio::time::timeout(CONNECT_TIMEOUT, connect(policy, reach, &host, port));
             match connected.await {
                 Ok(result) => result.map(TokioIo::new),
                 Err(_) => Err(ConnectError::TimedOut { host: name }),
@@ -97,7 +114,12 @@ impl tower_service::Service<Uri> for GuardedConnector {
     }
 }
 
-async fn connect(policy: PolicyCell, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+async fn connect(
+    policy: PolicyCell,
+    reach: Reach,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, ConnectError> {
     let name = display_name(host, port);
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
@@ -113,13 +135,14 @@ async fn connect(policy: PolicyCell, host: &str, port: u16) -> Result<TcpStream,
         host: name.clone(),
         reason: e.to_string(),
     })?;
-    policy
-        .get()
-        .check_addresses(&registry, &addresses)
-        .map_err(|reason| ConnectError::NotAllowed {
-            host: name.clone(),
-            reason,
-        })?;
+    let checked = match reach {
+        Reach::Policy => policy.get().check_addresses(&registry, &addresses),
+        Reach::PublicOnly => check_public(&registry, &addresses),
+    };
+    checked.map_err(|reason| ConnectError::NotAllowed {
+        host: name.clone(),
+        reason,
+    })?;
     connect_first(&name, &addresses).await
 }
 
@@ -178,7 +201,8 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let uri: Uri = format!("https://127.0.0.1:{port}/v2/").parse().unwrap();
 
-        let mut refused = GuardedConnector::new(PolicyCell::new(UpstreamPolicy::default()));
+        let mut refused =
+            GuardedConnector::new(PolicyCell::new(UpstreamPolicy::default()), Reach::Policy);
         let error = refused.call(uri.clone()).await.unwrap_err();
         assert!(
             matches!(&error, ConnectError::NotAllowed { reason, .. } if reason.contains("loopback")),
@@ -187,7 +211,7 @@ mod tests {
 
         let host = RegistryHost::parse(&format!("127.0.0.1:{port}")).unwrap();
         let policy = UpstreamPolicy::default().allow_private(host);
-        let mut allowed = GuardedConnector::new(PolicyCell::new(policy));
+        let mut allowed = GuardedConnector::new(PolicyCell::new(policy), Reach::Policy);
         allowed
             .call(uri)
             .await
@@ -195,8 +219,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn public_only_refuses_an_allowed_private_host() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let host = RegistryHost::parse(&format!("127.0.0.1:{port}")).unwrap();
+        let policy = PolicyCell::new(UpstreamPolicy::default().allow_private(host));
+        let uri: Uri = format!("https://127.0.0.1:{port}/internal")
+            .parse()
+            .unwrap();
+        let mut public_only = GuardedConnector::new(policy, Reach::PublicOnly);
+        let error = public_only.call(uri).await.unwrap_err();
+        assert!(
+            matches!(&error, ConnectError::NotAllowed { reason, .. } if reason.contains("public addresses only")),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn names_are_resolved_and_checked() {
-        let mut connector = GuardedConnector::new(PolicyCell::new(UpstreamPolicy::default()));
+        let mut connector =
+            GuardedConnector::new(PolicyCell::new(UpstreamPolicy::default()), Reach::Policy);
         let uri: Uri = "https://localhost:1/v2/".parse().unwrap();
         let error = connector.call(uri).await.unwrap_err();
         assert!(

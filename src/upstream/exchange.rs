@@ -2,6 +2,10 @@
 //! and the `Authorization` it is handed, nothing else), the wait for its answer, and the
 //! redirects followed after it by the rules of [`super::redirect`]. It sends what it is
 //! given and never decides which credential that is.
+//!
+//! A redirect hop on the registry's own host and port goes through the registry's client
+//! (the allow-lists apply); any other hop goes through a public-only client, so a registry
+//! cannot point the gate at an internal host the operator allowed for something else.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +15,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::identity::RegistryHost;
 use crate::metrics::Metrics;
 
 use super::client::{request_error, user_agent, HttpClient, RESPONSE_TIMEOUT};
+use super::policy::check_public_literal;
 use super::redirect::{hop_headers, is_redirect, location, same_origin, MAX_REDIRECTS};
 use super::{UpstreamError, UpstreamRequest};
 
@@ -32,10 +38,11 @@ pub(crate) fn forwarded(client: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// The headers of the request to the registry itself: the forwardable client headers,
-/// credgate's User-Agent when the client sent none, and `auth` if given.
-fn registry_headers(client: &HeaderMap, auth: Option<&HeaderValue>) -> HeaderMap {
-    let mut headers = forwarded(client);
+/// The headers of the request to the registry itself: the client headers the request kept
+/// (filtered once, by [`UpstreamRequest::new`]), credgate's User-Agent when the client sent
+/// none, and `auth` if given.
+fn registry_headers(kept: &HeaderMap, auth: Option<&HeaderValue>) -> HeaderMap {
+    let mut headers = kept.clone();
     headers.entry(USER_AGENT).or_insert_with(user_agent);
     if let Some(auth) = auth {
         headers.insert(AUTHORIZATION, auth.clone());
@@ -46,7 +53,10 @@ fn registry_headers(client: &HeaderMap, auth: Option<&HeaderValue>) -> HeaderMap
 /// One request's way to the registry, borrowed from the [`super::Upstream`] that serves it.
 pub(crate) struct Exchange<'a> {
     pub request: &'a UpstreamRequest,
+    /// For the registry and its token realms: the policy's allow-lists apply.
     pub client: HttpClient,
+    /// For redirect hops off the registry's own host and port: public addresses only.
+    pub off_host: HttpClient,
     pub metrics: &'a Arc<Metrics>,
     /// The `host[:port]` dialled (Docker Hub's API is on `registry-1.docker.io`).
     pub authority: String,
@@ -60,22 +70,43 @@ impl Exchange<'_> {
         &self,
         auth: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let headers = registry_headers(&self.request.headers, auth);
+        let headers = registry_headers(self.request.headers(), auth);
         let response = self
-            .send_to(self.request.method.clone(), self.registry_uri()?, headers)
+            .send_to(
+                &self.client,
+                self.request.method.clone(),
+                self.registry_uri()?,
+                headers,
+            )
             .await?;
         tracing::debug!(registry = %self.request.registry, method = %self.request.method, path = %self.request.path, authorized = auth.is_some(), status = %response.status(), "upstream answered");
         Ok(response)
     }
 
+    /// Refuses a redirect off the registry's host to an address spelled in its URL (an IP
+    /// literal or a numeric IPv4 form) that is not public, before any connection is tried.
+    fn check_off_host_literal(&self, next: &Uri) -> Result<(), UpstreamError> {
+        let authority = next.authority().map_or("", |a| a.as_str());
+        let host = RegistryHost::parse(authority).map_err(|_| UpstreamError::NotAllowed {
+            host: authority.to_string(),
+            reason: "a redirect to a host that is not host[:port]".to_string(),
+        })?;
+        check_public_literal(&host).map_err(|reason| UpstreamError::NotAllowed {
+            host: host.to_string(),
+            reason,
+        })
+    }
+
     /// Follows up to [`MAX_REDIRECTS`] hops. `auth` goes along only while every hop stays on
-    /// the origin of the one before; once dropped it is never sent again.
+    /// the origin of the one before; once dropped it is never sent again. Only a hop on the
+    /// registry's own origin may reach what the allow-lists allow.
     pub async fn follow_redirects(
         &self,
         mut response: Response<Incoming>,
         mut auth: Option<HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut current = self.registry_uri()?;
+        let registry = self.registry_uri()?;
+        let mut current = registry.clone();
         for _ in 0..MAX_REDIRECTS {
             if !is_redirect(response.status()) {
                 return Ok(response);
@@ -85,9 +116,15 @@ impl Exchange<'_> {
                 auth = None;
             }
             tracing::debug!(registry = %self.request.registry, to = next.host().unwrap_or_default(), with_auth = auth.is_some(), "following a redirect");
-            let headers = hop_headers(&self.request.headers, auth.as_ref());
+            let headers = hop_headers(self.request.headers(), auth.as_ref());
+            let client = if same_origin(&registry, &next) {
+                &self.client
+            } else {
+                self.check_off_host_literal(&next)?;
+                &self.off_host
+            };
             response = self
-                .send_to(self.request.method.clone(), next.clone(), headers)
+                .send_to(client, self.request.method.clone(), next.clone(), headers)
                 .await?;
             current = next;
         }
@@ -115,6 +152,7 @@ impl Exchange<'_> {
 
     async fn send_to(
         &self,
+        client: &HttpClient,
         method: Method,
         uri: Uri,
         headers: HeaderMap,
@@ -127,7 +165,7 @@ impl Exchange<'_> {
             .map_err(|e| self.protocol(e.to_string()))?;
         *request.headers_mut() = headers;
         let started = Instant::now();
-        let response = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(request))
+        let response = tokio::time::timeout(RESPONSE_TIMEOUT, client.request(request))
             .await
             .map_err(|_| UpstreamError::TimedOut { host: host.clone() })?
             .map_err(|e| request_error(&host, &e))?;

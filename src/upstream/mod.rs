@@ -55,9 +55,8 @@ pub struct UpstreamRequest {
     /// `/v2/`, `/v2/<name>/manifests/<ref>` or `/v2/<name>/blobs/<digest>`.
     pub path: String,
     /// The client's headers worth forwarding: `Accept`, `Range`, `If-None-Match`,
-    /// `User-Agent` ([`UpstreamRequest::new`] keeps only those, and nothing else ever
-    /// reaches the registry whatever this holds).
-    pub headers: http::HeaderMap,
+    /// `User-Agent`. Private, so [`UpstreamRequest::new`]'s filter is the only way in.
+    headers: http::HeaderMap,
 }
 
 impl UpstreamRequest {
@@ -77,6 +76,11 @@ impl UpstreamRequest {
             path,
             headers: exchange::forwarded(client_headers),
         }
+    }
+
+    /// The client headers the registry may see (already filtered).
+    pub fn headers(&self) -> &http::HeaderMap {
+        &self.headers
     }
 }
 

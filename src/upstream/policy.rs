@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use crate::config::{Config, SourceEntry};
 use crate::identity::RegistryHost;
 
-use super::address::non_public_reason;
+use super::address::{non_public_reason, numeric_ipv4};
 
 /// The allow-lists of docs/design.md's security rules, built from the config.
 ///
@@ -91,21 +91,15 @@ impl UpstreamPolicy {
         if self.may_be_private(host) {
             return Ok(());
         }
-        match addresses
-            .iter()
-            .find_map(|a| non_public_reason(a.ip()).map(|why| (a.ip(), why)))
-        {
-            Some((ip, why)) => Err(refusal(host, ip, why)),
-            None => Ok(()),
-        }
+        first_non_public(addresses).map_or(Ok(()), |(ip, why)| Err(refusal(host, ip, why)))
     }
 
-    /// The same check for an IP-literal host, before anything is resolved or looked up.
+    /// The same check for an IP-literal host, before anything is resolved or looked up. A
+    /// name in one of inet_aton's numeric forms (`2130706433`, `0x7f.1`) is such a literal.
     pub fn check_literal(&self, host: &RegistryHost) -> Result<(), String> {
-        let bare = host.host().trim_start_matches('[').trim_end_matches(']');
-        match bare.parse::<IpAddr>() {
-            Ok(ip) => self.check_addresses(host, &[SocketAddr::new(ip, 0)]),
-            Err(_) => Ok(()),
+        match literal_ip(host.host()) {
+            Some(ip) => self.check_addresses(host, &[SocketAddr::new(ip, 0)]),
+            None => Ok(()),
         }
     }
 
@@ -115,6 +109,42 @@ impl UpstreamPolicy {
     pub fn realm_allowed(&self, upstream_host: &str, realm_host: &RegistryHost) -> bool {
         self.realm_hosts.contains(realm_host) || on_own_domain(upstream_host, realm_host.host())
     }
+}
+
+/// Whether a redirect off the registry's own host may go to `addresses`: public ones only,
+/// whatever the allow-lists say (a registry must not steer the gate to an internal host the
+/// operator allowed for itself). The error is the reason.
+pub fn check_public(host: &RegistryHost, addresses: &[SocketAddr]) -> Result<(), String> {
+    match first_non_public(addresses) {
+        Some((ip, why)) => Err(format!(
+            "{host} resolves to {ip}, a {why} address; a redirect off the registry's own host \
+             (host and port) may reach public addresses only, whatever the allow-lists say"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// [`check_public`] for a redirect target's host as written, before anything is resolved: an IP
+/// literal, or a name in one of inet_aton's numeric forms, that is not public.
+pub fn check_public_literal(host: &RegistryHost) -> Result<(), String> {
+    match literal_ip(host.host()) {
+        Some(ip) => check_public(host, &[SocketAddr::new(ip, 0)]),
+        None => Ok(()),
+    }
+}
+
+/// The address a host spells: `[v6]`, dotted IPv4, or a legacy numeric IPv4 form.
+fn literal_ip(host: &str) -> Option<IpAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>()
+        .ok()
+        .or_else(|| numeric_ipv4(bare).map(IpAddr::V4))
+}
+
+fn first_non_public(addresses: &[SocketAddr]) -> Option<(IpAddr, &'static str)> {
+    addresses
+        .iter()
+        .find_map(|a| non_public_reason(a.ip()).map(|why| (a.ip(), why)))
 }
 
 fn refusal(host: &RegistryHost, ip: IpAddr, why: &str) -> String {
@@ -263,6 +293,23 @@ mod tests {
     }
 
     #[test]
+    fn redirect_targets_off_the_registry_must_be_public_whatever_is_allowed() {
+        let internal: SocketAddr = "10.0.0.7:443".parse().unwrap();
+        let public: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        let policy = UpstreamPolicy::default().allow_private(host("internal.test"));
+        assert!(policy
+            .check_addresses(&host("internal.test"), &[internal])
+            .is_ok());
+        let refused = check_public(&host("internal.test"), &[internal]).unwrap_err();
+        assert!(
+            refused.contains("internal.test resolves to 10.0.0.7, a private address"),
+            "{refused}"
+        );
+        assert!(check_public(&host("cdn.test"), &[public, internal]).is_err());
+        assert!(check_public(&host("cdn.test"), &[public]).is_ok());
+    }
+
+    #[test]
     fn literals_are_checked_without_resolving() {
         let policy = UpstreamPolicy::default().allow_private(host("10.1.2.3"));
         assert!(policy.check_literal(&host("10.1.2.3")).is_ok());
@@ -270,6 +317,22 @@ mod tests {
         assert!(metadata.contains("cloud metadata"), "{metadata}");
         assert!(policy.check_literal(&host("[::1]:5000")).is_err());
         assert!(policy.check_literal(&host("registry.test")).is_ok());
+        for disguised in [
+            "2130706433",
+            "0177.0.0.1",
+            "0x7f.0.0.1",
+            "127.1",
+            "0x7f000001",
+        ] {
+            let refused = policy.check_literal(&host(disguised)).unwrap_err();
+            assert!(refused.contains("127.0.0.1"), "{disguised}: {refused}");
+            assert!(
+                check_public_literal(&host(disguised)).is_err(),
+                "{disguised}"
+            );
+        }
+        assert!(check_public_literal(&host("10.1")).is_err());
+        assert!(check_public_literal(&host("registry.test")).is_ok());
     }
 
     #[test]

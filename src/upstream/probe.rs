@@ -35,13 +35,13 @@ impl Upstream {
         candidate: &Candidate,
         credential: &Credential,
     ) -> Result<Probe, UpstreamError> {
-        let request = UpstreamRequest {
-            registry: target.registry.clone(),
-            repository: target.repository.clone(),
-            method: http::Method::GET,
-            path: "/v2/".to_string(),
-            headers: http::HeaderMap::new(),
-        };
+        let request = UpstreamRequest::new(
+            target.registry.clone(),
+            target.repository.clone(),
+            http::Method::GET,
+            "/v2/".to_string(),
+            &http::HeaderMap::new(),
+        );
         let authorizer = self.authorizer(&request)?;
         let identity = Identity::Candidate {
             candidate,

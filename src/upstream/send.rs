@@ -16,6 +16,7 @@ use super::auth::Authorizer;
 use super::call::through_candidates;
 use super::challenge::Challenges;
 use super::client::Clients;
+use super::connector::Reach;
 use super::exchange::Exchange;
 use super::policy::{PolicyCell, UpstreamPolicy};
 use super::token_cache::TokenCache;
@@ -31,8 +32,8 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   `ca_file`, HTTP/2 when the upstream offers it by ALPN, pooled connections (one pool per
 ///   `ca_file`). Connecting (resolving included) times out after
 ///   [`super::CONNECT_TIMEOUT`], response headers after [`super::RESPONSE_TIMEOUT`]; a body
-///   has no total deadline once it streams (blobs are big; the endpoint bounds idle time if
-///   it wants to).
+///   has no total deadline once it streams (blobs are big; the endpoint bounds its idle
+///   time).
 /// - **SSRF boundary**: every connection resolves the host once and is refused
 ///   ([`UpstreamError::NotAllowed`]) if any address is loopback, link-local, private, CGNAT,
 ///   unspecified, multicast or cloud metadata, unless the policy allows that host; it then
@@ -48,7 +49,8 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   [`UpstreamRequest`] carries.
 /// - **Redirects** are followed upstream-side (at most 5); `Authorization` is kept only while
 ///   hops stay on the same scheme, host and port, and other hops carry only `Accept` and
-///   `Range`.
+///   `Range`. A hop off the registry's own host and port must resolve to public addresses
+///   only, whatever the allow-lists say, and is made from a pool of its own.
 pub struct Upstream {
     policy: PolicyCell,
     clients: Clients,
@@ -103,11 +105,14 @@ impl Upstream {
                 host: request.registry.to_string(),
                 reason,
             })?;
-        let client = self.clients.get(policy.ca_file(&request.registry))?;
+        let ca_file = policy.ca_file(&request.registry);
+        let client = self.clients.get(ca_file, Reach::Policy)?;
+        let off_host = self.clients.get(ca_file, Reach::PublicOnly)?;
         Ok(Authorizer {
             exchange: Exchange {
                 request,
                 client,
+                off_host,
                 metrics: &self.metrics,
                 authority: dial_authority(&request.registry),
                 label: request.registry.to_string(),
