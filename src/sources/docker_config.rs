@@ -24,6 +24,7 @@ use super::file_cache::FileCache;
 use super::{Credential, Fetch, Listed, Offer, Source, SourceError};
 use crate::config::DockerConfigEntry;
 use crate::identity::{RegistryHost, Scope, Target};
+use crate::parser_message::without_values;
 use crate::system::System;
 
 #[derive(Debug, thiserror::Error)]
@@ -480,7 +481,7 @@ fn invalid(path: &Path, error: &serde_json::Error) -> DockerConfigError {
         serde_json::error::Category::Eof => "the file ends too early".to_string(),
         serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
             let text = error.to_string();
-            text.split(" at line ").next().unwrap_or(&text).to_string()
+            without_values(text.split(" at line ").next().unwrap_or(&text))
         }
     };
     DockerConfigError::Invalid {
@@ -923,5 +924,29 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.starts_with("/root/.docker/config.json:1:"), "{err}");
         assert!(err.ends_with("wrong type; expected an object"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_in_the_wrong_type_is_never_echoed() {
+        for value in [
+            "31415926",
+            "3141.5926",
+            "true",
+            "[\"31415926\"]",
+            "{\"x\":\"31415926\"}",
+            "31415926x",
+            "\"31415926",
+        ] {
+            for json in [
+                format!(r#"{{"auths":{{"r.test":{{"auth":{value}}}}}}}"#),
+                format!(r#"{{"auths":{{"r.test":{{"password":{value},"username":"u"}}}}}}"#),
+                format!(r#"{{"credsStore":{value}}}"#),
+                format!(r#"{{"credHelpers":{{"r.test":{value}}}}}"#),
+            ] {
+                let err = fixture(&json).error("r.test/a").await;
+                assert!(!err.contains("31415926"), "{json}: {err}");
+                assert!(err.starts_with("/root/.docker/config.json:1:"), "{err}");
+            }
+        }
     }
 }
