@@ -436,7 +436,9 @@ helper = "pass"
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("/etc/credgate/config.toml:3:1: unknown field `…`, expected one of `socket`"),
+            err.starts_with(
+                "/etc/credgate/config.toml:3:1: unknown field `…`, expected one of `socket`"
+            ),
             "{err}"
         );
 
@@ -527,7 +529,12 @@ helper = "pass"
             err.to_string(),
             "/etc/credgate/config.toml:2:16: invalid type: string `…`, expected a sequence"
         );
-        let err = parse(&format!("[listen]\n{SECRET} = 1\n")).unwrap_err().to_string();
-        assert!(err.contains("unknown field `…`, expected one of `socket`"), "{err}");
+        let err = parse(&format!("[listen]\n{SECRET} = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `…`, expected one of `socket`"),
+            "{err}"
+        );
     }
 }

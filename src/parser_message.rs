@@ -65,7 +65,9 @@ mod tests {
             "invalid type: integer `…`, expected a string"
         );
         assert_eq!(
-            without_values("invalid type: string \"hunter2\", expected a sequence at line 2 column 11"),
+            without_values(
+                "invalid type: string \"hunter2\", expected a sequence at line 2 column 11"
+            ),
             "invalid type: string `…`, expected a sequence at line 2 column 11"
         );
         assert_eq!(
@@ -76,8 +78,14 @@ mod tests {
             without_values("registry[0].uids[0]: invalid type: integer `-7`, expected u32"),
             "registry[0].uids[0]: invalid type: integer `…`, expected u32"
         );
-        assert_eq!(without_values("invalid string\nexpected `\"`, `'`"), "invalid string\nexpected `\"`, `'`");
-        assert_eq!(without_values("invalid socket address syntax"), "invalid socket address syntax");
+        assert_eq!(
+            without_values("invalid string\nexpected `\"`, `'`"),
+            "invalid string\nexpected `\"`, `'`"
+        );
+        assert_eq!(
+            without_values("invalid socket address syntax"),
+            "invalid socket address syntax"
+        );
     }
 
     #[test]

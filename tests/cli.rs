@@ -140,7 +140,12 @@ fn bad_input_exits_2_with_one_line_naming_it() {
 #[test]
 fn a_secret_in_the_wrong_type_is_not_echoed_by_lookup_serve_or_doctor() {
     let dir = tempfile::tempdir().unwrap();
-    for value in ["31415926", "3141.5926", "[\"31415926\"]", "{ x = \"31415926\" }"] {
+    for value in [
+        "31415926",
+        "3141.5926",
+        "[\"31415926\"]",
+        "{ x = \"31415926\" }",
+    ] {
         let config = write_config(
             dir.path(),
             &format!("[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = {value}\n"),
@@ -153,7 +158,10 @@ fn a_secret_in_the_wrong_type_is_not_echoed_by_lookup_serve_or_doctor() {
             let out = credgate(&config, args);
             assert_eq!(out.status.code(), Some(2), "{args:?} {value}");
             let stderr = text(&out.stderr);
-            assert!(stderr.contains("config.toml:4:12: invalid type"), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("config.toml:4:12: invalid type"),
+                "{args:?}: {stderr}"
+            );
             for stream in [text(&out.stdout), stderr] {
                 assert!(!stream.contains("31415926"), "{args:?} {value}: {stream}");
             }

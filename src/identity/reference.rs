@@ -113,9 +113,10 @@ impl Target {
         let registry = RegistryHost::parse_authority(authority).map_err(err)?;
         let repository = match path {
             "" | "v1" | "v2" => None,
-            path if registry.is_docker_hub() && !path.contains('/') => {
-                Some(Repository::parse(&format!("library/{path}")).map_err(|_| err("invalid repository path"))?)
-            }
+            path if registry.is_docker_hub() && !path.contains('/') => Some(
+                Repository::parse(&format!("library/{path}"))
+                    .map_err(|_| err("invalid repository path"))?,
+            ),
             path => Some(Repository::parse(path).map_err(|_| err("invalid repository path"))?),
         };
         Ok(Self {
@@ -433,7 +434,11 @@ mod tests {
                 assert_eq!(server_url(&input), ("docker.io".into(), None), "{input}");
             }
         }
-        for input in ["https://index.docker.io/v1/", "index.docker.io/v1/", "https://index.docker.io/v1"] {
+        for input in [
+            "https://index.docker.io/v1/",
+            "index.docker.io/v1/",
+            "https://index.docker.io/v1",
+        ] {
             assert_eq!(server_url(input), ("docker.io".into(), None), "{input}");
         }
         assert_eq!(server_url("docker.io:5000").0, "docker.io:5000");
@@ -467,7 +472,15 @@ mod tests {
 
     #[test]
     fn bad_server_urls_name_the_input() {
-        for input in ["", "Not A Host!", "https://", "r.test/Group", "r.test//a", "busybox:1.36/x", "h:99999"] {
+        for input in [
+            "",
+            "Not A Host!",
+            "https://",
+            "r.test/Group",
+            "r.test//a",
+            "busybox:1.36/x",
+            "h:99999",
+        ] {
             let err = Target::parse_server_url(input).unwrap_err().to_string();
             assert!(err.contains(&format!("{input:?}")), "{input}: {err}");
         }

@@ -243,12 +243,27 @@ mod tests {
     #[test]
     fn docker_config_keys_are_what_docker_clients_look_up() {
         let key = |x: &str| Scope::parse(x).unwrap().docker_config_key();
-        assert_eq!(key("docker.io").as_deref(), Some("https://index.docker.io/v1/"));
-        assert_eq!(key("index.docker.io:443").as_deref(), Some("https://index.docker.io/v1/"));
+        assert_eq!(
+            key("docker.io").as_deref(),
+            Some("https://index.docker.io/v1/")
+        );
+        assert_eq!(
+            key("index.docker.io:443").as_deref(),
+            Some("https://index.docker.io/v1/")
+        );
         assert_eq!(key("myreg:5000").as_deref(), Some("myreg:5000"));
-        assert_eq!(key("git.example.com:443").as_deref(), Some("git.example.com"));
-        assert_eq!(key("git.example.com/group/sub").as_deref(), Some("git.example.com/group/sub"));
-        assert_eq!(key("docker.io/library").as_deref(), Some("docker.io/library"));
+        assert_eq!(
+            key("git.example.com:443").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(
+            key("git.example.com/group/sub").as_deref(),
+            Some("git.example.com/group/sub")
+        );
+        assert_eq!(
+            key("docker.io/library").as_deref(),
+            Some("docker.io/library")
+        );
         assert_eq!(key("*.example.com"), None);
     }
 

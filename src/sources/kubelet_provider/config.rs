@@ -383,22 +383,36 @@ providers:
         let e = error(&text);
         assert!(!e.contains("hunter2-secret"), "{e}");
         assert!(e.contains("expected a sequence"), "{e}");
-        for wrong in ["[hunter2-secret]", "{k: hunter2-secret}", "\"hunter2-secret", "31415926"] {
+        for wrong in [
+            "[hunter2-secret]",
+            "{k: hunter2-secret}",
+            "\"hunter2-secret",
+            "31415926",
+        ] {
             let text = ECR_YAML.replace("value: node", &format!("value: {wrong}"));
             // YAML reads a bare number as a string, which is fine.
             if let Err(e) = parse(&text) {
                 let e = e.to_string();
-                assert!(!e.contains("hunter2") && !e.contains("31415926"), "{wrong}: {e}");
+                assert!(
+                    !e.contains("hunter2") && !e.contains("31415926"),
+                    "{wrong}: {e}"
+                );
             }
             let json = format!(
                 r#"{{"apiVersion":"kubelet.config.k8s.io/v1","kind":"CredentialProviderConfig","providers":[{{"name":"p","env":[{{"name":"K","value":{}}}]}}]}}"#,
                 wrong.replace("hunter2-secret", "\"hunter2-secret\"")
             );
             let e = error(&json);
-            assert!(!e.contains("hunter2") && !e.contains("31415926"), "{wrong}: {e}");
+            assert!(
+                !e.contains("hunter2") && !e.contains("31415926"),
+                "{wrong}: {e}"
+            );
         }
         let e = error(&ECR_YAML.replace("    args:", "    hunter2-secret: 1\n    args:"));
-        assert!(!e.contains("hunter2") && e.contains("expected one of `name`"), "{e}");
+        assert!(
+            !e.contains("hunter2") && e.contains("expected one of `name`"),
+            "{e}"
+        );
         let spec = format!("{:?}", parse(&ECR_YAML.replace("node", "s3cr3t")).unwrap());
         assert!(
             !spec.contains("s3cr3t") && spec.contains("AWS_PROFILE"),
