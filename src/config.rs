@@ -1,5 +1,5 @@
 //! credgate's config file: what the daemon listens on and, in file order, where credentials
-//! come from. Errors name the file, line and column.
+//! come from. Errors name the file, line and column, and never quote a value from the file.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use crate::duration::parse_go_duration;
 use crate::identity::Scope;
+use crate::parser_message::without_values;
 use crate::secret::Secret;
 use crate::text_position::line_column;
 
@@ -251,8 +252,9 @@ impl Config {
                 message,
             }
         };
+        // toml's message quotes the offending value, which may be a secret in the wrong type.
         let raw: RawConfig =
-            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+            toml::from_str(text).map_err(|e| at(e.span(), without_values(e.message())))?;
         let location = |span: &Range<usize>| Location {
             path: path.to_path_buf(),
             line: line_column(text, span.start).0,
@@ -434,7 +436,9 @@ helper = "pass"
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("/etc/credgate/config.toml:3:1: unknown field `bogus`"),
+            err.starts_with(
+                "/etc/credgate/config.toml:3:1: unknown field `…`, expected one of `socket`"
+            ),
             "{err}"
         );
 
@@ -494,5 +498,43 @@ helper = "pass"
             let debug = format!("{err:?}");
             assert!(!debug.contains(SECRET), "{debug}");
         }
+    }
+
+    #[test]
+    fn a_secret_in_the_wrong_type_is_never_echoed() {
+        const SECRET: &str = "31415926";
+        let values = [
+            SECRET.to_string(),
+            format!("{SECRET}.5"),
+            format!("[\"{SECRET}\"]"),
+            format!("{{ a = \"{SECRET}\" }}"),
+            format!("\"{SECRET}"),
+            format!("{SECRET}abc"),
+        ];
+        for value in values {
+            for (key, others) in [
+                ("password", "match = \"r.test\"\nusername = \"u\"\n"),
+                ("username", "match = \"r.test\"\npassword = \"p\"\n"),
+                ("match", "username = \"u\"\npassword = \"p\"\n"),
+            ] {
+                let text = format!("[[registry]]\n{others}{key} = {value}\n");
+                let err = parse(&text).unwrap_err();
+                let shown = format!("{err} {err:?}");
+                assert!(!shown.contains(SECRET), "{key} = {value}: {shown}");
+                assert!(shown.starts_with("/etc/credgate/config.toml:"), "{shown}");
+            }
+        }
+        let err = parse(&format!("[listen]\nallowed_uids = \"{SECRET}\"\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/credgate/config.toml:2:16: invalid type: string `…`, expected a sequence"
+        );
+        let err = parse(&format!("[listen]\n{SECRET} = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `…`, expected one of `socket`"),
+            "{err}"
+        );
     }
 }

@@ -23,6 +23,7 @@ pub mod identity;
 pub mod install;
 pub mod keychain;
 pub mod metrics;
+pub mod parser_message;
 pub mod secret;
 pub mod service;
 pub mod sources;

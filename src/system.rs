@@ -171,6 +171,8 @@ pub struct FileStamp {
     pub inode: u64,
     /// Permission bits (`0o600`).
     pub mode: u32,
+    /// The owner: a file that decides what runs as root must be root's.
+    pub uid: u32,
 }
 
 pub trait Files: Send + Sync {
@@ -193,6 +195,7 @@ impl Files for SystemFiles {
             len: meta.len(),
             inode: meta.ino(),
             mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
         })
     }
 }

@@ -124,12 +124,49 @@ fn bad_input_exits_2_with_one_line_naming_it() {
     let out = credgate(&broken, &["lookup", "r.test/app"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    let expected = format!("{}:4:1: unknown field `pasword`", broken.display());
+    // The key is not repeated (it could be a pasted secret); the position and the keys
+    // allowed there are.
+    let expected = format!(
+        "{}:4:1: unknown field `…`, expected one of `match`, `username`, `password`",
+        broken.display()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
 
     let out = credgate(&dir.path().join("missing.toml"), &["lookup", "r.test/app"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn a_secret_in_the_wrong_type_is_not_echoed_by_lookup_serve_or_doctor() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in [
+        "31415926",
+        "3141.5926",
+        "[\"31415926\"]",
+        "{ x = \"31415926\" }",
+    ] {
+        let config = write_config(
+            dir.path(),
+            &format!("[[registry]]\nmatch = \"r.test\"\nusername = \"u\"\npassword = {value}\n"),
+        );
+        for args in [
+            &["lookup", "r.test/app"][..],
+            &["serve"][..],
+            &["doctor", "--offline"][..],
+        ] {
+            let out = credgate(&config, args);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {value}");
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("config.toml:4:12: invalid type"),
+                "{args:?}: {stderr}"
+            );
+            for stream in [text(&out.stdout), stderr] {
+                assert!(!stream.contains("31415926"), "{args:?} {value}: {stream}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use credgate::config::{DockerConfigEntry, Location};
 use credgate::identity::Target;
 use credgate::sources::docker_config::DockerConfigSource;
-use credgate::sources::exec_helper::CredentialHelper;
+use credgate::sources::exec_helper::{CredentialHelper, HelperRuns};
 use credgate::sources::{Credential, Source};
 use credgate::system::System;
 use credgate_integration::pass_store::{PassStore, SYSTEM_PATH};
@@ -24,9 +24,21 @@ static TAKE_TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A helper as credgate runs it: through its own [`HelperRuns`] (no answers shared).
+fn helper(name: &str, system: &System, timeout: Duration) -> CredentialHelper {
+    CredentialHelper::new(
+        name,
+        system,
+        &HelperRuns::new(system.clock.clone(), timeout),
+    )
+}
+
+/// Writes a docker config as root keeps one (owned by root, not writable by others: credgate
+/// refuses anything looser) and reads it as a source.
 fn docker_config(dir: &Path, name: &str, json: &str, system: System) -> DockerConfigSource {
     let path = dir.join(name);
     std::fs::write(&path, json).expect("write docker config");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let entry = DockerConfigEntry {
         path,
         location: Location {
@@ -34,7 +46,8 @@ fn docker_config(dir: &Path, name: &str, json: &str, system: System) -> DockerCo
             line: 0,
         },
     };
-    DockerConfigSource::new(&entry, system, HELPER_TIMEOUT)
+    let runs = HelperRuns::new(system.clock.clone(), HELPER_TIMEOUT);
+    DockerConfigSource::new(&entry, system, &runs)
 }
 
 /// The credential the source's first offer yields for `target`.
@@ -70,7 +83,7 @@ async fn pass_serves_docker_configs_through_store_and_helper() {
     );
 
     assert!(lookup(&store, "unknown.example.com/app").await.is_none());
-    let helper = CredentialHelper::new("pass", &pass.system(), HELPER_TIMEOUT);
+    let helper = helper("pass", &pass.system(), HELPER_TIMEOUT);
     assert!(helper
         .get("unknown.example.com")
         .await
@@ -119,7 +132,7 @@ async fn a_hanging_helper_is_killed_with_its_children() {
     );
     let program = script(dir.path(), "docker-credential-hang", &body);
     let timeout = Duration::from_secs(1);
-    let helper = CredentialHelper::new(program.to_str().expect("utf-8"), &plain_system(), timeout);
+    let helper = helper(program.to_str().expect("utf-8"), &plain_system(), timeout);
 
     let started = Instant::now();
     let error = helper
@@ -163,7 +176,7 @@ async fn garbage_from_a_helper_is_not_echoed() {
         "docker-credential-garbage",
         &format!("printf '%s' '{garbage}'\n"),
     );
-    let helper = CredentialHelper::new(
+    let helper = helper(
         program.to_str().expect("utf-8"),
         &plain_system(),
         HELPER_TIMEOUT,
@@ -195,7 +208,7 @@ async fn helper_failures_quote_its_message_and_exit_code() {
         "docker-credential-locked",
         "echo 'store is locked'\nexit 4\n",
     );
-    let helper = CredentialHelper::new(
+    let helper = helper(
         program.to_str().expect("utf-8"),
         &plain_system(),
         HELPER_TIMEOUT,
@@ -227,7 +240,7 @@ async fn helpers_see_only_the_environment_they_are_given() {
         (OsString::from("HOME"), dir.path().as_os_str().to_owned()),
         (OsString::from("CREDGATE_NOT_PASSED"), OsString::from("x")),
     ]);
-    let helper = CredentialHelper::new(program.to_str().expect("utf-8"), &system, HELPER_TIMEOUT);
+    let helper = helper(program.to_str().expect("utf-8"), &system, HELPER_TIMEOUT);
 
     assert!(helper.get("r.test").await.expect("a hit").is_some());
 
@@ -245,7 +258,7 @@ async fn helpers_see_only_the_environment_they_are_given() {
 #[tokio::test]
 async fn a_missing_helper_names_the_path_searched() {
     let _turn = TAKE_TURNS.lock().await;
-    let helper = CredentialHelper::new("credgate-test-absent", &plain_system(), HELPER_TIMEOUT);
+    let helper = helper("credgate-test-absent", &plain_system(), HELPER_TIMEOUT);
 
     let error = helper
         .get("r.test")

@@ -4,8 +4,14 @@
 //!
 //! `get` accepts the server URL in every form clients send: `host`, `host:443`,
 //! `https://host/`, `https://index.docker.io/v1/`, and `host/path/repo` (crane asks with the
-//! repository first, so path-scoped credentials apply). `store` and `erase` are refused:
-//! credentials are managed in credgate's config.
+//! repository first, so path-scoped credentials apply). Its input is a server URL, never an
+//! image reference: `kind-registry:5000` is that registry, not Docker Hub's
+//! `library/kind-registry`. A credential the protocol can't carry (a bearer registry token)
+//! is answered as not found, which clients read as "anonymous".
+//!
+//! `list` names each credential under the key docker clients look it up by
+//! (`https://index.docker.io/v1/` for Docker Hub), and only those `get` can give. `store` and
+//! `erase` are refused: credentials are managed in credgate's config.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -13,8 +19,8 @@ use std::ffi::OsString;
 use serde::Serialize;
 
 use super::{daemon_socket, ClientError};
-use crate::api::AuthType;
-use crate::identity::Target;
+use crate::api::{self, AuthType};
+use crate::identity::{Scope, Target};
 use crate::system::NESTED_HELPER_VAR;
 
 /// docker's "not found" reply; clients treat it as a miss, not an error.
@@ -84,7 +90,7 @@ async fn get(server_url: &str, vars: &[(OsString, OsString)]) -> Reply {
     if server_url.is_empty() {
         return Reply::fail("no credentials server URL", 2);
     }
-    let target = match Target::parse(server_url) {
+    let target = match Target::parse_server_url(server_url) {
         Ok(target) => target,
         Err(e) => return Reply::fail(e.to_string(), 2),
     };
@@ -101,12 +107,9 @@ async fn get(server_url: &str, vars: &[(OsString, OsString)]) -> Reply {
         AuthType::CREDENTIALS => response.username.as_str(),
         // docker's convention for an identity token.
         AuthType::REFRESH => "<token>",
-        AuthType::HEADER => {
-            return Reply::fail(
-                format!("credgate holds a bearer registry token for {target}, which the docker credential helper protocol cannot carry"),
-                1,
-            )
-        }
+        // The protocol has no field for a bearer token; docker-credential-helpers' client
+        // reads only this reply as "no credential", anything else as an error.
+        AuthType::HEADER => return Reply::fail(NOT_FOUND, 1),
     };
     let credential = HelperCredential {
         server_url,
@@ -123,11 +126,29 @@ async fn list(vars: &[(OsString, OsString)]) -> Reply {
     };
     match answer {
         Ok(response) => {
-            let entries: BTreeMap<_, _> = response.entries.into_iter().collect();
+            let entries = server_urls(&response.listed);
             Reply::ok(serde_json::to_string(&entries).expect("list serializes") + "\n")
         }
         Err(e) => failure(e),
     }
+}
+
+/// Server URL → username of every listed scope a `get` can answer, keyed as docker clients
+/// look it up; globs (which no client asks for) and registry tokens are left out.
+fn server_urls(listed: &[api::Listed]) -> BTreeMap<String, String> {
+    let mut entries = BTreeMap::new();
+    for entry in listed {
+        if entry.auth_type.enum_value_or_default() == AuthType::HEADER {
+            continue;
+        }
+        let key = Scope::parse(&entry.scope)
+            .ok()
+            .and_then(|scope| scope.docker_config_key());
+        if let Some(key) = key {
+            entries.entry(key).or_insert_with(|| entry.username.clone());
+        }
+    }
+    entries
 }
 
 fn failure(error: ClientError) -> Reply {
@@ -136,4 +157,64 @@ fn failure(error: ClientError) -> Reply {
         _ => 1,
     };
     Reply::fail(format!("credgate: {error}"), code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(scope: &str, username: &str, auth_type: AuthType) -> api::Listed {
+        api::Listed {
+            scope: scope.to_string(),
+            username: username.to_string(),
+            auth_type: auth_type.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn list_names_docker_hub_as_docker_clients_look_it_up() {
+        let entries = server_urls(&[
+            listed("docker.io", "hub", AuthType::REFRESH),
+            listed("git.example.com/group", "deploy", AuthType::CREDENTIALS),
+            listed("kind-registry:5000", "", AuthType::NONE),
+        ]);
+        let expected: BTreeMap<String, String> = [
+            ("https://index.docker.io/v1/", "hub"),
+            ("git.example.com/group", "deploy"),
+            ("kind-registry:5000", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(entries, expected);
+    }
+
+    #[test]
+    fn list_never_advertises_what_get_cannot_give() {
+        let entries = server_urls(&[
+            listed("bearer.test", "", AuthType::HEADER),
+            listed("*.example.com", "u", AuthType::CREDENTIALS),
+            listed("not a scope", "u", AuthType::CREDENTIALS),
+        ]);
+        assert!(entries.is_empty(), "{entries:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_server_urls_are_refused_before_the_daemon_is_asked() {
+        let vars = [(
+            std::ffi::OsString::from("CREDGATE_SOCKET"),
+            std::ffi::OsString::from("/nonexistent/credgate.sock"),
+        )];
+        let reply = run(Some("get"), "Not A Host!", &vars).await;
+        assert_eq!(reply.code, 2, "{}", reply.stdout);
+        assert!(
+            reply.stdout.contains("invalid server URL"),
+            "{}",
+            reply.stdout
+        );
+        let reply = run(Some("get"), "kind-registry:5000", &vars).await;
+        assert_eq!(reply.code, 1);
+        assert!(reply.stdout.contains("not reachable"), "{}", reply.stdout);
+    }
 }

@@ -19,6 +19,7 @@ mod containerd;
 mod daemon;
 mod hosts;
 mod live;
+mod sources;
 
 /// How long one live check (a registry round trip) may take.
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,6 +136,9 @@ pub async fn run(
         system,
         &registries,
     ));
+    report
+        .checks
+        .extend(sources::check(config, system.files.as_ref()));
     if options.offline {
         report.checks.push(Check::ok(
             "live credential checks skipped (--offline)".to_string(),

@@ -19,4 +19,6 @@ pub enum IdentityError {
     Repository { input: String, reason: &'static str },
     #[error("invalid scope {input:?}: {reason}")]
     Scope { input: String, reason: &'static str },
+    #[error("invalid server URL {input:?}: {reason}")]
+    ServerUrl { input: String, reason: &'static str },
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::registry::{has_scheme, RegistryHost};
+use super::registry::{has_scheme, strip_scheme, RegistryHost};
 use super::IdentityError;
 
 /// Longest repository name the distribution spec allows (with the registry).
@@ -92,6 +92,36 @@ impl Target {
         Ok(Self {
             registry: image.registry,
             repository: Some(image.repository),
+        })
+    }
+
+    /// Parses what a docker credential helper is asked for: a server URL, never an image
+    /// reference, so `myreg:5000` is a registry and not `docker.io/library/myreg:5000`. The
+    /// scheme is optional; the first segment is always the registry host, even with one label
+    /// (`myreg`, `localhost`); a path after it is a repository (crane asks `host/group/app`),
+    /// except a lone `v1` or `v2`, docker's API path (`https://index.docker.io/v1/`).
+    pub fn parse_server_url(input: &str) -> Result<Self, IdentityError> {
+        let err = |reason| IdentityError::ServerUrl {
+            input: input.to_string(),
+            reason,
+        };
+        let without_scheme = strip_scheme(input.trim());
+        let (authority, path) = match without_scheme.split_once('/') {
+            Some((authority, path)) => (authority, path.strip_suffix('/').unwrap_or(path)),
+            None => (without_scheme, ""),
+        };
+        let registry = RegistryHost::parse_authority(authority).map_err(err)?;
+        let repository = match path {
+            "" | "v1" | "v2" => None,
+            path if registry.is_docker_hub() && !path.contains('/') => Some(
+                Repository::parse(&format!("library/{path}"))
+                    .map_err(|_| err("invalid repository path"))?,
+            ),
+            path => Some(Repository::parse(path).map_err(|_| err("invalid repository path"))?),
+        };
+        Ok(Self {
+            registry,
+            repository,
         })
     }
 
@@ -364,6 +394,95 @@ mod tests {
         }
         for bad in ["a___b", "a._b", "_a", "a.", "a/.b", "a%2fb", ".."] {
             assert!(Repository::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn server_url(input: &str) -> (String, Option<String>) {
+        let t = Target::parse_server_url(input).unwrap();
+        (t.registry.to_string(), t.repository.map(|r| r.to_string()))
+    }
+
+    #[test]
+    fn a_helper_asked_for_name_colon_port_gets_that_registry_not_docker_hub() {
+        for input in [
+            "kind-registry:5000",
+            "myreg:5000",
+            "localhost:5000",
+            "myreg",
+            "localhost",
+            "https://myreg:5000/",
+            "[::1]:5000",
+        ] {
+            let (registry, repository) = server_url(input);
+            assert_ne!(registry, "docker.io", "{input}");
+            assert_eq!(repository, None, "{input}");
+        }
+        assert_eq!(server_url("kind-registry:5000").0, "kind-registry:5000");
+        assert_eq!(server_url("myreg").0, "myreg");
+        assert_eq!(server_url("localhost:5000").0, "localhost:5000");
+    }
+
+    #[test]
+    fn only_docker_hubs_own_names_are_docker_hub() {
+        for host in ["index.docker.io", "docker.io", "registry-1.docker.io"] {
+            for input in [
+                host.to_string(),
+                format!("{host}:443"),
+                format!("https://{host}"),
+                format!("https://{host}:443/"),
+            ] {
+                assert_eq!(server_url(&input), ("docker.io".into(), None), "{input}");
+            }
+        }
+        for input in [
+            "https://index.docker.io/v1/",
+            "index.docker.io/v1/",
+            "https://index.docker.io/v1",
+        ] {
+            assert_eq!(server_url(input), ("docker.io".into(), None), "{input}");
+        }
+        assert_eq!(server_url("docker.io:5000").0, "docker.io:5000");
+        assert_eq!(server_url("hub.example.com").0, "hub.example.com");
+    }
+
+    #[test]
+    fn a_server_url_path_is_a_repository() {
+        assert_eq!(
+            server_url("git.example.com/group/app"),
+            ("git.example.com".into(), Some("group/app".into()))
+        );
+        assert_eq!(
+            server_url("https://git.example.com:443/group/sub/app/"),
+            ("git.example.com".into(), Some("group/sub/app".into()))
+        );
+        assert_eq!(
+            server_url("myreg:5000/team/app"),
+            ("myreg:5000".into(), Some("team/app".into()))
+        );
+        assert_eq!(
+            server_url("index.docker.io/library/busybox"),
+            ("docker.io".into(), Some("library/busybox".into()))
+        );
+        assert_eq!(
+            server_url("docker.io/busybox"),
+            ("docker.io".into(), Some("library/busybox".into()))
+        );
+        assert_eq!(server_url("https://r.test/v2/"), ("r.test".into(), None));
+    }
+
+    #[test]
+    fn bad_server_urls_name_the_input() {
+        for input in [
+            "",
+            "Not A Host!",
+            "https://",
+            "r.test/Group",
+            "r.test//a",
+            "busybox:1.36/x",
+            "h:99999",
+        ] {
+            let err = Target::parse_server_url(input).unwrap_err().to_string();
+            assert!(err.contains(&format!("{input:?}")), "{input}: {err}");
         }
     }
 

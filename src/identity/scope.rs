@@ -87,6 +87,17 @@ impl Scope {
         self.path.as_ref()
     }
 
+    /// The key docker clients look this scope up by: docker/cli's `https://index.docker.io/v1/`
+    /// for Docker Hub, else `host[:port]`, with `/path` for a path scope (containers
+    /// auth.json's form). `None` for a glob, which no client asks for.
+    pub fn docker_config_key(&self) -> Option<String> {
+        let host = self.exact_registry()?;
+        Some(match &self.path {
+            None => host.docker_config_key(),
+            Some(path) => format!("{host}/{path}"),
+        })
+    }
+
     pub fn matches(&self, target: &Target) -> bool {
         self.host.matches(&target.registry) && self.path_matches(target.repository.as_ref())
     }
@@ -227,6 +238,33 @@ mod tests {
         assert!(s("*.test/a/b") > s("r.test/a"));
         assert!(s("r.test/a") > s("*.test/a"));
         assert!(s("r.test") > s("*.test"));
+    }
+
+    #[test]
+    fn docker_config_keys_are_what_docker_clients_look_up() {
+        let key = |x: &str| Scope::parse(x).unwrap().docker_config_key();
+        assert_eq!(
+            key("docker.io").as_deref(),
+            Some("https://index.docker.io/v1/")
+        );
+        assert_eq!(
+            key("index.docker.io:443").as_deref(),
+            Some("https://index.docker.io/v1/")
+        );
+        assert_eq!(key("myreg:5000").as_deref(), Some("myreg:5000"));
+        assert_eq!(
+            key("git.example.com:443").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(
+            key("git.example.com/group/sub").as_deref(),
+            Some("git.example.com/group/sub")
+        );
+        assert_eq!(
+            key("docker.io/library").as_deref(),
+            Some("docker.io/library")
+        );
+        assert_eq!(key("*.example.com"), None);
     }
 
     #[test]

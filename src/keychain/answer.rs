@@ -1,9 +1,10 @@
 //! How a keychain decision is said in the Credentials API: the `LookupResponse` the ttrpc
-//! service answers with, and `credgate pull` too when it resolves in-process.
+//! service answers with, and `credgate pull` too when it resolves in-process; and the
+//! `ListResponse` of what the keychain can name.
 
 use super::Decision;
 use crate::api;
-use crate::sources::AuthType;
+use crate::sources::{AuthType, Listed};
 
 impl From<AuthType> for api::AuthType {
     fn from(auth_type: AuthType) -> Self {
@@ -27,6 +28,27 @@ impl From<&Decision> for api::LookupResponse {
             response.secret = winner.credential.transfer_secret().expose().to_string();
             response.source = candidate.describe();
             response.matched = candidate.offer.scope.to_string();
+        }
+        response
+    }
+}
+
+/// Every listed scope, with its username and, where known, its kind of secret (never one).
+impl From<&[Listed]> for api::ListResponse {
+    fn from(listed: &[Listed]) -> Self {
+        let mut response = api::ListResponse::default();
+        for entry in listed {
+            let scope = entry.scope.to_string();
+            let auth_type = entry.kind.map_or(AuthType::None, |kind| kind.auth_type());
+            response
+                .entries
+                .insert(scope.clone(), entry.username.clone());
+            response.listed.push(api::Listed {
+                scope,
+                username: entry.username.clone(),
+                auth_type: api::AuthType::from(auth_type).into(),
+                ..Default::default()
+            });
         }
         response
     }

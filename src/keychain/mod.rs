@@ -5,16 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::join_all;
 
 use crate::config::{Config, SourceEntry};
 use crate::identity::{RegistryHost, Scope, Specificity, Target};
 use crate::sources::docker_config::DockerConfigSource;
+use crate::sources::exec_helper::{HelperRuns, HelperStats};
 use crate::sources::kubelet_provider::KubeletProviderSource;
 use crate::sources::static_registry::StaticRegistrySource;
-use crate::sources::{Credential, Offer, Source};
+use crate::sources::{Credential, Listed, Offer, Source};
 use crate::system::System;
 
 mod answer;
@@ -117,23 +117,42 @@ pub struct Keychain {
     sources: Vec<Arc<dyn Source>>,
     /// Each source's name, made once: a lookup is on the hot path.
     names: Vec<Arc<str>>,
+    /// Where every credential helper of these sources runs; `None` when built from sources.
+    helper_runs: Option<Arc<HelperRuns>>,
 }
 
 impl Keychain {
     /// Sources in the order given; that order breaks ties.
     pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
         let names = sources.iter().map(|s| Arc::from(s.name())).collect();
-        Self { sources, names }
+        Self {
+            sources,
+            names,
+            helper_runs: None,
+        }
     }
 
+    /// One source per config entry; all their credential helpers share one [`HelperRuns`],
+    /// so answers are reused and the number of helpers running at once is bounded.
     pub fn from_config(config: &Config, system: &System) -> Self {
-        let timeout = config.helpers.timeout;
+        let helper_runs = HelperRuns::new(system.clock.clone(), config.helpers.timeout);
         let sources = config
             .sources
             .iter()
-            .map(|entry| source_for(entry, system, timeout))
+            .map(|entry| source_for(entry, system, &helper_runs))
             .collect();
-        Self::new(sources)
+        Self {
+            helper_runs: Some(helper_runs),
+            ..Self::new(sources)
+        }
+    }
+
+    /// Helper answers held and helpers running now, for metrics.
+    pub fn helper_stats(&self) -> HelperStats {
+        self.helper_runs
+            .as_ref()
+            .map(|runs| runs.stats())
+            .unwrap_or_default()
     }
 
     pub fn source_names(&self) -> Vec<String> {
@@ -183,9 +202,18 @@ impl Keychain {
     /// Every scope the sources can name without running a helper, with usernames where
     /// known, sorted by how the scope is written; on duplicates the source listed first wins.
     pub async fn list(&self) -> Vec<(Scope, String)> {
+        self.listing()
+            .await
+            .into_iter()
+            .map(|listed| (listed.scope, listed.username))
+            .collect()
+    }
+
+    /// [`Keychain::list`] with the kind of secret each scope holds, where known.
+    pub async fn listing(&self) -> Vec<Listed> {
         let mut listed = BTreeMap::new();
-        for (scope, username) in self.list_in_order().await {
-            listed.entry(scope.to_string()).or_insert((scope, username));
+        for entry in self.list_in_order().await {
+            listed.entry(entry.scope.to_string()).or_insert(entry);
         }
         listed.into_values().collect()
     }
@@ -232,8 +260,8 @@ impl Keychain {
         let listed = self.list_in_order().await;
         let mut paths = listed
             .iter()
-            .filter(|(scope, _)| scope.exact_registry() == Some(registry))
-            .filter_map(|(scope, user)| scope.path().map(|p| (p, user)));
+            .filter(|listed| listed.scope.exact_registry() == Some(registry))
+            .filter_map(|listed| listed.scope.path().map(|p| (p, &listed.username)));
         let (first, first_user) = paths.next()?;
         if let Some((other, _)) = paths.find(|(_, user)| user != &first_user) {
             tracing::warn!(
@@ -246,13 +274,13 @@ impl Keychain {
         Some(Target::new(registry.clone(), Some(first.clone())))
     }
 
-    /// Every listed scope with its username, in source order.
-    async fn list_in_order(&self) -> Vec<(Scope, String)> {
+    /// Every listed scope, in source order.
+    async fn list_in_order(&self) -> Vec<Listed> {
         let answers = join_all(self.sources.iter().map(|s| s.listing())).await;
         let mut listed = Vec::new();
         for (source, answer) in self.sources.iter().zip(answers) {
             match answer {
-                Ok(entries) => listed.extend(entries.into_iter().map(|e| (e.scope, e.username))),
+                Ok(entries) => listed.extend(entries),
                 Err(e) => {
                     tracing::warn!(source = %source.name(), error = %e, "credential source failed to list")
                 }
@@ -302,15 +330,23 @@ async fn fetch_logged(
     result.map_err(|e| e.to_string())
 }
 
-fn source_for(entry: &SourceEntry, system: &System, timeout: Duration) -> Arc<dyn Source> {
+fn source_for(
+    entry: &SourceEntry,
+    system: &System,
+    helper_runs: &Arc<HelperRuns>,
+) -> Arc<dyn Source> {
     match entry {
-        SourceEntry::Registry(e) => Arc::new(StaticRegistrySource::new(e, system.clone(), timeout)),
+        SourceEntry::Registry(e) => {
+            Arc::new(StaticRegistrySource::new(e, system.clone(), helper_runs))
+        }
         SourceEntry::DockerConfig(e) => {
-            Arc::new(DockerConfigSource::new(e, system.clone(), timeout))
+            Arc::new(DockerConfigSource::new(e, system.clone(), helper_runs))
         }
-        SourceEntry::KubeletProvider(e) => {
-            Arc::new(KubeletProviderSource::new(e, system.clone(), timeout))
-        }
+        SourceEntry::KubeletProvider(e) => Arc::new(KubeletProviderSource::new(
+            e,
+            system.clone(),
+            helper_runs.timeout(),
+        )),
     }
 }
 

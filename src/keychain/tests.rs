@@ -166,3 +166,61 @@ async fn a_bare_registry_falls_back_to_the_path_scoped_credential_helpers_are_as
     let k = keychain(&with_wide, Arc::default());
     assert_eq!(winner(&k, "git.example.com").await.as_deref(), Some("wide"));
 }
+
+#[tokio::test]
+async fn the_listing_keeps_each_scopes_kind_of_secret_and_the_api_says_it() {
+    let k = keychain(
+        "[[registry]]\nmatch = \"bearer.test\"\nregistry_token = \"b\"\n\n\
+         [[registry]]\nmatch = \"docker.io\"\nusername = \"hub\"\nidentity_token = \"t\"\n\n\
+         [[registry]]\nmatch = \"bearer.test\"\nusername = \"later\"\npassword = \"p\"\n\n\
+         [[registry]]\nmatch = \"helper.test\"\nhelper = \"pass\"\n",
+        Arc::default(),
+    );
+    let listed = k.listing().await;
+    let response = crate::api::ListResponse::from(listed.as_slice());
+    let kinds: Vec<(&str, &str, crate::api::AuthType)> = response
+        .listed
+        .iter()
+        .map(|l| {
+            (
+                l.scope.as_str(),
+                l.username.as_str(),
+                l.auth_type.enum_value_or_default(),
+            )
+        })
+        .collect();
+    // The first source wins a scope, as it wins the lookup.
+    assert_eq!(
+        kinds,
+        [
+            ("bearer.test", "", crate::api::AuthType::HEADER),
+            ("docker.io", "hub", crate::api::AuthType::REFRESH),
+            ("helper.test", "", crate::api::AuthType::NONE),
+        ]
+    );
+    assert_eq!(response.entries.len(), 3);
+    assert_eq!(response.entries["docker.io"], "hub");
+}
+
+#[tokio::test]
+async fn helper_stats_count_the_answers_the_keychains_helpers_gave() {
+    let k = keychain(
+        "[[registry]]\nmatch = \"helper.test\"\nhelper = \"pass\"\n",
+        Arc::default(),
+    );
+    assert_eq!(k.helper_stats(), HelperStats::default());
+    for _ in 0..3 {
+        assert!(winner(&k, "helper.test/a").await.is_none());
+    }
+    assert_eq!(
+        k.helper_stats(),
+        HelperStats {
+            cached_answers: 1,
+            running: 0
+        }
+    );
+    assert_eq!(
+        Keychain::new(Vec::new()).helper_stats(),
+        HelperStats::default()
+    );
+}

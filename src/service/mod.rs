@@ -122,17 +122,8 @@ impl api::Credentials for CredentialsService {
         _ctx: &TtrpcContext,
         _req: api::ListRequest,
     ) -> ttrpc::Result<api::ListResponse> {
-        Ok(api::ListResponse {
-            entries: self
-                .daemon
-                .keychain()
-                .list()
-                .await
-                .into_iter()
-                .map(|(scope, username)| (scope.to_string(), username))
-                .collect(),
-            ..Default::default()
-        })
+        let listed = self.daemon.keychain().listing().await;
+        Ok(api::ListResponse::from(listed.as_slice()))
     }
 }
 

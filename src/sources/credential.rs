@@ -40,6 +40,17 @@ pub enum SecretKind {
     RegistryToken,
 }
 
+impl SecretKind {
+    /// How a secret of this kind is used upstream.
+    pub fn auth_type(self) -> AuthType {
+        match self {
+            Self::Password => AuthType::Credentials,
+            Self::IdentityToken => AuthType::Refresh,
+            Self::RegistryToken => AuthType::Header,
+        }
+    }
+}
+
 /// A username and a secret for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -70,11 +81,7 @@ impl Credential {
     }
 
     pub fn auth_type(&self) -> AuthType {
-        match self.kind {
-            SecretKind::Password => AuthType::Credentials,
-            SecretKind::IdentityToken => AuthType::Refresh,
-            SecretKind::RegistryToken => AuthType::Header,
-        }
+        self.kind.auth_type()
     }
 
     /// The secret as containerd's transfer `AuthResponse.secret` carries it: the password or

@@ -8,22 +8,28 @@
 //!
 //! Keys are matched by canonical registry identity, so a credential saved as `host:443`
 //! serves `host` and the reverse, which docker/cli and buildkit do not do.
+//!
+//! The file names programs credgate runs as root, so it is refused when anyone but root can
+//! write it ([`trusted_file`]), and a `credsStore` or `credHelpers` value must be a plain
+//! helper name, never a path ([`check_helper_name`]); a refused name is an error for the
+//! registries it would serve, and nothing is run.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
 use serde::Deserialize;
 
-use super::exec_helper::CredentialHelper;
+use super::exec_helper::{check_helper_name, CredentialHelper, HelperRuns};
 use super::file_cache::FileCache;
+use super::trusted_file::{self, UntrustedFile};
 use super::{Credential, Fetch, Listed, Offer, Source, SourceError};
 use crate::config::DockerConfigEntry;
 use crate::identity::{RegistryHost, Scope, Target};
+use crate::parser_message::without_values;
 use crate::system::System;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,31 +53,48 @@ pub enum DockerConfigError {
         key: String,
         reason: &'static str,
     },
+    #[error("docker config not read, since credgate runs the helpers it names as root: {source}; run: {}", source.fix())]
+    Untrusted {
+        #[source]
+        source: UntrustedFile,
+    },
+    #[error("{}: {key} {reason}; nothing was run (docker runs docker-credential-NAME from PATH)", path.display())]
+    UnsafeHelperName {
+        path: PathBuf,
+        /// `credsStore` or `credHelpers["host"]`; the value itself is not repeated.
+        key: String,
+        reason: &'static str,
+    },
 }
 
 pub struct DockerConfigSource {
     entry: DockerConfigEntry,
     system: System,
-    helper_timeout: Duration,
+    helper_runs: Arc<HelperRuns>,
     cache: FileCache<ConfigFile>,
 }
 
 impl DockerConfigSource {
-    /// Never fails: the file is read (and re-read when it changes) at lookup time.
-    pub fn new(entry: &DockerConfigEntry, system: System, helper_timeout: Duration) -> Self {
+    /// Never fails: the file is read (and re-read when it changes) at lookup time. Its
+    /// helpers run through `helper_runs`, shared with the keychain's other sources.
+    pub fn new(entry: &DockerConfigEntry, system: System, helper_runs: &Arc<HelperRuns>) -> Self {
         Self {
             entry: entry.clone(),
             system,
-            helper_timeout,
+            helper_runs: Arc::clone(helper_runs),
             cache: FileCache::new(entry.path.clone()),
         }
     }
 
-    /// The parsed file, `None` when it does not exist.
+    /// The parsed file, `None` when it does not exist; refused when others can write it.
     fn load(&self) -> Result<Option<Arc<ConfigFile>>, DockerConfigError> {
         let path = self.entry.path.as_path();
         self.cache.get(
             self.system.files.as_ref(),
+            |stamp| {
+                trusted_file::check_stamp(path, stamp)
+                    .map_err(|source| DockerConfigError::Untrusted { source })
+            },
             |bytes| ConfigFile::parse(path, bytes),
             |source| DockerConfigError::Read {
                 path: path.to_path_buf(),
@@ -98,11 +121,11 @@ impl DockerConfigSource {
     ) -> Result<Vec<Offer>, DockerConfigError> {
         let helpers = file.cred_helpers_for(&target.registry);
         if !helpers.is_empty() {
-            let named: Vec<Offer> = helpers
+            let named = helpers
                 .iter()
                 .filter(|entry| !entry.helper.is_empty())
                 .map(|entry| self.cred_helper_offer(entry, target))
-                .collect();
+                .collect::<Result<Vec<Offer>, _>>()?;
             if !named.is_empty() {
                 return Ok(named);
             }
@@ -114,7 +137,7 @@ impl DockerConfigSource {
         if !inline.is_empty() {
             return Ok(inline);
         }
-        Ok(self.creds_store_offer(file, target).into_iter().collect())
+        Ok(self.creds_store_offer(file, target)?.into_iter().collect())
     }
 
     /// Inline `auths` offers at one level that match `target`; a matching entry whose `auth`
@@ -148,34 +171,81 @@ impl DockerConfigSource {
     }
 
     /// The helper is asked with the key as written, which is how it stored the credential.
-    fn cred_helper_offer(&self, entry: &CredHelperEntry, target: &Target) -> Offer {
-        let helper = self.helper(&entry.helper);
-        let origin = format!("credHelpers[{:?}] → {}", entry.key, helper.name());
+    fn cred_helper_offer(
+        &self,
+        entry: &CredHelperEntry,
+        target: &Target,
+    ) -> Result<Offer, DockerConfigError> {
+        let key = format!("credHelpers[{:?}]", entry.key);
+        let helper = self.helper(&entry.helper, &key)?;
+        let origin = format!("{key} → {}", helper.name());
         let fetch = helper.fetch_for(entry.key.clone());
-        Offer::new(Scope::registry(target.registry.clone()), origin, fetch)
-    }
-
-    fn creds_store_offer(&self, file: &ConfigFile, target: &Target) -> Option<Offer> {
-        let store = file.creds_store.as_deref().filter(|s| !s.is_empty())?;
-        let fetch = Arc::new(StoreFetch {
-            helper: self.helper(store),
-            registry: target.registry.clone(),
-        });
-        let origin = format!("credsStore {store:?}");
-        Some(Offer::new(
+        Ok(Offer::new(
             Scope::registry(target.registry.clone()),
             origin,
             fetch,
         ))
     }
 
-    fn helper(&self, name: &str) -> Arc<CredentialHelper> {
-        Arc::new(CredentialHelper::new(
-            name,
-            &self.system,
-            self.helper_timeout,
-        ))
+    fn creds_store_offer(
+        &self,
+        file: &ConfigFile,
+        target: &Target,
+    ) -> Result<Option<Offer>, DockerConfigError> {
+        let Some(store) = file.creds_store.as_deref().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let fetch = Arc::new(StoreFetch {
+            helper: self.helper(store, "credsStore")?,
+            registry: target.registry.clone(),
+        });
+        let origin = format!("credsStore {store:?}");
+        Ok(Some(Offer::new(
+            Scope::registry(target.registry.clone()),
+            origin,
+            fetch,
+        )))
     }
+
+    /// The helper a docker config names under `key`; a name that is not a plain helper name
+    /// is refused before anything could run it.
+    fn helper(&self, name: &str, key: &str) -> Result<Arc<CredentialHelper>, DockerConfigError> {
+        CredentialHelper::named(name, &self.system, &self.helper_runs)
+            .map(Arc::new)
+            .map_err(|reason| DockerConfigError::UnsafeHelperName {
+                path: self.entry.path.clone(),
+                key: key.to_string(),
+                reason,
+            })
+    }
+}
+
+/// The `credsStore` and `credHelpers` keys of a docker config whose helper name would be
+/// refused, with why (for `credgate doctor`); nothing is run.
+pub fn refused_helper_names(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<(String, &'static str)>, DockerConfigError> {
+    let file = ConfigFile::parse(path, bytes)?;
+    let store = file
+        .creds_store
+        .iter()
+        .filter(|name| !name.is_empty())
+        .map(|name| ("credsStore".to_string(), name.as_str()));
+    let helpers = file
+        .cred_helpers
+        .iter()
+        .filter(|entry| !entry.helper.is_empty())
+        .map(|entry| {
+            (
+                format!("credHelpers[{:?}]", entry.key),
+                entry.helper.as_str(),
+            )
+        });
+    Ok(store
+        .chain(helpers)
+        .filter_map(|(key, name)| check_helper_name(name).err().map(|reason| (key, reason)))
+        .collect())
 }
 
 #[async_trait]
@@ -191,8 +261,9 @@ impl Source for DockerConfigSource {
         Ok(self.offers_from(&file, target)?)
     }
 
-    /// `auths` keys with their usernames, and `credHelpers` keys (whose usernames only the
-    /// helper knows). A `credsStore` is not listed: asking it would run a helper.
+    /// `auths` keys with their usernames and secret kinds, and `credHelpers` keys (whose
+    /// usernames only the helper knows) whose helper name would be run. A `credsStore` is
+    /// not listed: asking it would run a helper.
     async fn listing(&self) -> Result<Vec<Listed>, SourceError> {
         let Some(file) = self.load()? else {
             return Ok(Vec::new());
@@ -202,12 +273,18 @@ impl Source for DockerConfigSource {
             Some(Listed {
                 scope: entry.scope.clone(),
                 username: credential.username.clone(),
+                kind: Some(credential.kind),
             })
         });
-        let helpers = file.cred_helpers.iter().map(|entry| Listed {
-            scope: Scope::registry(entry.registry.clone()),
-            username: String::new(),
-        });
+        let helpers = file
+            .cred_helpers
+            .iter()
+            .filter(|entry| check_helper_name(&entry.helper).is_ok())
+            .map(|entry| Listed {
+                scope: Scope::registry(entry.registry.clone()),
+                username: String::new(),
+                kind: None,
+            });
         Ok(auths.chain(helpers).collect())
     }
 }
@@ -480,7 +557,7 @@ fn invalid(path: &Path, error: &serde_json::Error) -> DockerConfigError {
         serde_json::error::Category::Eof => "the file ends too early".to_string(),
         serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
             let text = error.to_string();
-            text.split(" at line ").next().unwrap_or(&text).to_string()
+            without_values(text.split(" at line ").next().unwrap_or(&text))
         }
     };
     DockerConfigError::Invalid {
@@ -493,6 +570,8 @@ fn invalid(path: &Path, error: &serde_json::Error) -> DockerConfigError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::Location;
     use crate::sources::SecretKind;
@@ -526,7 +605,8 @@ mod tests {
                 line: 1,
             },
         };
-        let source = DockerConfigSource::new(&entry, system, Duration::from_secs(10));
+        let runs = HelperRuns::new(system.clock.clone(), Duration::from_secs(10));
+        let source = DockerConfigSource::new(&entry, system, &runs);
         Fixture {
             files,
             processes,
@@ -902,7 +982,8 @@ mod tests {
                 line: 1,
             },
         };
-        let source = DockerConfigSource::new(&entry, system, Duration::from_secs(1));
+        let runs = HelperRuns::new(system.clock.clone(), Duration::from_secs(1));
+        let source = DockerConfigSource::new(&entry, system, &runs);
         let target = Target::parse("r.test/a").unwrap();
         assert!(source.offers(&target).await.unwrap().is_empty());
         assert_eq!(source.name(), "docker config /nonexistent/config.json");
@@ -923,5 +1004,117 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.starts_with("/root/.docker/config.json:1:"), "{err}");
         assert!(err.ends_with("wrong type; expected an object"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_in_the_wrong_type_is_never_echoed() {
+        for value in [
+            "31415926",
+            "3141.5926",
+            "true",
+            "[\"31415926\"]",
+            "{\"x\":\"31415926\"}",
+            "31415926x",
+            "\"31415926",
+        ] {
+            for json in [
+                format!(r#"{{"auths":{{"r.test":{{"auth":{value}}}}}}}"#),
+                format!(r#"{{"auths":{{"r.test":{{"password":{value},"username":"u"}}}}}}"#),
+                format!(r#"{{"credsStore":{value}}}"#),
+                format!(r#"{{"credHelpers":{{"r.test":{value}}}}}"#),
+            ] {
+                let err = fixture(&json).error("r.test/a").await;
+                assert!(!err.contains("31415926"), "{json}: {err}");
+                assert!(err.starts_with("/root/.docker/config.json:1:"), "{err}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_helper_name_that_is_a_path_is_refused_and_nothing_runs() {
+        // `fixture` panics if any helper is run.
+        for name in [
+            "../../tmp/evil",
+            "/usr/local/bin/evil",
+            "x/y",
+            ".",
+            "..",
+            "a b",
+            "$(id)",
+        ] {
+            let json = serde_json::json!({ "credsStore": name }).to_string();
+            let err = fixture(&json).error("r.test/a").await;
+            assert!(
+                err.starts_with("/root/.docker/config.json: credsStore ")
+                    && err.ends_with(
+                        "nothing was run (docker runs docker-credential-NAME from PATH)"
+                    ),
+                "{name}: {err}"
+            );
+            let json = serde_json::json!({ "credHelpers": { "r.test": name } }).to_string();
+            let f = fixture(&json);
+            let err = f.error("r.test/a").await;
+            assert!(
+                err.starts_with(r#"/root/.docker/config.json: credHelpers["r.test"] "#),
+                "{name}: {err}"
+            );
+            // Other registries of the file are not affected, and nothing is listed for it.
+            assert!(f.offers("other.test/a").await.is_empty());
+            assert!(f.source.listing().await.unwrap().is_empty());
+        }
+        let json = r#"{"credsStore":"../evil","credHelpers":{"r.test":"/bin/x","s.test":"pass"}}"#;
+        let refused = refused_helper_names(Path::new(CONFIG), json.as_bytes()).unwrap();
+        let keys: Vec<&str> = refused.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["credsStore", r#"credHelpers["r.test"]"#]);
+    }
+
+    #[tokio::test]
+    async fn a_docker_config_others_can_write_is_refused_and_nothing_runs() {
+        let json = r#"{"credsStore":"pass","auths":{"r.test":{"auth":"dTpw"}}}"#;
+        let f = fixture(json);
+        f.files.write(CONFIG, json, 0o666);
+        let err = f.error("r.test/a").await;
+        assert_eq!(
+            err,
+            "docker config not read, since credgate runs the helpers it names as root: \
+             /root/.docker/config.json is writable by group or others (mode 0666); \
+             run: chmod go-w /root/.docker/config.json"
+        );
+        assert!(f.source.listing().await.is_err());
+        f.files.write(CONFIG, json, 0o600);
+        f.files.chown(CONFIG, 4242);
+        let err = f.error("other.test/a").await;
+        assert!(
+            err.contains("owned by uid 4242, not root; run: chown root:root"),
+            "{err}"
+        );
+        f.files.chown(CONFIG, 0);
+        assert_eq!(f.first("r.test/a").await.as_deref(), Some("u:p"));
+    }
+
+    #[tokio::test]
+    async fn listings_say_what_kind_of_secret_each_scope_holds() {
+        let f = fixture(&format!(
+            r#"{{"auths":{{"pw.test":{{"auth":"{}"}},"id.test":{{"identitytoken":"t"}},"reg.test":{{"registrytoken":"b"}}}},
+                "credHelpers":{{"helper.test":"pass","pinned.test":""}}}}"#,
+            auth("u:p")
+        ));
+        let listed: Vec<(String, Option<SecretKind>)> = f
+            .source
+            .listing()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.scope.to_string(), l.kind))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("id.test".to_string(), Some(SecretKind::IdentityToken)),
+                ("pw.test".to_string(), Some(SecretKind::Password)),
+                ("reg.test".to_string(), Some(SecretKind::RegistryToken)),
+                ("helper.test".to_string(), None),
+            ]
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! docker credential helpers: `docker-credential-NAME get|list`, run with a timeout and a
 //! controlled environment.
 //!
+//! A helper runs as root, so a name from a docker config must be a plain name
+//! (`[A-Za-z0-9._-]`, found on the helper path), never a path. Runs are bounded: [`HelperRuns`]
+//! reuses answers for [`ANSWER_REUSE`], lets identical calls in flight share one run, and
+//! runs at most [`MAX_RUNNING`] helpers at once.
+//!
 //! The protocol is spoken as docker's own client (docker/docker-credential-helpers `client`)
 //! speaks it: the server URL on stdin with no newline, JSON on stdout, and on failure a
 //! non-zero exit with a one-line message on stdout. Stdout of a *successful* run may hold a
@@ -13,9 +18,20 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::answer_cache::AnswerCache;
 use super::{Credential, Fetch, SourceError};
-use crate::system::{ProcessError, ProcessOutput, ProcessSpec, System, OUTPUT_LIMIT};
+use crate::system::{Clock, ProcessError, ProcessOutput, ProcessSpec, System, OUTPUT_LIMIT};
+
+/// How long a helper's answer (a credential, a miss, a listing) is reused.
+pub const ANSWER_REUSE: Duration = Duration::from_secs(30);
+/// How long a helper's failure is reused, so a broken helper is not started per request.
+pub const FAILURE_REUSE: Duration = Duration::from_secs(5);
+/// Most answers kept per action (`get`, `list`).
+pub const MAX_ANSWERS: usize = 256;
+/// Most helper processes running at once; more callers wait, up to the helper timeout.
+pub const MAX_RUNNING: usize = 4;
 
 /// What a helper prints when it has nothing for the server URL (`credentials` package).
 const NOT_FOUND_REPLY: &str = "credentials not found in native keychain";
@@ -30,7 +46,8 @@ const LIST_STDIN: &[u8] = b"unused";
 const MESSAGE_LIMIT: usize = 200;
 
 /// Why a helper gave no answer. Every variant names the helper; none carries a secret.
-#[derive(Debug, thiserror::Error)]
+/// Clone, because one run's answer is shared by every identical call waiting for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HelperError {
     #[error("{helper} not found on PATH ({path})")]
     NotOnPath { helper: String, path: String },
@@ -40,8 +57,10 @@ pub enum HelperError {
     Spawn {
         helper: String,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
+    #[error("{helper} was not started: {MAX_RUNNING} credential helpers were still running after {}", show_duration(*waited))]
+    Busy { helper: String, waited: Duration },
     #[error("{helper} did not answer within {} and was killed", show_duration(*timeout))]
     TimedOut { helper: String, timeout: Duration },
     #[error("{helper} {action} printed more than {OUTPUT_LIMIT} bytes")]
@@ -54,7 +73,7 @@ pub enum HelperError {
         helper: String,
         action: &'static str,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The helper refused the request itself (`no credentials server URL`).
     #[error("{helper} {action} refused the request: {reply}")]
@@ -80,18 +99,106 @@ pub enum HelperError {
     },
 }
 
+impl HelperError {
+    /// How long this failure may answer identical calls: not at all when no helper ran.
+    fn reuse(&self) -> Duration {
+        match self {
+            Self::Busy { .. } => Duration::ZERO,
+            _ => FAILURE_REUSE,
+        }
+    }
+}
+
+/// Refuses a helper name that is not docker's plain form: `docker-credential-NAME` is looked
+/// up on the helper path, and a name with a `/` would make it a path to run as root.
+pub fn check_helper_name(name: &str) -> Result<(), &'static str> {
+    match name {
+        "" => Err("is empty"),
+        "." | ".." => Err("is '.' or '..'"),
+        _ if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+        {
+            Ok(())
+        }
+        _ => Err("is not a helper name (only A-Z a-z 0-9 . _ -; never a path)"),
+    }
+}
+
+/// Every helper run of one keychain goes through here: answers are reused, identical calls
+/// in flight share a run, and at most [`MAX_RUNNING`] helpers run at once.
+pub struct HelperRuns {
+    timeout: Duration,
+    slots: Semaphore,
+    gets: AnswerCache<(PathBuf, String), Result<Option<Credential>, HelperError>>,
+    lists: AnswerCache<PathBuf, Result<BTreeMap<String, String>, HelperError>>,
+}
+
+/// How busy the helpers are, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HelperStats {
+    /// Answers held (live, in flight or expired but not yet dropped).
+    pub cached_answers: usize,
+    /// Helper processes running now.
+    pub running: usize,
+}
+
+impl HelperRuns {
+    /// `timeout` bounds each run, and each wait for a free slot.
+    pub fn new(clock: Arc<dyn Clock>, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            timeout,
+            slots: Semaphore::new(MAX_RUNNING),
+            gets: AnswerCache::new(clock.clone(), MAX_ANSWERS),
+            lists: AnswerCache::new(clock, MAX_ANSWERS),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn stats(&self) -> HelperStats {
+        HelperStats {
+            cached_answers: self.gets.len() + self.lists.len(),
+            running: MAX_RUNNING.saturating_sub(self.slots.available_permits()),
+        }
+    }
+
+    /// A slot to run `helper` in, waiting no longer than the helper timeout.
+    async fn slot(&self, helper: &str) -> Result<SemaphorePermit<'_>, HelperError> {
+        let busy = || HelperError::Busy {
+            helper: helper.to_string(),
+            waited: self.timeout,
+        };
+        match tokio::time::timeout(self.timeout, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a closed one would be as good as a full one.
+            Ok(Err(_)) | Err(_) => Err(busy()),
+        }
+    }
+}
+
+/// How long a result may be reused.
+fn reuse<T>(result: &Result<T, HelperError>) -> Duration {
+    match result {
+        Ok(_) => ANSWER_REUSE,
+        Err(error) => error.reuse(),
+    }
+}
+
 /// One docker credential helper program.
 pub struct CredentialHelper {
     name: String,
     program: PathBuf,
     system: System,
-    timeout: Duration,
+    runs: Arc<HelperRuns>,
 }
 
 impl CredentialHelper {
-    /// `name` is what docker configs hold (`pass` runs `docker-credential-pass`, found on the
-    /// helper path) or a path containing `/`, run as is.
-    pub fn new(name: &str, system: &System, timeout: Duration) -> Self {
+    /// A helper from credgate's own config: a name (`pass` runs `docker-credential-pass`,
+    /// found on the helper path) or a path containing `/`, run as is.
+    pub fn new(name: &str, system: &System, runs: &Arc<HelperRuns>) -> Self {
         let program_name = if name.contains('/') {
             name.to_string()
         } else {
@@ -101,8 +208,18 @@ impl CredentialHelper {
             name: program_name.clone(),
             program: system.find_program(&program_name),
             system: system.clone(),
-            timeout,
+            runs: Arc::clone(runs),
         }
+    }
+
+    /// A helper named by a docker config: a plain name only (see [`check_helper_name`]).
+    pub fn named(
+        name: &str,
+        system: &System,
+        runs: &Arc<HelperRuns>,
+    ) -> Result<Self, &'static str> {
+        check_helper_name(name)?;
+        Ok(Self::new(name, system, runs))
     }
 
     /// The program name, e.g. `docker-credential-pass`, for messages.
@@ -114,29 +231,40 @@ impl CredentialHelper {
     ///
     /// A reply with an empty secret is a miss too: docker turns it into an empty (anonymous)
     /// login, and `docker-credential-pass` 0.6 answers unknown hosts that way, exit 0.
+    /// A recent answer for the same program and URL is reused without running anything.
     pub async fn get(&self, server_url: &str) -> Result<Option<Credential>, HelperError> {
-        let started = self.system.clock.now();
-        let result = self.run_get(server_url).await;
-        let outcome = match &result {
-            Ok(Some(_)) => "hit",
-            Ok(None) => "miss",
-            Err(_) => "error",
+        let key = (self.program.clone(), server_url.to_string());
+        let run = async {
+            let started = self.system.clock.now();
+            let result = self.run_get(server_url).await;
+            let outcome = match &result {
+                Ok(Some(_)) => "hit",
+                Ok(None) => "miss",
+                Err(_) => "error",
+            };
+            self.log_call("get", server_url, outcome, started, result.as_ref().err());
+            let reuse = reuse(&result);
+            (result, reuse)
         };
-        self.log_call("get", server_url, outcome, started, result.as_ref().err());
-        result
+        self.runs.gets.answer(key, run).await
     }
 
-    /// `list`: server URL → username of everything the helper stores.
+    /// `list`: server URL → username of everything the helper stores; a recent listing of
+    /// the same program is reused.
     pub async fn list(&self) -> Result<BTreeMap<String, String>, HelperError> {
-        let started = self.system.clock.now();
-        let result = self.run_list().await;
-        let outcome = match &result {
-            Ok(stored) if stored.is_empty() => "empty",
-            Ok(_) => "listed",
-            Err(_) => "error",
+        let run = async {
+            let started = self.system.clock.now();
+            let result = self.run_list().await;
+            let outcome = match &result {
+                Ok(stored) if stored.is_empty() => "empty",
+                Ok(_) => "listed",
+                Err(_) => "error",
+            };
+            self.log_call("list", "", outcome, started, result.as_ref().err());
+            let reuse = reuse(&result);
+            (result, reuse)
         };
-        self.log_call("list", "", outcome, started, result.as_ref().err());
-        result
+        self.runs.lists.answer(self.program.clone(), run).await
     }
 
     /// An offer's fetch that asks this helper for `server_url`.
@@ -180,8 +308,9 @@ impl CredentialHelper {
             args: vec![action.to_string()],
             env: self.system.helper_env.clone(),
             stdin,
-            timeout: self.timeout,
+            timeout: self.runs.timeout,
         };
+        let _slot = self.runs.slot(&self.name).await?;
         self.system
             .processes
             .run(spec)
@@ -231,13 +360,16 @@ impl CredentialHelper {
                 helper,
                 path: self.search_path(),
             },
-            ProcessError::Spawn { source, .. } => HelperError::Spawn { helper, source },
+            ProcessError::Spawn { source, .. } => HelperError::Spawn {
+                helper,
+                source: Arc::new(source),
+            },
             ProcessError::TimedOut { timeout, .. } => HelperError::TimedOut { helper, timeout },
             ProcessError::OutputTooLarge { .. } => HelperError::OutputTooLarge { helper, action },
             ProcessError::Io { source, .. } => HelperError::Io {
                 helper,
                 action,
-                source,
+                source: Arc::new(source),
             },
         }
     }
@@ -447,7 +579,8 @@ mod tests {
             processes.clone(),
             Arc::new(MemoryFiles::new()),
         );
-        CredentialHelper::new("pass", &system, TIMEOUT)
+        let runs = HelperRuns::new(system.clock.clone(), TIMEOUT);
+        CredentialHelper::new("pass", &system, &runs)
     }
 
     fn answering(
@@ -599,7 +732,8 @@ mod tests {
             Arc::new(MemoryFiles::new()),
         );
         system.helper_path = vec!["/nonexistent/a".into(), "/nonexistent/b".into()];
-        let helper = CredentialHelper::new("nosuch", &system, TIMEOUT);
+        let runs = HelperRuns::new(system.clock.clone(), TIMEOUT);
+        let helper = CredentialHelper::new("nosuch", &system, &runs);
         let err = helper.get("r.test").await.unwrap_err().to_string();
         assert_eq!(
             err,
@@ -672,5 +806,181 @@ mod tests {
             }
         }
         assert!(lines[0].contains("server_url=\"r.test\""), "{text}");
+    }
+
+    struct Pool {
+        clock: Arc<ManualClock>,
+        processes: Arc<ScriptedProcesses>,
+        runs: Arc<HelperRuns>,
+        helper: Arc<CredentialHelper>,
+    }
+
+    /// A helper that stores `hit.test` and fails with exit 2 for `broken.test`.
+    fn pool(delay: Duration, timeout: Duration) -> Pool {
+        let processes = Arc::new(
+            ScriptedProcesses::new(
+                |spec| match (spec.args[0].as_str(), spec.stdin.as_slice()) {
+                    ("list", _) => ScriptedProcesses::ok(r#"{"hit.test":"u"}"#),
+                    (_, b"broken.test") => ScriptedProcesses::exit(2, "store locked"),
+                    (_, b"miss.test") => ScriptedProcesses::exit(1, NOT_FOUND_REPLY),
+                    _ => ScriptedProcesses::ok(r#"{"Username":"u","Secret":"hunter2-secret"}"#),
+                },
+            )
+            .with_delay(delay),
+        );
+        let clock = Arc::new(ManualClock::new());
+        let system = System::fake(
+            clock.clone(),
+            processes.clone(),
+            Arc::new(MemoryFiles::new()),
+        );
+        let runs = HelperRuns::new(system.clock.clone(), timeout);
+        let helper = Arc::new(CredentialHelper::new("pass", &system, &runs));
+        Pool {
+            clock,
+            processes,
+            runs,
+            helper,
+        }
+    }
+
+    #[tokio::test]
+    async fn hits_and_misses_are_reused_so_a_creds_store_is_not_spawned_per_request() {
+        let p = pool(Duration::ZERO, TIMEOUT);
+        for _ in 0..3 {
+            assert!(p.helper.get("hit.test").await.unwrap().is_some());
+            assert!(p.helper.get("miss.test").await.unwrap().is_none());
+            assert_eq!(p.helper.list().await.unwrap().len(), 1);
+        }
+        assert_eq!(p.processes.runs().len(), 3);
+        assert_eq!(p.runs.stats().cached_answers, 3);
+        p.clock.advance(ANSWER_REUSE);
+        assert!(p.helper.get("hit.test").await.unwrap().is_some());
+        assert_eq!(p.processes.runs().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn failures_are_reused_only_briefly() {
+        let p = pool(Duration::ZERO, TIMEOUT);
+        for _ in 0..3 {
+            assert!(p.helper.get("broken.test").await.is_err());
+        }
+        assert_eq!(p.processes.runs().len(), 1);
+        p.clock.advance(FAILURE_REUSE);
+        assert!(p.helper.get("broken.test").await.is_err());
+        assert_eq!(p.processes.runs().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_identical_calls_share_one_helper_run() {
+        let p = pool(Duration::from_millis(50), TIMEOUT);
+        let calls = (0..10).map(|_| p.helper.get("hit.test"));
+        let answers = futures::future::join_all(calls).await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(Some(_)))));
+        assert_eq!(p.processes.runs().len(), 1);
+    }
+
+    /// Waits (a little) until `n` runs have started.
+    async fn started(p: &Pool, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while p.processes.runs().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_more_than_four_helpers_run_at_once() {
+        let delay = Duration::from_millis(300);
+        let p = pool(delay, TIMEOUT);
+        let begun = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let helper = Arc::clone(&p.helper);
+                tokio::spawn(async move { helper.get(&format!("r{i}.test")).await })
+            })
+            .collect();
+        started(&p, MAX_RUNNING).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(p.processes.runs().len(), MAX_RUNNING);
+        assert_eq!(p.runs.stats().running, MAX_RUNNING);
+        for task in tasks {
+            assert!(task.await.unwrap().unwrap().is_some());
+        }
+        // Ten runs, four at a time: three rounds.
+        assert!(begun.elapsed() >= delay * 3, "{:?}", begun.elapsed());
+        assert_eq!(p.processes.runs().len(), 10);
+        assert_eq!(
+            p.runs.stats(),
+            HelperStats {
+                cached_answers: 10,
+                running: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_waits_for_a_slot_no_longer_than_the_helper_timeout() {
+        let timeout = Duration::from_millis(100);
+        let p = pool(Duration::from_millis(600), timeout);
+        let busy: Vec<_> = (0..MAX_RUNNING)
+            .map(|i| {
+                let helper = Arc::clone(&p.helper);
+                tokio::spawn(async move { helper.get(&format!("r{i}.test")).await })
+            })
+            .collect();
+        started(&p, MAX_RUNNING).await;
+        let begun = tokio::time::Instant::now();
+        let err = p.helper.get("late.test").await.unwrap_err().to_string();
+        let waited = begun.elapsed();
+        assert!(waited >= timeout, "{waited:?}");
+        assert_eq!(
+            err,
+            "docker-credential-pass was not started: 4 credential helpers were still running after 100ms"
+        );
+        assert_eq!(p.processes.runs().len(), MAX_RUNNING);
+        for task in busy {
+            task.await.unwrap().unwrap();
+        }
+        // Nothing ran for the refused call, so nothing of it is reused.
+        assert!(p.helper.get("late.test").await.unwrap().is_some());
+        assert_eq!(p.processes.runs().len(), MAX_RUNNING + 1);
+    }
+
+    #[test]
+    fn helper_names_outside_dockers_form_are_refused() {
+        for good in [
+            "pass",
+            "ecr-login",
+            "desktop.exe",
+            "osxkeychain",
+            "a_b",
+            "gcloud",
+        ] {
+            assert_eq!(check_helper_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/usr/bin/evil",
+            "x/y",
+            "a b",
+            "x;y",
+            "é",
+            "a\0",
+            "$(id)",
+        ] {
+            assert!(check_helper_name(bad).is_err(), "{bad:?}");
+        }
+        let processes = Arc::new(ScriptedProcesses::new(|spec| panic!("ran {spec:?}")));
+        let system = System::fake(
+            Arc::new(ManualClock::new()),
+            processes,
+            Arc::new(MemoryFiles::new()),
+        );
+        let runs = HelperRuns::new(system.clock.clone(), TIMEOUT);
+        assert!(CredentialHelper::named("../../tmp/evil", &system, &runs).is_err());
+        assert!(CredentialHelper::named("pass", &system, &runs).is_ok());
     }
 }

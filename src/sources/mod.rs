@@ -13,12 +13,14 @@ use async_trait::async_trait;
 
 use crate::identity::{Scope, Target};
 
+pub mod answer_cache;
 mod credential;
 pub mod docker_config;
 pub mod exec_helper;
 pub mod file_cache;
 pub mod kubelet_provider;
 pub mod static_registry;
+pub mod trusted_file;
 
 pub use credential::{AuthType, Credential, SecretKind};
 // Re-exported for `upstream` and `transfer`, which still import it from here.
@@ -39,11 +41,14 @@ pub trait Source: Send + Sync {
     }
 }
 
-/// One scope a source knows, with the username when it is known without a helper run.
+/// One scope a source knows, with the username and the kind of secret when they are known
+/// without a helper run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub scope: Scope,
     pub username: String,
+    /// `None` when only a helper knows; a helper's answer is a password or an identity token.
+    pub kind: Option<SecretKind>,
 }
 
 /// Produces the credential behind an offer. `Ok(None)` is a miss (a helper that has no

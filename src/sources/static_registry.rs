@@ -2,11 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::exec_helper::CredentialHelper;
+use super::exec_helper::{CredentialHelper, HelperRuns};
 use super::{Credential, Fetch, Listed, Offer, SecretKind, Source, SourceError};
 use crate::config::{RegistryEntry, SecretSpec};
 use crate::identity::Target;
@@ -33,13 +32,11 @@ pub struct StaticRegistrySource {
 impl StaticRegistrySource {
     /// Warns (once, here) about secret files others can read and about missing ones; a
     /// missing file is not fatal because it may be provisioned after credgate starts.
-    pub fn new(entry: &RegistryEntry, system: System, helper_timeout: Duration) -> Self {
+    pub fn new(entry: &RegistryEntry, system: System, helper_runs: &Arc<HelperRuns>) -> Self {
         let helper = match &entry.secret {
-            SecretSpec::Helper(name) => Some(Arc::new(CredentialHelper::new(
-                name,
-                &system,
-                helper_timeout,
-            ))),
+            SecretSpec::Helper(name) => {
+                Some(Arc::new(CredentialHelper::new(name, &system, helper_runs)))
+            }
             _ => None,
         };
         let source = Self {
@@ -72,6 +69,20 @@ fn is_inline(spec: &SecretSpec) -> bool {
         spec,
         SecretSpec::Password(_) | SecretSpec::IdentityToken(_) | SecretSpec::RegistryToken(_)
     )
+}
+
+/// The kind of secret an entry holds; `None` when only its helper knows.
+fn secret_kind(spec: &SecretSpec) -> Option<SecretKind> {
+    match spec {
+        SecretSpec::Password(_) | SecretSpec::PasswordFile(_) => Some(SecretKind::Password),
+        SecretSpec::IdentityToken(_) | SecretSpec::IdentityTokenFile(_) => {
+            Some(SecretKind::IdentityToken)
+        }
+        SecretSpec::RegistryToken(_) | SecretSpec::RegistryTokenFile(_) => {
+            Some(SecretKind::RegistryToken)
+        }
+        SecretSpec::Helper(_) => None,
+    }
 }
 
 fn secret_file(spec: &SecretSpec) -> Option<(&Path, SecretKind)> {
@@ -109,6 +120,7 @@ impl Source for StaticRegistrySource {
         Ok(vec![Listed {
             scope: self.entry.scope.clone(),
             username: self.entry.username.clone(),
+            kind: secret_kind(&self.entry.secret),
         }])
     }
 
@@ -206,6 +218,8 @@ impl Fetch for SecretFileFetch {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::{Config, SourceEntry};
     use crate::sources::AuthType;
@@ -220,7 +234,8 @@ mod tests {
             ScriptedProcesses::exit(1, "credentials not found in native keychain")
         }));
         let system = System::fake(Arc::new(ManualClock::new()), processes, files);
-        StaticRegistrySource::new(entry, system, Duration::from_secs(1))
+        let runs = HelperRuns::new(system.clock.clone(), Duration::from_secs(1));
+        StaticRegistrySource::new(entry, system, &runs)
     }
 
     async fn first(source: &StaticRegistrySource, target: &str) -> Option<Credential> {
@@ -300,7 +315,8 @@ mod tests {
             processes.clone(),
             Arc::default(),
         );
-        let s = StaticRegistrySource::new(entry, system, Duration::from_secs(1));
+        let runs = HelperRuns::new(system.clock.clone(), Duration::from_secs(1));
+        let s = StaticRegistrySource::new(entry, system, &runs);
         let offers = s.offers(&Target::parse("busybox").unwrap()).await.unwrap();
         assert_eq!(offers[0].origin, "helper docker-credential-pass");
         let _ = offers[0].fetch().await;

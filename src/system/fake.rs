@@ -102,7 +102,8 @@ impl ProcessRunner for ScriptedProcesses {
     }
 }
 
-/// Files held in memory; `write` changes the stamp as a real rewrite would.
+/// Files held in memory, owned by root unless [`MemoryFiles::chown`] says otherwise; `write`
+/// changes the stamp as a real rewrite would.
 #[derive(Default)]
 pub struct MemoryFiles {
     files: Mutex<HashMap<PathBuf, (Vec<u8>, FileStamp)>>,
@@ -123,8 +124,16 @@ impl MemoryFiles {
             len: contents.len() as u64,
             inode,
             mode,
+            uid: 0,
         };
         files.insert(path.into(), (contents.as_bytes().to_vec(), stamp));
+    }
+
+    /// Gives an existing file another owner, as `chown` would.
+    pub fn chown(&self, path: impl AsRef<Path>, uid: u32) {
+        if let Some((_, stamp)) = self.files.lock().unwrap().get_mut(path.as_ref()) {
+            stamp.uid = uid;
+        }
     }
 
     pub fn reads(&self) -> Vec<PathBuf> {

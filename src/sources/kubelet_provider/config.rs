@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::url_match::parse_schemeless;
 use super::KubeletProviderError;
 use crate::duration::parse_go_duration;
+use crate::parser_message::without_values;
 
 const CONFIG_API_VERSIONS: &[&str] = &[
     "kubelet.config.k8s.io/v1",
@@ -119,7 +120,8 @@ pub(super) fn parse_config(
 }
 
 /// JSON or YAML, as kubelet's decoder accepts both; JSON goes to the JSON parser so that
-/// tab-indented JSON (not valid YAML) still reads.
+/// tab-indented JSON (not valid YAML) still reads. Messages never quote a value: a config's
+/// env values may be secrets.
 fn decode(bytes: &[u8]) -> Result<RawConfig, String> {
     let text = String::from_utf8_lossy(bytes);
     if text.trim_start().starts_with('{') {
@@ -241,19 +243,6 @@ fn name_problem(name: &str) -> Option<String> {
         _ => return None,
     };
     Some(problem.to_string())
-}
-
-/// A serde message without the offending value: a config's env values may be secrets, and
-/// "invalid type: string \"...\"" would print one.
-fn without_values(message: &str) -> String {
-    for marker in ["invalid type: ", "invalid value: ", "invalid length "] {
-        if let Some(start) = message.find(marker) {
-            let rest = &message[start + marker.len()..];
-            let tail = rest.find(", expected").map_or("", |i| &rest[i..]);
-            return format!("{}{marker}(value not shown){tail}", &message[..start]);
-        }
-    }
-    message.to_string()
 }
 
 #[cfg(test)]
@@ -394,6 +383,36 @@ providers:
         let e = error(&text);
         assert!(!e.contains("hunter2-secret"), "{e}");
         assert!(e.contains("expected a sequence"), "{e}");
+        for wrong in [
+            "[hunter2-secret]",
+            "{k: hunter2-secret}",
+            "\"hunter2-secret",
+            "31415926",
+        ] {
+            let text = ECR_YAML.replace("value: node", &format!("value: {wrong}"));
+            // YAML reads a bare number as a string, which is fine.
+            if let Err(e) = parse(&text) {
+                let e = e.to_string();
+                assert!(
+                    !e.contains("hunter2") && !e.contains("31415926"),
+                    "{wrong}: {e}"
+                );
+            }
+            let json = format!(
+                r#"{{"apiVersion":"kubelet.config.k8s.io/v1","kind":"CredentialProviderConfig","providers":[{{"name":"p","env":[{{"name":"K","value":{}}}]}}]}}"#,
+                wrong.replace("hunter2-secret", "\"hunter2-secret\"")
+            );
+            let e = error(&json);
+            assert!(
+                !e.contains("hunter2") && !e.contains("31415926"),
+                "{wrong}: {e}"
+            );
+        }
+        let e = error(&ECR_YAML.replace("    args:", "    hunter2-secret: 1\n    args:"));
+        assert!(
+            !e.contains("hunter2") && e.contains("expected one of `name`"),
+            "{e}"
+        );
         let spec = format!("{:?}", parse(&ECR_YAML.replace("node", "s3cr3t")).unwrap());
         assert!(
             !spec.contains("s3cr3t") && spec.contains("AWS_PROFILE"),

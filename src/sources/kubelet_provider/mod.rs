@@ -27,6 +27,8 @@
 //! - A plugin that fails is an error (kubelet logs it and pulls anonymously); the keychain
 //!   decides what to try next. A missing config file is an error too: it was configured.
 //! - The config must be one file; kubelet's newer directory form is not read.
+//! - The config, `bin_dir` and each plugin are refused when anyone but root can write them
+//!   (credgate runs the plugins as root), as ssh's StrictModes refuses loose files.
 //! - The file is re-read when it changes; a provider whose entry is unchanged keeps its cache.
 //! - Each matching provider is one offer, in file order (kubelet tries an earlier provider's
 //!   overlapping keys first). Its scope, used only for ranking and `explain`, is the matching
@@ -43,6 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::file_cache::FileCache;
+use super::trusted_file::{self, UntrustedFile};
 use super::{Credential, Fetch, Offer, Source, SourceError};
 use crate::config::KubeletProviderEntry;
 use crate::identity::{Scope, Target};
@@ -66,6 +69,17 @@ pub enum KubeletProviderError {
     ConfigMissing { config: PathBuf, location: String },
     #[error("kubelet provider config {config}: cannot read: {reason}")]
     ConfigUnreadable { config: PathBuf, reason: String },
+    #[error("kubelet provider config not read, since credgate runs the plugins it names as root: {source}; run: {}", source.fix())]
+    ConfigUntrusted {
+        #[source]
+        source: UntrustedFile,
+    },
+    #[error("kubelet provider {provider:?}: plugin not run, since it would run as root: {source}; run: {}", source.fix())]
+    PluginUntrusted {
+        provider: String,
+        #[source]
+        source: UntrustedFile,
+    },
     #[error("kubelet provider config {config}: not a CredentialProviderConfig: {reason}")]
     ConfigSyntax { config: PathBuf, reason: String },
     #[error("kubelet provider config {config}: {problems}")]
@@ -144,6 +158,10 @@ impl KubeletProviderSource {
             .file
             .get(
                 self.host.system.files.as_ref(),
+                |stamp| {
+                    trusted_file::check_stamp(&self.entry.config, stamp)
+                        .map_err(|source| KubeletProviderError::ConfigUntrusted { source })
+                },
                 |bytes| parse_config(bytes, &self.entry.config),
                 |e| self.unreadable(e),
             )?

@@ -13,6 +13,7 @@ use super::config::{ProviderSpec, PLUGIN_API_VERSIONS};
 use super::KubeletProviderError;
 use crate::duration::parse_go_duration;
 use crate::secret::Secret;
+use crate::sources::trusted_file;
 use crate::system::{ProcessError, ProcessOutput, ProcessSpec, System};
 
 const REQUEST_KIND: &str = "CredentialProviderRequest";
@@ -99,6 +100,15 @@ pub(super) async fn run_plugin(
     image: &str,
 ) -> Result<PluginResponse, KubeletProviderError> {
     let program = host.bin_dir.join(&spec.name);
+    // The plugin runs as root: a bin dir or executable others can write is not run.
+    for path in [host.bin_dir.as_path(), program.as_path()] {
+        trusted_file::check(host.system.files.as_ref(), path).map_err(|source| {
+            KubeletProviderError::PluginUntrusted {
+                provider: spec.name.clone(),
+                source,
+            }
+        })?;
+    }
     let process = ProcessSpec {
         program: program.clone(),
         args: spec.args.clone(),

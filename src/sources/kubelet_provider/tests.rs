@@ -403,3 +403,52 @@ async fn service_account_token_providers_are_refused_alone() {
     );
     assert_eq!(f.runs(), 0);
 }
+
+#[tokio::test]
+async fn a_config_others_can_write_is_refused_and_no_plugin_runs() {
+    let f = Fixture::new("1h", ecr_response("Image", None));
+    let target = Target::parse(&format!("{ECR}/a")).unwrap();
+    f.files.write(CONFIG_PATH, &config("1h"), 0o666);
+    let e = f.source.offers(&target).await.unwrap_err().to_string();
+    assert!(
+        e.contains("writable by group or others")
+            && e.ends_with(&format!("run: chmod go-w {CONFIG_PATH}")),
+        "{e}"
+    );
+    f.files.write(CONFIG_PATH, &config("1h"), 0o644);
+    f.files.chown(CONFIG_PATH, 4242);
+    let e = f.source.offers(&target).await.unwrap_err().to_string();
+    assert!(e.contains("owned by uid 4242"), "{e}");
+    assert_eq!(f.runs(), 0);
+    f.files.chown(CONFIG_PATH, 0);
+    assert_eq!(f.password(&format!("{ECR}/a")).await, "ecr-token");
+}
+
+#[tokio::test]
+async fn a_plugin_or_bin_dir_others_can_write_is_not_run() {
+    let bin_dir = entry().bin_dir;
+    let plugin = bin_dir.join("ecr");
+    for (path, mode, uid) in [
+        (&bin_dir, 0o777, 0),
+        (&bin_dir, 0o755, 4242),
+        (&plugin, 0o775, 0),
+        (&plugin, 0o755, 4242),
+    ] {
+        let f = Fixture::new("1h", ecr_response("Image", None));
+        f.files.write(&bin_dir, "", 0o755);
+        f.files.write(&plugin, "", 0o755);
+        f.files.write(path, "", mode);
+        f.files.chown(path, uid);
+        let e = f.fetch(&format!("{ECR}/a")).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("kubelet provider \"ecr\": plugin not run")
+                && e.contains(&path.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(f.runs(), 0, "{e}");
+    }
+    let f = Fixture::new("1h", ecr_response("Image", None));
+    f.files.write(&bin_dir, "", 0o755);
+    f.files.write(&plugin, "", 0o755);
+    assert_eq!(f.password(&format!("{ECR}/a")).await, "ecr-token");
+}
