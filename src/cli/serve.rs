@@ -150,6 +150,24 @@ impl Running {
     }
 }
 
+/// The sizes of what hostile input can grow, read at each scrape: the token and challenge
+/// caches, and the credential helpers' answer cache and running processes (from the keychain
+/// in force, which a reload replaces).
+fn watch_caches(metrics: &Metrics, daemon: &Arc<Daemon>, upstream: &Arc<Upstream>) {
+    let tokens = upstream.clone();
+    metrics.watch(Size::TokenCache, move || tokens.cached_tokens());
+    let challenges = upstream.clone();
+    metrics.watch(Size::Challenges, move || challenges.remembered_challenges());
+    let helpers = daemon.clone();
+    metrics.watch(Size::HelperCache, move || {
+        helpers.keychain().helper_stats().cached_answers
+    });
+    let running = daemon.clone();
+    metrics.watch(Size::RunningHelpers, move || {
+        running.keychain().helper_stats().running
+    });
+}
+
 /// The pull-through endpoint and the metrics listener, and what they were opened with.
 struct PullThrough {
     state: Arc<EndpointState>,
@@ -175,6 +193,7 @@ impl PullThrough {
         let metrics_listener = endpoint::bind_loopback("listen.metrics", listen.metrics)
             .await
             .map_err(|e| failed(&e))?;
+        watch_caches(&metrics, &daemon, &upstream);
         let state = Arc::new(EndpointState::new(
             daemon,
             upstream,

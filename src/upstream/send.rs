@@ -92,6 +92,16 @@ impl Upstream {
         self.policy.get()
     }
 
+    /// Tokens cached now (bounded by the token cache's cap), for the metrics page.
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Registries whose auth challenge is remembered now, for the metrics page.
+    pub fn remembered_challenges(&self) -> usize {
+        self.challenges.len()
+    }
+
     /// What `request` is sent and authorized with: the client for its registry's CA, under
     /// the policy in force, once the registry passed the literal-address check.
     pub(super) fn authorizer<'a>(

@@ -137,7 +137,6 @@ impl TokenCache {
     }
 
     /// Keys held: tokens and fetches in flight.
-    #[allow(dead_code)] // read by the cache-size metric, and the tests
     pub fn len(&self) -> usize {
         self.lock().map.len()
     }
