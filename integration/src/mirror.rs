@@ -100,7 +100,18 @@ async fn exchange(
         request = request.header(*name, *value);
     }
     let request = request.body(Empty::<Bytes>::new()).expect("request");
-    let response = sender.send_request(request).await.expect("response head");
+    // A connection closed before any head (credgate aborts a transfer it found corrupt before
+    // the head left) is status 0 with the error as the body: never a complete answer.
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            return MirrorResponse {
+                status: 0,
+                headers: http::HeaderMap::new(),
+                body: Err(format!("no response head: {e}")),
+            }
+        }
+    };
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
