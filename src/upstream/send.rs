@@ -35,10 +35,11 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   has no total deadline once it streams (blobs are big; the endpoint bounds its idle
 ///   time).
 /// - **SSRF boundary**: every connection resolves the host once and is refused
-///   ([`UpstreamError::NotAllowed`]) if any address is loopback, link-local, private, CGNAT,
-///   unspecified, multicast or cloud metadata, unless the policy allows that host; it then
-///   connects only to the addresses checked. IP-literal registries are checked before
-///   anything else happens. Token realms and redirect targets go through the same check.
+///   ([`UpstreamError::NotAllowed`]) if any address is not public (see `address.rs`),
+///   unless the policy allows that host; it then connects only to the addresses checked.
+///   IP-literal (and numeric-spelled) registries are checked before anything else happens.
+///   Token realms go through the same check; a redirect off the registry's host and port may
+///   reach public addresses only, whatever the policy allows.
 /// - **Auth**: see [`super::auth`]; tokens are cached per (registry, scope, identity) and
 ///   concurrent fetches coalesced. Rejected candidates are logged without secrets and
 ///   counted in `auth_failures`, then the next is tried, then anonymous; when all fail the
