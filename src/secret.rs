@@ -190,6 +190,17 @@ fn warn_if_readable_by_others(path: &Path) {
 mod tests {
     use super::*;
 
+    /// The secret file is mode 0600 and, the write being atomic, alone in its directory.
+    fn assert_alone_and_0600(path: &Path) {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("mirror-secret")]);
+    }
+
     #[test]
     fn a_secret_debugs_redacted() {
         let shown = format!("{:?}", Secret::new("hunter2-secret"));
@@ -207,14 +218,7 @@ mod tests {
         assert_eq!(value.len(), 2 * GENERATED_BYTES);
         assert!(value.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(generated.matches(value.as_bytes()));
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o600);
-        // Atomic: nothing but the secret is left in the directory.
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("mirror-secret")]);
+        assert_alone_and_0600(&path);
 
         let (again, origin) = MirrorSecret::read_or_generate(&path).unwrap();
         assert_eq!(origin, SecretOrigin::Read);
@@ -262,13 +266,7 @@ mod tests {
         assert!(secrets
             .iter()
             .all(|s| [s.as_slice(), b"\n"].concat() == text));
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o600);
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("mirror-secret")]);
+        assert_alone_and_0600(&path);
     }
 
     #[test]

@@ -178,6 +178,16 @@ fn series(text: &str) -> usize {
     text.lines().filter(|l| !l.starts_with('#')).count()
 }
 
+/// `GET /v2/` with the secret on `stream`, answered 200 (the connection is kept alive).
+async fn ask_with_the_secret(stream: &mut TcpStream) {
+    stream
+        .write_all(head("/v2/", Some(SECRET)).as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
 #[tokio::test]
 async fn two_thousand_distinct_ns_leave_the_metrics_series_count_unchanged() {
     let endpoint = Endpoint::start(Limits::ENDPOINT).await;
@@ -276,12 +286,7 @@ async fn strangers_never_take_the_slot_of_a_connection_that_showed_the_secret() 
     let mut trusted = Vec::new();
     for _ in 0..4 {
         let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
-        stream
-            .write_all(head("/v2/", Some(SECRET)).as_bytes())
-            .await
-            .unwrap();
-        let (head, _) = read_response(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        ask_with_the_secret(&mut stream).await;
         trusted.push(stream);
     }
     // Every slot is trusted: strangers are closed as they come.
@@ -291,12 +296,7 @@ async fn strangers_never_take_the_slot_of_a_connection_that_showed_the_secret() 
     }
     assert_eq!(endpoint.open(), 4);
     for stream in &mut trusted {
-        stream
-            .write_all(head("/v2/", Some(SECRET)).as_bytes())
-            .await
-            .unwrap();
-        let (head, _) = read_response(stream).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        ask_with_the_secret(stream).await;
     }
 }
 
@@ -320,12 +320,7 @@ async fn a_request_without_the_secret_gets_its_connection_closed() {
     // With the secret, the connection is kept for the next request.
     let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
     for _ in 0..2 {
-        stream
-            .write_all(head("/v2/", Some(SECRET)).as_bytes())
-            .await
-            .unwrap();
-        let (head, _) = read_response(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        ask_with_the_secret(&mut stream).await;
     }
 }
 
@@ -334,12 +329,7 @@ async fn idle_connections_are_closed_after_the_head_timeout_kept_alive_or_silent
     let endpoint = Endpoint::start(limits(8, Duration::from_millis(300))).await;
     let mut silent = TcpStream::connect(endpoint.addr()).await.unwrap();
     let mut kept_alive = TcpStream::connect(endpoint.addr()).await.unwrap();
-    kept_alive
-        .write_all(head("/v2/", Some(SECRET)).as_bytes())
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut kept_alive).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    ask_with_the_secret(&mut kept_alive).await;
     assert!(closed_by_server(&mut silent).await);
     assert!(closed_by_server(&mut kept_alive).await);
     let deadline = tokio::time::Instant::now() + DEADLINE;
