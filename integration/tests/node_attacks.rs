@@ -1060,7 +1060,7 @@ fn ssrf_listeners() -> DialRecorder {
         at("64:ff9b::7f00:1", 443),
         at("64:ff9b:1::a00:1", 443),
         at("2002:7f00:1::", 443),
-        at("8.8.8.8", 443),
+        at("11.7.0.17", 443),
     ])
 }
 
@@ -1080,7 +1080,7 @@ fn private_names() {
     let ip = |text: &str| -> IpAddr { text.parse().unwrap() };
     dns.answer("private.attack.test", &[ip("10.0.0.1")]);
     dns.answer("loopback.attack.test", &[ip("127.0.0.1")]);
-    dns.answer("mixed.attack.test", &[ip("8.8.8.8"), ip("10.0.0.1")]);
+    dns.answer("mixed.attack.test", &[ip("11.7.0.17"), ip("10.0.0.1")]);
     dns.answer("v6.attack.test", &[ip("::127.0.0.1")]);
 }
 
@@ -1241,11 +1241,12 @@ fn dns_rebinding_between_check_and_dial_never_reaches_a_private_address() {
         "127.0.0.1:443".parse().unwrap(),
         "10.0.0.1:443".parse().unwrap(),
     ]);
-    let public = DialRecorder::listen(&["8.8.8.8:443".parse().unwrap()]);
+    let public = DialRecorder::listen(&["11.7.0.17:443".parse().unwrap()]);
     let dns = resolver();
     // The first answer is public and passes the check; every later one is private, so a
     // second resolution for the dial would reach the node itself.
-    let public_ip = IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8));
+    // A public-looking address on the namespace's own `lo` (see NODE_HOSTS): nothing leaves the node.
+    let public_ip = IpAddr::V4(Ipv4Addr::new(11, 7, 0, 17));
     dns.answer_in_turn(
         "rebind.attack.test",
         vec![
