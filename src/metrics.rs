@@ -36,7 +36,22 @@ pub const MAX_REGISTRY_LABELS: usize = 256;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     registry: String,
-    status: u16,
+    status: String,
+}
+
+/// Statuses that keep their own label; any other (an upstream may answer 100–999) is counted
+/// under its class (`1xx` … `9xx`), so an upstream can't create label values either.
+const LABELLED_STATUSES: &[u16] = &[
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 406, 408, 409,
+    410, 413, 416, 429, 431, 500, 501, 502, 503, 504,
+];
+
+fn status_label(status: u16) -> String {
+    if LABELLED_STATUSES.contains(&status) {
+        status.to_string()
+    } else {
+        format!("{}xx", (status / 100).min(9))
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -296,7 +311,10 @@ impl Metrics {
             Some(registry) => self.registry_label(registry).registry,
             None => NO_REGISTRY.to_string(),
         };
-        let labels = RequestLabels { registry, status };
+        let labels = RequestLabels {
+            registry,
+            status: status_label(status),
+        };
         self.requests.get_or_create(&labels).inc();
     }
 
@@ -469,6 +487,23 @@ mod tests {
             .filter(|l| l.starts_with("credgate_token_fetches_total{"))
             .count();
         assert_eq!(labelled, MAX_REGISTRY_LABELS + 1);
+    }
+
+    #[test]
+    fn upstream_chosen_statuses_share_their_class_label() {
+        let m = Metrics::new();
+        for status in 100..1000 {
+            m.request(None, status);
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("credgate_endpoint_requests_total{"))
+            .count();
+        assert_eq!(series, LABELLED_STATUSES.len() + 9, "{text}");
+        assert!(!text.contains(r#"status="599""#), "{text}");
+        assert!(text.contains(r#"status="5xx"} 95"#), "{text}");
+        assert!(text.contains(r#"status="429"} 1"#), "{text}");
     }
 
     #[test]
