@@ -300,7 +300,7 @@ impl Authorizer<'_> {
             .param("realm")
             .ok_or_else(|| self.exchange.protocol("a Bearer challenge without a realm"))?;
         let refused = |reason: String| UpstreamError::RealmNotAllowed {
-            realm: raw.to_string(),
+            realm: shown_realm(raw),
             reason,
         };
         let realm: Uri = raw.parse().map_err(|_| refused("not a URL".into()))?;
@@ -343,9 +343,35 @@ fn token_scope(challenge: Option<&Challenge>, repository: Option<&Repository>) -
     }
 }
 
+/// Longest part of an upstream-chosen realm an error repeats.
+const SHOWN_REALM_CHARS: usize = 120;
+
+/// The realm as errors and logs show it: at most [`SHOWN_REALM_CHARS`] characters, without its
+/// query (the upstream chose every byte of it, and a query can carry anything).
+fn shown_realm(raw: &str) -> String {
+    let without_query = raw.split(['?', '#']).next().unwrap_or_default();
+    let mut shown: String = without_query.chars().take(SHOWN_REALM_CHARS).collect();
+    if shown.len() < without_query.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_realm_is_shown_short_and_without_its_query() {
+        let long = format!("https://evil.test/{}?token=x", "a".repeat(10_000));
+        let shown = shown_realm(&long);
+        assert!(shown.chars().count() <= SHOWN_REALM_CHARS + 1, "{shown}");
+        assert!(shown.ends_with('…'));
+        assert_eq!(
+            shown_realm("https://auth.test/token?x=y"),
+            "https://auth.test/token"
+        );
+    }
 
     fn challenge(scope: &str) -> Challenge {
         Challenge {
