@@ -249,7 +249,8 @@ fn without_values(message: &str) -> String {
     for marker in ["invalid type: ", "invalid value: ", "invalid length "] {
         if let Some(start) = message.find(marker) {
             let rest = &message[start + marker.len()..];
-            let tail = rest.find(", expected").map_or("", |i| &rest[i..]);
+            // The last one: a quoted value may itself hold ", expected".
+            let tail = rest.rfind(", expected").map_or("", |i| &rest[i..]);
             return format!("{}{marker}(value not shown){tail}", &message[..start]);
         }
     }
