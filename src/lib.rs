@@ -18,6 +18,8 @@ pub mod daemon;
 pub mod doctor;
 pub mod duration;
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hex;
 pub mod identity;
 pub mod install;

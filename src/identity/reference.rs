@@ -203,6 +203,11 @@ fn parse_reference(input: &str) -> Result<ImageReference, &'static str> {
         path
     };
     validate_path(&path)?;
+    // The limit is on the qualified name (`docker.io/library/…`), as docker checks it, so the
+    // canonical form always parses back.
+    if registry.to_string().len() + 1 + path.len() > NAME_MAX {
+        return Err("repository name longer than 255 characters");
+    }
     Ok(ImageReference {
         registry,
         repository: Repository(path),
@@ -385,6 +390,9 @@ mod tests {
         assert!(ImageReference::parse(&long).is_err());
         let long_name = format!("registry.test/{}", "a".repeat(250));
         assert!(ImageReference::parse(&long_name).is_err());
+        // 238 + "docker.io/library/" is 256 once qualified.
+        assert!(ImageReference::parse(&"a".repeat(237)).is_ok());
+        assert!(ImageReference::parse(&"a".repeat(238)).is_err());
     }
 
     #[test]

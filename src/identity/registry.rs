@@ -42,6 +42,10 @@ impl RegistryHost {
         if !is_valid_host(&host) {
             return Err("not a valid host name or IP address");
         }
+        // Else `https://*.example.com` would be one registry that prints as the glob scope.
+        if host.contains('*') {
+            return Err("'*' belongs in scopes; a registry is one host");
+        }
         let port = match port {
             Some(443) => None,
             other => other,
@@ -103,7 +107,11 @@ impl std::str::FromStr for RegistryHost {
 
 pub(crate) fn strip_scheme(input: &str) -> &str {
     for scheme in ["https://", "http://"] {
-        if input.len() >= scheme.len() && input[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // `get`, not slicing: the input may have a multi-byte character where the scheme ends.
+        if input
+            .get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+        {
             return &input[scheme.len()..];
         }
     }
@@ -233,6 +241,8 @@ mod tests {
             "bad_host",
             "-x.example.com",
             "h:99999",
+            "*.example.com",
+            "https://*",
         ] {
             let err = RegistryHost::parse(input).unwrap_err().to_string();
             assert!(err.contains(&format!("{input:?}")), "{err}");

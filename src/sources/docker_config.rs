@@ -540,7 +540,8 @@ fn invalid(path: &Path, error: &serde_json::Error) -> DockerConfigError {
     let message = match error.classify() {
         serde_json::error::Category::Data => {
             let text = error.to_string();
-            match text.split_once(", expected ") {
+            // The last one: a quoted value may itself hold ", expected ".
+            match text.rsplit_once(", expected ") {
                 Some((_, expected)) => {
                     let expected = expected.split(" at line ").next().unwrap_or(expected);
                     // Our own struct names mean nothing to whoever wrote the file.

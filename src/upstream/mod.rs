@@ -38,6 +38,10 @@ pub use connector::CONNECT_TIMEOUT;
 pub use policy::{on_own_domain, UpstreamPolicy};
 pub use probe::Probe;
 pub use send::Upstream;
+// What a registry sends, parsed, for crate::fuzzing.
+pub(crate) use challenge::{parse as parse_challenges, preferred as preferred_challenge};
+pub(crate) use challenge::{AuthScheme, Challenge};
+pub(crate) use token::{parse_rfc3339, parse_token};
 
 /// Any error inside a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -37,8 +37,15 @@ pub(crate) fn read_registry_settings(
     let Some(bytes) = read_if_present(path)? else {
         return Ok(None);
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let doc = parse_toml(path, &text)?;
+    registry_settings(path, &String::from_utf8_lossy(&bytes)).map(Some)
+}
+
+/// The registry settings config text holds; `path` only names the file in errors.
+pub(crate) fn registry_settings(
+    path: &Path,
+    text: &str,
+) -> Result<RegistrySettings, ContainerdFileError> {
+    let doc = parse_toml(path, text)?;
     let version = version(&doc, path)?;
     let keys = registry_keys(version);
     let deprecated = registry_table(&doc, &keys).map_or_else(Vec::new, |registry| {
@@ -48,11 +55,11 @@ pub(crate) fn read_registry_settings(
             .filter(|name| !table_entries(registry, name).is_empty())
             .collect()
     });
-    Ok(Some(RegistrySettings {
+    Ok(RegistrySettings {
         table: keys.join("."),
         config_path: config_path(&doc, &keys, path)?,
         deprecated,
-    }))
+    })
 }
 
 /// A config file's bytes as text; containerd's TOML parser takes nothing but UTF-8.

@@ -14,8 +14,8 @@ mod hosts_dir;
 
 pub(crate) use config_file::{
     config_path, config_text, first_hosts_dir, read_registry_settings, registry_keys,
-    registry_table, table_entries, toml_key_path, version, RegistrySettings, LOCAL_PULL_TABLES,
-    MIRRORS_TABLE,
+    registry_settings, registry_table, table_entries, toml_key_path, version, RegistrySettings,
+    LOCAL_PULL_TABLES, MIRRORS_TABLE,
 };
 pub use config_file::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
 pub(crate) use hosts_dir::{

@@ -61,6 +61,21 @@ use plugin::PluginHost;
 use provider::Provider;
 use url_match::urls_match;
 
+/// The config parser on text, without a file: for `crate::fuzzing`.
+#[doc(hidden)]
+pub fn parse_config_text(bytes: &[u8]) -> Result<impl std::fmt::Debug, KubeletProviderError> {
+    parse_config(bytes, std::path::Path::new("credential-provider.yaml"))
+}
+
+/// The response parser on a plugin's stdout, without running it: for `crate::fuzzing`.
+#[doc(hidden)]
+pub fn parse_response_text(
+    stdout: &[u8],
+    api_version: &str,
+) -> Result<impl std::fmt::Debug, String> {
+    plugin::parse_response(stdout, api_version)
+}
+
 /// Why a kubelet provider could not answer. Errors name the config file or the provider,
 /// and never quote a plugin's stdout or a config's env values.
 #[derive(Debug, Clone, thiserror::Error)]

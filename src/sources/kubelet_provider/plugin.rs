@@ -211,7 +211,10 @@ fn exit_status(output: &ProcessOutput) -> String {
 
 /// Checks and decodes stdout. Errors say what is wrong and where, never what stdout holds:
 /// it may carry a password.
-fn parse_response(stdout: &[u8], expected_api_version: &str) -> Result<PluginResponse, String> {
+pub(super) fn parse_response(
+    stdout: &[u8],
+    expected_api_version: &str,
+) -> Result<PluginResponse, String> {
     let meta: TypeMeta = serde_json::from_slice(stdout)
         .map_err(|e| format!("stdout is not a JSON object ({})", position(&e)))?;
     let api_version = meta.api_version.unwrap_or_default();
