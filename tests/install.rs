@@ -899,3 +899,174 @@ fn attack_the_secret_is_read_off_a_terminal_or_ci_log_of_install_or_uninstall() 
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_no_secret("a failed install", &out);
 }
+
+/// The local user who owns a registry directory (install supports non-root owners).
+const DIR_OWNER: u32 = 1000;
+/// A root-only file elsewhere on the node, as `/etc/shadow` would be; valid TOML, so that
+/// install would get as far as showing it.
+const VICTIM: &str = "server = \"https://victim.test\"\n# victim-only-root-may-read-this\n";
+const VICTIM_MARK: &str = "victim-only-root-may-read-this";
+
+/// A node whose docker.io directory and hosts.toml belong to [`DIR_OWNER`], and a root-owned
+/// 0600 victim file; `None` (the test is skipped) unless the test runs as root.
+fn node_with_a_users_registry_dir() -> Option<(Node, PathBuf)> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: changing a file's owner needs root");
+        return None;
+    }
+    let node = node_with_docker_io(&v3());
+    let docker_io = node.hosts_dir().join("docker.io");
+    for path in [&docker_io, &docker_io.join("hosts.toml")] {
+        std::os::unix::fs::chown(path, Some(DIR_OWNER), Some(DIR_OWNER)).unwrap();
+    }
+    let victim = node.path("victim");
+    write(&victim, VICTIM, 0o600);
+    Some((node, victim))
+}
+
+/// The victim is still root's, 0600, unchanged, and nothing printed shows it.
+#[track_caller]
+fn assert_victim_untouched(victim: &Path, outputs: &[&Output]) {
+    let meta = std::fs::metadata(victim).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the victim's owner");
+    assert_eq!(meta.mode() & 0o7777, 0o600, "the victim's mode");
+    assert_eq!(std::fs::read_to_string(victim).unwrap(), VICTIM);
+    for out in outputs {
+        for stream in [stdout(out), stderr(out)] {
+            assert!(
+                !stream.contains(VICTIM_MARK),
+                "the victim was shown:\n{stream}"
+            );
+        }
+    }
+}
+
+#[track_caller]
+fn assert_refused_naming(out: &Output, path: &Path) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert!(
+        stderr(out).contains(&path.display().to_string()),
+        "{}",
+        stderr(out)
+    );
+}
+
+#[test]
+fn attack_uninstall_gives_a_root_file_to_the_user_who_swapped_the_backup() {
+    // The backup replaced by a symlink to the victim, by a hard link of it, or by the
+    // installed hosts.toml itself (root's, 0600, with the endpoint's secret).
+    for swap in ["symlink", "hard link", "installed hosts.toml"] {
+        let Some((node, victim)) = node_with_a_users_registry_dir() else {
+            return;
+        };
+        let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
+        let backup = node
+            .hosts_dir()
+            .join("docker.io/hosts.toml.credgate-backup");
+        assert_ok(&node.with_hosts_dir(&["install"]));
+        std::fs::remove_file(&backup).unwrap();
+        match swap {
+            "symlink" => std::os::unix::fs::symlink(&victim, &backup).unwrap(),
+            "hard link" => std::fs::hard_link(&victim, &backup).unwrap(),
+            _ => std::fs::rename(&docker_io, &backup).unwrap(),
+        }
+
+        let dry_run = node.credgate(&["uninstall", "--dry-run"]);
+        assert_refused_naming(&dry_run, &backup);
+        let out = node.credgate(&["uninstall"]);
+        assert_refused_naming(&out, &backup);
+        assert_victim_untouched(&victim, &[&dry_run, &out]);
+        // Followed: for the symlink, the victim's mode and owner.
+        let meta = std::fs::metadata(&backup).unwrap();
+        assert_eq!(
+            meta.uid(),
+            0,
+            "{swap}: the backup's name leads to root's file"
+        );
+        assert_eq!(meta.mode() & 0o077, 0, "{swap}: {:o}", meta.mode());
+        for out in [&dry_run, &out] {
+            assert!(!stdout(out).contains(SECRET) && !stderr(out).contains(SECRET));
+        }
+    }
+}
+
+#[test]
+fn attack_uninstall_dry_run_prints_the_file_a_symlinked_hosts_toml_points_at() {
+    let Some((node, victim)) = node_with_a_users_registry_dir() else {
+        return;
+    };
+    let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    std::fs::remove_file(&docker_io).unwrap();
+    std::os::unix::fs::symlink(&victim, &docker_io).unwrap();
+
+    let dry_run = node.credgate(&["uninstall", "--dry-run"]);
+    assert_ok(&dry_run);
+    let line = format!(
+        "{} is a symlink: not read, uninstall replaces it",
+        docker_io.display()
+    );
+    assert!(
+        stdout(&dry_run).lines().any(|l| l == line),
+        "{}",
+        stdout(&dry_run)
+    );
+    let out = node.credgate(&["uninstall"]);
+    assert_ok(&out);
+    assert_victim_untouched(&victim, &[&dry_run, &out]);
+    // The link is replaced by the original, given back to its owner.
+    assert_eq!(
+        std::fs::read_to_string(&docker_io).unwrap(),
+        DOCKER_IO_HOSTS
+    );
+    let meta = std::fs::symlink_metadata(&docker_io).unwrap();
+    assert!(meta.is_file());
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (DIR_OWNER, 0o644));
+}
+
+#[test]
+fn attack_install_reads_and_copies_the_file_a_symlinked_hosts_toml_points_at() {
+    let Some((node, victim)) = node_with_a_users_registry_dir() else {
+        return;
+    };
+    let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
+    std::fs::remove_file(&docker_io).unwrap();
+    std::os::unix::fs::symlink(&victim, &docker_io).unwrap();
+    let before = node.tree();
+
+    let dry_run = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_refused_naming(&dry_run, &docker_io);
+    assert!(
+        stderr(&dry_run).contains("is a symlink"),
+        "{}",
+        stderr(&dry_run)
+    );
+    let out = node.with_hosts_dir(&["install"]);
+    assert_refused_naming(&out, &docker_io);
+    assert_victim_untouched(&victim, &[&dry_run, &out]);
+    assert_eq!(node.tree(), before, "nothing written");
+    assert!(std::fs::symlink_metadata(&docker_io).unwrap().is_symlink());
+}
+
+#[test]
+fn attack_install_keeps_a_backup_planted_before_it_ran() {
+    let Some((node, victim)) = node_with_a_users_registry_dir() else {
+        return;
+    };
+    let backup = node
+        .hosts_dir()
+        .join("docker.io/hosts.toml.credgate-backup");
+    std::os::unix::fs::symlink(&victim, &backup).unwrap();
+    let before = node.tree();
+
+    let out = node.with_hosts_dir(&["install"]);
+    assert_refused_naming(&out, &backup);
+    assert!(
+        stderr(&out).contains("is not the backup install made"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(node.tree(), before, "nothing written");
+    let uninstall = node.credgate(&["uninstall"]);
+    assert_victim_untouched(&victim, &[&out, &uninstall]);
+}

@@ -1,9 +1,17 @@
 //! One planned file change: what it shows for `--dry-run` (a redacted unified diff, and the
 //! change of mode or owner), and applying it safely (a backup of the original first, then an
 //! atomic replace with the mode the file must have).
+//!
+//! hosts.toml files and backups may sit in a registry directory another user owns, so that
+//! user can put a symlink or a hard link at either name. They are read only as a regular file
+//! with no other name, opened with `O_NOFOLLOW` ([`Found::read_regular`]); anything else is
+//! refused, never read through. A symlinked hosts.toml is refused rather than followed even
+//! when root made it (config management): install would replace the link with a file anyway,
+//! which the manager then overwrites, so the operator has to decide where credgate's host goes.
 
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::atomic_file::{parent_dir, write_atomically};
@@ -35,20 +43,69 @@ impl Found {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = match std::fs::File::open(path) {
+        let file = match File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(read_err(source)),
         };
+        Self::read_open(path, file).map(Some)
+    }
+
+    /// Like [`Found::read`], but only a regular file with no other name: a symlink is not
+    /// followed and, like a hard link, a FIFO or a device, is refused
+    /// ([`InstallError::NotARegularFile`]). Returns the open file too, so that owner and mode
+    /// can be set on exactly the file that was checked.
+    pub fn read_regular(path: &Path) -> Result<Option<(File, Self)>, InstallError> {
+        let read_err = |source| InstallError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let refused = |kind| InstallError::NotARegularFile {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            // O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused.
+            .custom_flags(
+                nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits(),
+            )
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // O_NOFOLLOW's answer when the last component is a symlink.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+                return Err(refused(NotRegular::Symlink))
+            }
+            Err(source) => return Err(read_err(source)),
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(refused(NotRegular::Other));
+        }
+        if meta.nlink() != 1 {
+            return Err(refused(NotRegular::HardLink));
+        }
+        let found = Self::read_open(path, file.try_clone().map_err(read_err)?)?;
+        Ok(Some((file, found)))
+    }
+
+    /// Content and metadata from one open file, so they describe the same file.
+    fn read_open(path: &Path, mut file: File) -> Result<Self, InstallError> {
+        let read_err = |source| InstallError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let meta = file.metadata().map_err(read_err)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(read_err)?;
-        Ok(Some(Self {
+        Ok(Self {
             bytes,
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
-        }))
+        })
     }
 
     fn original(&self) -> Original {
@@ -56,8 +113,33 @@ impl Found {
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,
+            backup_sha256: Some(fingerprint(&self.bytes)),
         }
     }
+}
+
+/// Why a name that must be a regular file is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRegular {
+    Symlink,
+    HardLink,
+    Other,
+}
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotRegular::Symlink => "a symlink",
+            NotRegular::HardLink => "a hard link (the file has other names)",
+            NotRegular::Other => "not a regular file",
+        })
+    }
+}
+
+/// The SHA-256 of a backup's content, as the install state records it: uninstall gives an
+/// owner and mode only to the backup install wrote, not to a file put under its name.
+pub(crate) fn fingerprint(bytes: &[u8]) -> String {
+    crate::hex::lower_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Who may read a file once install has written it.
@@ -145,6 +227,26 @@ impl Change {
         }
     }
 
+    /// Refuses a backup name already taken by a file install did not make (see [`back_up`]),
+    /// before anything is written.
+    pub fn check_backup(&self, state: &InstallState) -> Result<(), InstallError> {
+        if self.before.is_none() || state.created(&self.path) || state.backed_up(&self.path) {
+            return Ok(());
+        }
+        let backup = backup_path(&self.path);
+        match std::fs::symlink_metadata(&backup) {
+            Ok(_) => Err(InstallError::UnrecordedBackup {
+                path: self.path.clone(),
+                backup,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(InstallError::Read {
+                path: backup,
+                source,
+            }),
+        }
+    }
+
     /// Backs up the original (a file install did not create), or creates parent directories
     /// (a new file), writes the new content atomically with its mode, and records which it
     /// was in `state`. Returns a line for the report.
@@ -160,12 +262,19 @@ impl Change {
                 let backup = if state.created(path) {
                     None
                 } else {
-                    Some(back_up(path, found, state).map_err(write_err(&backup_path(path)))?)
+                    Some(back_up(path, found, state)?)
                 };
-                write_atomically(path, &self.after, self.mode()).map_err(write_err(path))?;
+                if let Err(source) = write_atomically(path, &self.after, self.mode()) {
+                    // A backup this run made is not in any saved state yet: left, it would
+                    // be refused as not credgate's by the next install.
+                    if let Some((backup, Backup::Made)) = &backup {
+                        let _ = std::fs::remove_file(backup);
+                    }
+                    return Err(write_err(path)(source));
+                }
                 state.record_modified(path);
                 Ok(match backup {
-                    Some(backup) => format!(
+                    Some((backup, _)) => format!(
                         "updated {} (original kept as {})",
                         path.display(),
                         backup.display()
@@ -200,22 +309,48 @@ pub(crate) fn backup_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Copies the original to its backup unless one exists (so re-running keeps the pristine
-/// original), and records its mode and owner for uninstall. The backup keeps the original's
-/// mode, unless the original already carries a secret header: then it is 0600.
-fn back_up(path: &Path, found: &Found, state: &mut InstallState) -> std::io::Result<PathBuf> {
+/// Whether [`back_up`] wrote the backup or kept the one an earlier install made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backup {
+    Made,
+    Kept,
+}
+
+/// Copies the original to its backup unless the state records one (so re-running keeps the
+/// pristine original), and records its mode, owner and fingerprint for uninstall. The backup
+/// keeps the original's mode, unless the original already carries a secret header: then it
+/// is 0600. Anything else under the backup's name (even a dangling symlink) is refused: it
+/// was put there by someone other than install.
+fn back_up(
+    path: &Path,
+    found: &Found,
+    state: &mut InstallState,
+) -> Result<(PathBuf, Backup), InstallError> {
     let backup = backup_path(path);
-    if !backup.exists() {
-        let text = String::from_utf8_lossy(&found.bytes);
-        let mode = if carries_secret(&text) {
-            SECRET_FILE_MODE
-        } else {
-            found.mode
-        };
-        write_atomically(&backup, &found.bytes, mode)?;
-        state.record_original(path, found.original());
+    let write_err = |source| InstallError::Write {
+        path: backup.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(&backup) {
+        Ok(_) if state.backed_up(path) => return Ok((backup, Backup::Kept)),
+        Ok(_) => {
+            return Err(InstallError::UnrecordedBackup {
+                path: path.to_path_buf(),
+                backup,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(write_err(source)),
     }
-    Ok(backup)
+    let text = String::from_utf8_lossy(&found.bytes);
+    let mode = if carries_secret(&text) {
+        SECRET_FILE_MODE
+    } else {
+        found.mode
+    };
+    write_atomically(&backup, &found.bytes, mode).map_err(write_err)?;
+    state.record_original(path, found.original());
+    Ok((backup, Backup::Made))
 }
 
 /// Creates `dir` and its missing ancestors, recording each one install created.

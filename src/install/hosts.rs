@@ -46,7 +46,10 @@ pub(crate) fn plan(
     })?;
     for dir in dirs {
         let file = dir.join("hosts.toml");
-        if file.is_file() {
+        // Not `is_file`, which follows a symlink: one is refused when read, not skipped.
+        let present =
+            std::fs::symlink_metadata(&file).is_ok_and(|meta| meta.is_file() || meta.is_symlink());
+        if present {
             paths.push(file);
         } else {
             warnings.push(format!(
@@ -63,9 +66,10 @@ pub(crate) fn plan(
 }
 
 /// The merged file, which carries the secret: readable by root (containerd) only, whatever
-/// mode the operator's file had.
+/// mode the operator's file had. A symlinked or hard-linked hosts.toml is refused (see
+/// [`Found::read_regular`]), so nothing it points at is shown, copied or replaced.
 fn file_change(path: &Path, endpoint: &Endpoint) -> Result<Change, InstallError> {
-    let before = Found::read(path)?;
+    let before = Found::read_regular(path)?.map(|(_, found)| found);
     let bytes = before.as_ref().map(|found| found.bytes.as_slice());
     let text = String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
     let after = merge(path, &text, endpoint)?;

@@ -19,6 +19,7 @@ mod undo;
 
 use containerd_config::ConfigEdit;
 use files::Change;
+pub use files::NotRegular;
 use hosts::Endpoint;
 use redact::Redactor;
 use state::InstallState;
@@ -58,6 +59,17 @@ pub enum InstallError {
     State { path: PathBuf, message: String },
     #[error("{path}: its backup {backup} is missing, so the original cannot be restored")]
     MissingBackup { path: PathBuf, backup: PathBuf },
+    #[error(
+        "{path} is {kind}: credgate neither reads nor writes through it, since whoever can \
+         write its directory may have pointed it at another file; make it a regular file and \
+         run again"
+    )]
+    NotARegularFile { path: PathBuf, kind: NotRegular },
+    #[error(
+        "{backup} is not the backup install made of {path} (the install state does not record \
+         it, or it changed since): check it, move it away, and run again"
+    )]
+    UnrecordedBackup { path: PathBuf, backup: PathBuf },
     #[error(transparent)]
     Secret(#[from] SecretError),
     /// Another variant's message with the secrets in it replaced: nothing printed shows one.
@@ -77,6 +89,8 @@ impl InstallError {
                     | InstallError::NotAString { .. }
                     | InstallError::RejectedWithConfigPath { .. }
                     | InstallError::State { .. }
+                    | InstallError::NotARegularFile { .. }
+                    | InstallError::UnrecordedBackup { .. }
                     | InstallError::Secret(SecretError::Empty { .. })
                     | InstallError::Secret(SecretError::NotAHeaderValue { .. })
             ),
@@ -154,11 +168,16 @@ fn install_files(
         ));
         return Ok(report);
     }
+    let state_path = state::path(&edit.hosts_dir);
+    let state = InstallState::load(&state_path)?.unwrap_or_default();
+    for change in &changes {
+        change.check_backup(&state)?;
+    }
     if options.dry_run {
         show_dry_run(&changes, &mut report, redactor);
         return Ok(report);
     }
-    apply(&edit, &changes, &mut report)?;
+    apply(&edit, &changes, state, &mut report)?;
     Ok(report)
 }
 
@@ -229,9 +248,13 @@ fn show_dry_run(changes: &[Change], report: &mut Report, redactor: &mut Redactor
 }
 
 /// Backs up and writes every change, recording each in the install state.
-fn apply(edit: &ConfigEdit, changes: &[Change], report: &mut Report) -> Result<(), InstallError> {
+fn apply(
+    edit: &ConfigEdit,
+    changes: &[Change],
+    mut state: InstallState,
+    report: &mut Report,
+) -> Result<(), InstallError> {
     let state_path = state::path(&edit.hosts_dir);
-    let mut state = InstallState::load(&state_path)?.unwrap_or_default();
     files::create_dirs(&edit.hosts_dir, &mut state).map_err(|source| InstallError::Write {
         path: edit.hosts_dir.clone(),
         source,

@@ -38,12 +38,17 @@ pub(crate) struct InstallState {
 }
 
 /// A modified file's mode and owner before install first changed it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Original {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// [`super::files::fingerprint`] of the backup install wrote. Uninstall gives the owner
+    /// and mode only to a backup with this content; states written before it was kept get
+    /// their backups back with the backup's own owner and mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_sha256: Option<String>,
 }
 
 pub(crate) fn path(hosts_dir: &Path) -> PathBuf {
@@ -91,6 +96,11 @@ impl InstallState {
     /// Whether install created the file (so it has no original to back up).
     pub fn created(&self, path: &Path) -> bool {
         self.created_files.iter().any(|p| p == path)
+    }
+
+    /// Whether install backed up the file's original (its backup is credgate's).
+    pub fn backed_up(&self, path: &Path) -> bool {
+        self.originals.contains_key(path) || self.modified_files.iter().any(|p| p == path)
     }
 
     /// A file install created stays "created" when a later install changes it again.
