@@ -178,6 +178,30 @@ pub struct FileStamp {
 pub trait Files: Send + Sync {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     fn stamp(&self, path: &Path) -> io::Result<FileStamp>;
+    /// Opens `path` once, so that what is checked (its stamp, where it is) and what is read
+    /// are the same file even if the path is pointed elsewhere meanwhile.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn OpenFile + '_>>;
+}
+
+/// One opened file: every answer comes from the same open file, not from its path again.
+pub trait OpenFile {
+    /// The open file's own stamp (`fstat`).
+    fn stamp(&self) -> io::Result<FileStamp>;
+    /// Where the open file is, every symlink resolved: the directories that could replace it.
+    fn location(&self) -> io::Result<PathBuf>;
+    /// All its bytes, from the start.
+    fn read_all(&mut self) -> io::Result<Vec<u8>>;
+}
+
+fn stamp_of(meta: &std::fs::Metadata) -> io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(FileStamp {
+        modified: meta.modified()?,
+        len: meta.len(),
+        inode: meta.ino(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+    })
 }
 
 pub struct SystemFiles;
@@ -188,15 +212,42 @@ impl Files for SystemFiles {
     }
 
     fn stamp(&self, path: &Path) -> io::Result<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        Ok(FileStamp {
-            modified: meta.modified()?,
-            len: meta.len(),
-            inode: meta.ino(),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-        })
+        stamp_of(&std::fs::metadata(path)?)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn OpenFile + '_>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking, so a FIFO put where a config was expected cannot hang the open.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)?;
+        Ok(Box::new(SystemOpenFile { file }))
+    }
+}
+
+struct SystemOpenFile {
+    file: std::fs::File,
+}
+
+impl OpenFile for SystemOpenFile {
+    fn stamp(&self) -> io::Result<FileStamp> {
+        stamp_of(&self.file.metadata()?)
+    }
+
+    fn location(&self) -> io::Result<PathBuf> {
+        use std::os::fd::AsRawFd;
+        // The kernel's own name for the descriptor: where this file is, not where the path
+        // points now.
+        std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        self.file.rewind()?;
+        let mut bytes = Vec::new();
+        self.file.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 }
 

@@ -200,7 +200,7 @@ async fn garbage_from_a_helper_is_not_echoed() {
 }
 
 #[tokio::test]
-async fn helper_failures_quote_its_message_and_exit_code() {
+async fn helper_failures_tell_the_exit_code_and_the_size_of_stdout_only() {
     let _turn = TAKE_TURNS.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let program = script(
@@ -219,10 +219,45 @@ async fn helper_failures_quote_its_message_and_exit_code() {
     assert_eq!(
         error,
         format!(
-            "{} list failed with exit code 4: store is locked",
+            "{} list failed with exit code 4 and printed 16 bytes on stdout, not JSON \
+             (not shown: it may hold a secret)",
             program.display()
         )
     );
+}
+
+#[tokio::test]
+async fn a_failing_helper_that_prints_its_credential_does_not_leak_it() {
+    let _turn = TAKE_TURNS.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let reply = r#"{"ServerURL":"r.test","Username":"u","Secret":"s3cret"}"#;
+    let program = script(
+        dir.path(),
+        "docker-credential-leaky",
+        &format!("echo '{reply}'\nexit 1\n"),
+    );
+    let helper = helper(
+        program.to_str().expect("utf-8"),
+        &plain_system(),
+        HELPER_TIMEOUT,
+    );
+
+    let error = helper
+        .get("r.test")
+        .await
+        .expect_err("a failure")
+        .to_string();
+
+    assert_eq!(
+        error,
+        format!(
+            "{} get failed with exit code 1 and printed {} bytes of JSON on stdout \
+             (not shown: it may hold a secret)",
+            program.display(),
+            reply.len() + 1
+        )
+    );
+    assert!(!error.contains("s3cret"), "{error}");
 }
 
 #[tokio::test]

@@ -140,6 +140,17 @@ bin_dir = "/usr/libexec/kubelet"
     }
 
     #[test]
+    fn a_config_in_a_directory_another_user_owns_is_warned_about_with_the_fix() {
+        let files = healthy();
+        files.dir("/root/.docker", 0o700, 4242);
+        let lines = run(&files);
+        assert_eq!(
+            lines[0],
+            "warn  docker config /root/.docker/config.json is in directory /root/.docker, owned by uid 4242, not root, who can replace it: credgate does not use it, since it runs the helpers it names as root — fix: chown root:root /root/.docker, or move /root/.docker/config.json to a directory only root can write"
+        );
+    }
+
+    #[test]
     fn helper_names_outside_dockers_form_are_warned_about() {
         let files = healthy();
         files.write(

@@ -91,8 +91,8 @@ impl DockerConfigSource {
         let path = self.entry.path.as_path();
         self.cache.get(
             self.system.files.as_ref(),
-            |stamp| {
-                trusted_file::check_stamp(path, stamp)
+            |stamp, location| {
+                trusted_file::check_opened(self.system.files.as_ref(), path, stamp, location)
                     .map_err(|source| DockerConfigError::Untrusted { source })
             },
             |bytes| ConfigFile::parse(path, bytes),

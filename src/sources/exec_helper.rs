@@ -8,8 +8,10 @@
 //!
 //! The protocol is spoken as docker's own client (docker/docker-credential-helpers `client`)
 //! speaks it: the server URL on stdin with no newline, JSON on stdout, and on failure a
-//! non-zero exit with a one-line message on stdout. Stdout of a *successful* run may hold a
-//! secret, so it is never echoed into an error or a log.
+//! non-zero exit with a one-line message on stdout. Stdout may hold a secret whatever the
+//! exit code (a helper may print its credential and still fail), so it is never echoed into
+//! an error or a log: only its size and whether it is JSON are told, and the protocol's
+//! fixed replies are recognised by comparison.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,8 +44,6 @@ const MISSING_USERNAME_REPLY: &str = "no credentials username";
 const IDENTITY_TOKEN_USERNAME: &str = "<token>";
 /// docker's client sends this to `list`, which reads no input.
 const LIST_STDIN: &[u8] = b"unused";
-/// Longest piece of a helper's error message quoted back, in characters.
-const MESSAGE_LIMIT: usize = 200;
 
 /// Why a helper gave no answer. Every variant names the helper; none carries a secret.
 /// Clone, because one run's answer is shared by every identical call waiting for it.
@@ -82,14 +82,14 @@ pub enum HelperError {
         action: &'static str,
         reply: &'static str,
     },
-    #[error("{helper} {action} failed with {}: {message}", show_exit(*code))]
+    #[error("{helper} {action} failed with {} and printed {stdout}", show_exit(*code))]
     Failed {
         helper: String,
         action: &'static str,
         /// `None` when a signal ended the helper.
         code: Option<i32>,
-        /// The first line of the helper's stdout, where helpers print their errors.
-        message: String,
+        /// What stdout held, by size and shape only.
+        stdout: StdoutShape,
     },
     #[error("{helper} {action} printed {bytes} bytes that are not credential JSON")]
     NotCredentialJson {
@@ -332,11 +332,11 @@ impl CredentialHelper {
                 action,
                 reply: MISSING_USERNAME_REPLY,
             },
-            text => HelperError::Failed {
+            _ => HelperError::Failed {
                 helper,
                 action,
                 code: output.code,
-                message: first_line(text),
+                stdout: StdoutShape::of(&output.stdout),
             },
         }
     }
@@ -416,15 +416,32 @@ fn reply(output: &ProcessOutput) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// The first line of a helper's error message, cut to [`MESSAGE_LIMIT`] characters.
-fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return "(no message on stdout)".to_string();
+/// Why a failed helper's stdout is described rather than quoted.
+const NOT_SHOWN: &str = "not shown: it may hold a secret";
+
+/// A helper's stdout told without its contents: how many bytes, and whether they are JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StdoutShape {
+    pub bytes: usize,
+    pub json: bool,
+}
+
+impl StdoutShape {
+    fn of(stdout: &[u8]) -> Self {
+        Self {
+            bytes: stdout.len(),
+            json: first_json_value(stdout).is_some(),
+        }
     }
-    match line.char_indices().nth(MESSAGE_LIMIT) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_string(),
+}
+
+impl std::fmt::Display for StdoutShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.bytes, self.json) {
+            (0, _) => f.write_str("nothing on stdout"),
+            (bytes, true) => write!(f, "{bytes} bytes of JSON on stdout ({NOT_SHOWN})"),
+            (bytes, false) => write!(f, "{bytes} bytes on stdout, not JSON ({NOT_SHOWN})"),
+        }
     }
 }
 
@@ -675,24 +692,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failures_quote_the_first_line_of_stdout() {
+    async fn failures_tell_stdout_by_size_and_shape_only() {
         let err =
             get_error(|_| ScriptedProcesses::exit(3, "  gpg: decryption failed\nmore\n")).await;
         assert_eq!(
             err,
-            "docker-credential-pass get failed with exit code 3: gpg: decryption failed"
+            "docker-credential-pass get failed with exit code 3 and printed 30 bytes on stdout, \
+             not JSON (not shown: it may hold a secret)"
         );
-        let long = "x".repeat(500);
-        let err = get_error(move |_| ScriptedProcesses::exit(1, &long)).await;
-        assert!(
-            err.ends_with(&format!("{}…", "x".repeat(MESSAGE_LIMIT))),
-            "{err}"
-        );
+        assert!(!err.contains("gpg"), "{err}");
         let err = get_error(|_| ScriptedProcesses::exit(1, "")).await;
         assert!(
-            err.ends_with("exit code 1: (no message on stdout)"),
+            err.ends_with("exit code 1 and printed nothing on stdout"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_helper_that_prints_its_credential_does_not_leak_it() {
+        let (logs, _guard) = log_capture::start();
+        let leaked = r#"{"ServerURL":"r.test","Username":"u","Secret":"s3cret"}"#;
+        let err = get_error(move |_| ScriptedProcesses::exit(1, leaked)).await;
+        assert_eq!(
+            err,
+            format!(
+                "docker-credential-pass get failed with exit code 1 and printed {} bytes of \
+                 JSON on stdout (not shown: it may hold a secret)",
+                leaked.len()
+            )
+        );
+        let logs = logs.text();
+        assert!(logs.contains("credential helper call"), "{logs}");
+        for text in [&err, &logs] {
+            assert!(!text.contains("s3cret"), "{text}");
+        }
     }
 
     #[tokio::test]
@@ -767,7 +800,8 @@ mod tests {
         let err = helper.list().await.unwrap_err().to_string();
         assert_eq!(
             err,
-            "docker-credential-pass list failed with exit code 2: store locked"
+            "docker-credential-pass list failed with exit code 2 and printed 12 bytes on \
+             stdout, not JSON (not shown: it may hold a secret)"
         );
     }
 

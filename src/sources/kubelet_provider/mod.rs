@@ -173,8 +173,9 @@ impl KubeletProviderSource {
             .file
             .get(
                 self.host.system.files.as_ref(),
-                |stamp| {
-                    trusted_file::check_stamp(&self.entry.config, stamp)
+                |stamp, location| {
+                    let files = self.host.system.files.as_ref();
+                    trusted_file::check_opened(files, &self.entry.config, stamp, location)
                         .map_err(|source| KubeletProviderError::ConfigUntrusted { source })
                 },
                 |bytes| parse_config(bytes, &self.entry.config),
