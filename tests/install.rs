@@ -749,10 +749,7 @@ fn attack_a_hosts_toml_loosened_after_install_is_tightened_again_and_the_dry_run
 
 #[test]
 fn attack_a_hosts_toml_owned_by_another_user_keeps_the_secret_readable_to_them() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: changing a file's owner needs root");
-        return;
-    }
+    require_root();
     let node = node_with_docker_io(&v3());
     let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
     std::os::unix::fs::chown(&docker_io, Some(4242), Some(4343)).unwrap();
@@ -908,12 +905,9 @@ const VICTIM: &str = "server = \"https://victim.test\"\n# victim-only-root-may-r
 const VICTIM_MARK: &str = "victim-only-root-may-read-this";
 
 /// A node whose docker.io directory and hosts.toml belong to [`DIR_OWNER`], and a root-owned
-/// 0600 victim file; `None` (the test is skipped) unless the test runs as root.
-fn node_with_a_users_registry_dir() -> Option<(Node, PathBuf)> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: changing a file's owner needs root");
-        return None;
-    }
+/// 0600 victim file.
+fn node_with_a_users_registry_dir() -> (Node, PathBuf) {
+    require_root();
     let node = node_with_docker_io(&v3());
     let docker_io = node.hosts_dir().join("docker.io");
     for path in [&docker_io, &docker_io.join("hosts.toml")] {
@@ -921,7 +915,7 @@ fn node_with_a_users_registry_dir() -> Option<(Node, PathBuf)> {
     }
     let victim = node.path("victim");
     write(&victim, VICTIM, 0o600);
-    Some((node, victim))
+    (node, victim)
 }
 
 /// The victim is still root's, 0600, unchanged, and nothing printed shows it.
@@ -956,9 +950,7 @@ fn attack_uninstall_gives_a_root_file_to_the_user_who_swapped_the_backup() {
     // The backup replaced by a symlink to the victim, by a hard link of it, or by the
     // installed hosts.toml itself (root's, 0600, with the endpoint's secret).
     for swap in ["symlink", "hard link", "installed hosts.toml"] {
-        let Some((node, victim)) = node_with_a_users_registry_dir() else {
-            return;
-        };
+        let (node, victim) = node_with_a_users_registry_dir();
         let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
         let backup = node
             .hosts_dir()
@@ -992,9 +984,7 @@ fn attack_uninstall_gives_a_root_file_to_the_user_who_swapped_the_backup() {
 
 #[test]
 fn attack_uninstall_dry_run_prints_the_file_a_symlinked_hosts_toml_points_at() {
-    let Some((node, victim)) = node_with_a_users_registry_dir() else {
-        return;
-    };
+    let (node, victim) = node_with_a_users_registry_dir();
     let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
     assert_ok(&node.with_hosts_dir(&["install"]));
     std::fs::remove_file(&docker_io).unwrap();
@@ -1026,9 +1016,7 @@ fn attack_uninstall_dry_run_prints_the_file_a_symlinked_hosts_toml_points_at() {
 
 #[test]
 fn attack_install_reads_and_copies_the_file_a_symlinked_hosts_toml_points_at() {
-    let Some((node, victim)) = node_with_a_users_registry_dir() else {
-        return;
-    };
+    let (node, victim) = node_with_a_users_registry_dir();
     let docker_io = node.hosts_dir().join("docker.io/hosts.toml");
     std::fs::remove_file(&docker_io).unwrap();
     std::os::unix::fs::symlink(&victim, &docker_io).unwrap();
@@ -1050,9 +1038,7 @@ fn attack_install_reads_and_copies_the_file_a_symlinked_hosts_toml_points_at() {
 
 #[test]
 fn attack_install_keeps_a_backup_planted_before_it_ran() {
-    let Some((node, victim)) = node_with_a_users_registry_dir() else {
-        return;
-    };
+    let (node, victim) = node_with_a_users_registry_dir();
     let backup = node
         .hosts_dir()
         .join("docker.io/hosts.toml.credgate-backup");
@@ -1069,4 +1055,13 @@ fn attack_install_keeps_a_backup_planted_before_it_ran() {
     assert_eq!(node.tree(), before, "nothing written");
     let uninstall = node.credgate(&["uninstall"]);
     assert_victim_untouched(&victim, &[&out, &uninstall]);
+}
+
+/// Attacks by another file owner need root to set that owner up; such a test fails (never
+/// skips) without it. `bash integration/test-all.sh` runs every test as root.
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test changes a file's owner and needs root: run it as root (bash integration/test-all.sh)"
+    );
 }
