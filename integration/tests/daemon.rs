@@ -20,6 +20,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(config_body: &str) -> Self {
+        Self::start_with_fd_limit(config_body, None)
+    }
+
+    /// Starts the daemon with its open-file limit set to `nofile` (as `ulimit -n`), if given.
+    fn start_with_fd_limit(config_body: &str, nofile: Option<u64>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("credgate-daemon")
             .tempdir()
@@ -39,14 +44,23 @@ impl Daemon {
             dir.path().join("docker-credential-credgate"),
         )
         .unwrap();
-        let child = Command::new(credgate_integration::credgate_binary())
+        let mut command = Command::new(credgate_integration::credgate_binary());
+        command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env_remove("CREDGATE_CONFIG")
             .env("CREDGATE_LOG", "trace")
-            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap());
+        if let Some(nofile) = nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    use nix::sys::resource::{setrlimit, Resource};
+                    setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command.spawn().unwrap();
         let daemon = Self { dir, child };
         daemon.wait_for_log("serving the Credentials API");
         daemon
@@ -82,6 +96,53 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// How many files the daemon has open.
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// The daemon's open files once the count has not changed for 300 ms (at most 10 s).
+    fn settled_open_fds(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.open_fds();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.open_fds();
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    /// Starts `sleep` as `uid` holding `n` connections to the socket (made before it execs), or
+    /// None when they are not all made within `within` (a daemon that stopped accepting).
+    fn hold_connections_as(&self, uid: u32, n: usize, within: Duration) -> Option<Child> {
+        let socket = self.socket();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut command = Command::new("sleep");
+            command.arg("60").uid(uid).gid(uid).stdin(Stdio::null());
+            // SAFETY: after fork only socket, connect and fcntl run: no allocation, no lock.
+            unsafe {
+                command.pre_exec(move || {
+                    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+                    use std::os::fd::IntoRawFd;
+                    for _ in 0..n {
+                        let fd = std::os::unix::net::UnixStream::connect(&socket)?.into_raw_fd();
+                        // Kept across exec, so `sleep` holds it.
+                        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                    }
+                    Ok(())
+                });
+            }
+            let _ = tx.send(command.spawn());
+        });
+        rx.recv_timeout(within).ok().map(|spawned| spawned.unwrap())
     }
 
     fn signal(&self, name: &str) {
@@ -433,4 +494,33 @@ fn status_and_explain_over_ttrpc() {
         let err = client.explain(ctx(), &bad).await.unwrap_err();
         assert!(matches!(err, ttrpc::Error::RpcStatus(ref s) if s.code() == ttrpc::Code::INVALID_ARGUMENT), "{err:?}");
     });
+}
+
+#[test]
+fn a_refused_uid_holding_hundreds_of_connections_neither_starves_allowed_callers_nor_floods_the_log(
+) {
+    // The finding's node: `ulimit -n 300`, the socket open to others, uid 65534 not allowed.
+    let daemon = Daemon::start_with_fd_limit(&config(), Some(300));
+    let before = daemon.open_fds();
+    let holder = daemon.hold_connections_as(65534, 400, Duration::from_secs(20));
+    let mut holder = holder.expect("the daemon stopped accepting connections");
+    let held = daemon.settled_open_fds().saturating_sub(before);
+    assert!(
+        held <= 40,
+        "the daemon holds {held} more files for the refused uid"
+    );
+    for uid in [None, Some(4242)] {
+        let out = daemon.helper_as("get", "git.example.com", uid);
+        assert_eq!(
+            stdout(&out),
+            credential("git.example.com", "deploy", SECRET),
+            "an allowed caller ({uid:?}) was starved"
+        );
+    }
+    let log = daemon.log();
+    let lines = log.lines().filter(|l| l.contains("uid=65534")).count();
+    assert!(lines <= 2, "{lines} log lines for one refused uid:\n{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+    let _ = holder.kill();
+    let _ = holder.wait();
 }

@@ -12,6 +12,8 @@ use crate::identity::{IdentityError, RegistryHost, Repository, Target};
 use crate::keychain::{Attempt, Explanation};
 use crate::sources::AuthType;
 
+mod caller;
+mod limits;
 mod socket;
 
 pub use socket::{bind, opens_to_others, serve_socket, socket_mode, SocketError};
@@ -127,8 +129,9 @@ impl api::Credentials for CredentialsService {
     }
 }
 
-/// Served to callers whose uid is not allowed: every method answers `PERMISSION_DENIED`.
-/// (The refusal, with uid and pid, is logged when the connection is accepted.)
+/// Served to callers whose uid is not allowed: a call answers `PERMISSION_DENIED`, and the
+/// connection closes once it is answered. (The refusal, with uid and pid, is logged when the
+/// connection is accepted, at most once per uid per `limits::LOG_WINDOW`.)
 pub struct RefusedCaller;
 
 #[async_trait]

@@ -1,25 +1,25 @@
 //! The unix socket the Credentials service listens on. Callers are checked with SO_PEERCRED
 //! when they connect: allowed ones reach the real service, refused ones a service that
 //! answers every call with `PERMISSION_DENIED`, so a refused client gets a clear status
-//! instead of a dropped connection. An allowed caller's uid is checked again against the
-//! daemon's current `allowed_uids` before every read from its connection
-//! ([`AllowedCaller`]), so after a reload that drops the uid its next call finds the
-//! connection closed.
+//! instead of a dropped connection. What a connection may cost is bounded ([`super::limits`]):
+//! beyond a cap the newest connection is closed at accept, and each connection ends by the
+//! rules of [`super::caller`] (a revoked uid, a refused caller answered once, an idle one).
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures::stream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
+use super::caller::{Caller, Gate};
+use super::limits::{ConnectionTable, LogLimiter, SocketLimits};
 use super::{CredentialsService, RefusedCaller};
 use crate::api::create_credentials;
 use crate::daemon::{bump, Daemon};
@@ -115,6 +115,7 @@ pub struct SocketService {
     refused: Server,
     accept: tokio::task::JoinHandle<()>,
     path: PathBuf,
+    connections: ConnectionTable,
 }
 
 impl SocketService {
@@ -127,13 +128,27 @@ impl SocketService {
         self.accept.abort();
         let _ = std::fs::remove_file(&self.path);
     }
+
+    /// How many connections are open on the socket now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
 }
 
-/// Starts serving `daemon` on `listener` (bound at `path`).
+/// Starts serving `daemon` on `listener` (bound at `path`) within the default [`SocketLimits`].
 pub async fn serve_socket(
     listener: UnixListener,
     path: &Path,
     daemon: Arc<Daemon>,
+) -> Result<SocketService, SocketError> {
+    serve_socket_within(listener, path, daemon, SocketLimits::default()).await
+}
+
+async fn serve_socket_within(
+    listener: UnixListener,
+    path: &Path,
+    daemon: Arc<Daemon>,
+    limits: SocketLimits,
 ) -> Result<SocketService, SocketError> {
     let server_err = |e: ttrpc::Error| SocketError::Server {
         path: path.to_path_buf(),
@@ -150,12 +165,20 @@ pub async fn serve_socket(
         .register_service(create_credentials(Arc::new(RefusedCaller)));
     served.start().await.map_err(server_err)?;
     refused.start().await.map_err(server_err)?;
-    let accept = tokio::spawn(accept_loop(listener, daemon, served_tx, refused_tx));
+    let connections = ConnectionTable::new(limits);
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        daemon,
+        connections.clone(),
+        served_tx,
+        refused_tx,
+    ));
     Ok(SocketService {
         served,
         refused,
         accept,
         path: path.to_path_buf(),
+        connections,
     })
 }
 
@@ -168,86 +191,16 @@ where
     }))
 }
 
-/// The connection of a caller that was allowed when it connected. Before each read its uid
-/// is checked against the daemon's current `allowed_uids`; once a reload has dropped it,
-/// reads end (EOF) and ttrpc closes the connection, so the call that was being sent is never
-/// answered. Writes pass through: an answer to a call admitted before the reload still goes
-/// out.
-struct AllowedCaller {
-    stream: UnixStream,
-    uid: u32,
-    daemon: Arc<Daemon>,
-    revoked: bool,
-}
-
-impl AllowedCaller {
-    fn still_allowed(&mut self) -> bool {
-        if self.revoked {
-            return false;
-        }
-        if self.daemon.allows(self.uid) {
-            return true;
-        }
-        self.revoked = true;
-        bump(&self.daemon.counters.refused_callers);
-        tracing::warn!(
-            uid = self.uid,
-            "closing a connection whose uid is no longer in allowed_uids"
-        );
-        false
-    }
-}
-
-impl AsyncRead for AllowedCaller {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.still_allowed() {
-            // Nothing read: end of stream.
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AllowedCaller {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
 async fn accept_loop(
     listener: UnixListener,
     daemon: Arc<Daemon>,
-    served: mpsc::Sender<AllowedCaller>,
-    refused: mpsc::Sender<UnixStream>,
+    connections: ConnectionTable,
+    served: mpsc::Sender<Caller>,
+    refused: mpsc::Sender<Caller>,
 ) {
+    let mut refusals = LogLimiter::default();
+    let mut over_cap = LogLimiter::default();
+    let idle_timeout = connections.limits().idle_timeout;
     loop {
         let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
@@ -257,27 +210,42 @@ async fn accept_loop(
                 continue;
             }
         };
-        let sent = match conn.peer_cred() {
-            Ok(cred) if daemon.allows(cred.uid()) => {
-                let caller = AllowedCaller {
-                    stream: conn,
-                    uid: cred.uid(),
-                    daemon: daemon.clone(),
-                    revoked: false,
-                };
-                served.send(caller).await.is_ok()
-            }
-            Ok(cred) => {
-                bump(&daemon.counters.refused_callers);
-                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a caller whose uid is not in allowed_uids");
-                refused.send(conn).await.is_ok()
-            }
+        let cred = match conn.peer_cred() {
+            Ok(cred) => cred,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the caller's credentials; dropping the connection");
                 continue;
             }
         };
-        if !sent {
+        let uid = cred.uid();
+        let allowed = daemon.allows(uid);
+        if !allowed {
+            bump(&daemon.counters.refused_callers);
+            if let Some(suppressed) = refusals.admit(uid, Instant::now()) {
+                tracing::warn!(uid, pid = ?cred.pid(), suppressed, "refused a caller whose uid is not in allowed_uids");
+            }
+        }
+        let Some(slot) = connections.admit(uid, !allowed) else {
+            if let Some(suppressed) = over_cap.admit(uid, Instant::now()) {
+                tracing::warn!(
+                    uid,
+                    open = connections.open(),
+                    suppressed,
+                    "socket connection cap reached; closing the newest connection"
+                );
+            }
+            continue;
+        };
+        let (gate, to) = if allowed {
+            (Gate::Allowed(daemon.clone()), &served)
+        } else {
+            (Gate::Refused, &refused)
+        };
+        if to
+            .send(Caller::new(conn, uid, gate, slot, idle_timeout))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -285,6 +253,10 @@ async fn accept_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::net::UnixStream;
+
     use super::*;
     use crate::api::{CredentialsClient, StatusRequest};
     use crate::keychain::Keychain;
@@ -297,11 +269,17 @@ mod tests {
     }
 
     async fn serve(allowed_uids: Vec<u32>) -> Served {
+        serve_within(allowed_uids, SocketLimits::default()).await
+    }
+
+    async fn serve_within(allowed_uids: Vec<u32>, limits: SocketLimits) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credgate.sock");
         let daemon = Arc::new(Daemon::new(Keychain::new(Vec::new()), allowed_uids));
         let listener = bind(&path, false).unwrap();
-        let service = serve_socket(listener, &path, daemon.clone()).await.unwrap();
+        let service = serve_socket_within(listener, &path, daemon.clone(), limits)
+            .await
+            .unwrap();
         Served {
             _dir: dir,
             path,
@@ -367,6 +345,106 @@ mod tests {
         assert!(status(&connected).await.is_ok());
         assert!(status(&connected).await.is_ok());
         assert_eq!(served.daemon.counters.snapshot()["refused_callers"], 0);
+        served.service.shutdown().await;
+    }
+
+    fn quick(connections: usize, idle_timeout: Duration) -> SocketLimits {
+        SocketLimits {
+            connections,
+            idle_timeout,
+            ..SocketLimits::default()
+        }
+    }
+
+    fn is_permission_denied(result: &ttrpc::Result<crate::api::StatusResponse>) -> bool {
+        matches!(result, Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::PERMISSION_DENIED)
+    }
+
+    /// Waits up to 5 s for `open_connections` to come down to `n`.
+    async fn settles_at(service: &SocketService, n: usize) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while service.open_connections() != n {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Reads until the daemon ends the connection (true) or `within` passes (false).
+    async fn closed_by_daemon(stream: &mut UnixStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn refused_callers_holding_their_connections_after_the_answer_do_not_accumulate() {
+        let served = serve(vec![someone_else()]).await;
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let refused = client(&served.path).await;
+            let answer = status(&refused).await;
+            assert!(is_permission_denied(&answer), "{answer:?}");
+            held.push(refused);
+        }
+        assert!(
+            settles_at(&served.service, 0).await,
+            "{} refused connections still open",
+            served.service.open_connections()
+        );
+        // The connection is gone: a second call is not answered again.
+        let again = status(&held[0]).await;
+        assert!(again.is_err() && !is_permission_denied(&again), "{again:?}");
+        assert_eq!(served.daemon.counters.snapshot()["refused_callers"], 100);
+        served.service.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_held_open_without_a_call_is_closed_after_the_idle_timeout() {
+        let idle = Duration::from_millis(300);
+        let served = serve_within(vec![me()], quick(256, idle)).await;
+        let started = std::time::Instant::now();
+        let mut silent = UnixStream::connect(&served.path).await.unwrap();
+        assert!(closed_by_daemon(&mut silent, Duration::from_secs(5)).await);
+        assert!(started.elapsed() >= idle, "closed before the idle timeout");
+
+        // A caller that keeps calling is never idle.
+        let busy = client(&served.path).await;
+        for _ in 0..8 {
+            assert!(status(&busy).await.is_ok());
+            tokio::time::sleep(idle / 3).await;
+        }
+        served.service.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_filling_the_cap_lock_a_new_caller_out_only_until_they_idle_out() {
+        let idle = Duration::from_millis(500);
+        let served = serve_within(vec![me()], quick(4, idle)).await;
+        let mut hoarded = Vec::new();
+        for _ in 0..4 {
+            hoarded.push(UnixStream::connect(&served.path).await.unwrap());
+        }
+        assert!(settles_at(&served.service, 4).await);
+        let turned_away = client(&served.path).await;
+        let answer = status(&turned_away).await;
+        assert!(
+            answer.is_err(),
+            "the newest beyond the cap is closed: {answer:?}"
+        );
+        assert_eq!(served.service.open_connections(), 4);
+
+        for stream in &mut hoarded {
+            assert!(closed_by_daemon(stream, Duration::from_secs(5)).await);
+        }
+        assert!(settles_at(&served.service, 0).await);
+        let later = client(&served.path).await;
+        assert!(status(&later).await.is_ok());
         served.service.shutdown().await;
     }
 }
