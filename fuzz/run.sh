@@ -6,12 +6,15 @@
 # run's libFuzzer output is kept in fuzz/logs/<target>.log (ignored by git).
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]
+#   FUZZ_RUNS=10000000 fuzz/run.sh 3600   # each target until 10M executions, at most an hour
 #
 # Needs a nightly toolchain (libFuzzer's instrumentation); installs cargo-fuzz if missing.
 set -euo pipefail
 
 seconds=${1:-60}
 shift || true
+limit=()
+[ -z "${FUZZ_RUNS:-}" ] || limit=(-runs="$FUZZ_RUNS")
 fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 cd "$fuzz_dir"
 
@@ -50,7 +53,7 @@ for target in "${targets[@]}"; do
     [ -f "dictionaries/$target.dict" ] && dict=(-dict="dictionaries/$target.dict")
     echo "== $target: ${seconds}s" >&2
     # A crash ends the run (non-zero exit); the table counts it instead.
-    nice -n 19 "$bin_dir/$target" "$corpus" "${dict[@]}" \
+    nice -n 19 "$bin_dir/$target" "$corpus" "${dict[@]}" "${limit[@]}" \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 \
         -artifact_prefix="$artifacts" >"$work/$target.log" 2>&1 || true
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$target.log" | tail -1)
