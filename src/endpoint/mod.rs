@@ -43,7 +43,8 @@
 //!   answered `Connection: close`, so a stranger's connection lives for one head at most
 //!   (10 s to send it); a trusted one is closed after 10 s idle.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -85,6 +86,34 @@ pub struct EndpointState {
     secret: RwLock<MirrorSecret>,
     metrics: Arc<Metrics>,
     patience: Patience,
+    /// Wrong-secret refusals logged: one line per [`BAD_SECRET_LOG_WINDOW`], so a local
+    /// user without the secret cannot flood the log.
+    bad_secret_log: Mutex<BadSecretLog>,
+}
+
+/// How often a wrong-secret refusal is logged at most; the others are counted into the next
+/// line.
+const BAD_SECRET_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct BadSecretLog {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl BadSecretLog {
+    /// `Some(held back since the last line)` when a line may be written at `now`.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < BAD_SECRET_LOG_WINDOW)
+        {
+            self.held_back = self.held_back.saturating_add(1);
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
 }
 
 impl EndpointState {
@@ -102,6 +131,7 @@ impl EndpointState {
             secret: RwLock::new(secret),
             metrics,
             patience: Patience::default(),
+            bad_secret_log: Mutex::default(),
         }
     }
 
@@ -154,7 +184,7 @@ async fn respond(state: Arc<EndpointState>, request: Request<Incoming>) -> Respo
     let response = match answer(&state, &request, &mut registry).await {
         Ok(response) => response,
         Err(error) => {
-            log_refusal(&request, &error);
+            log_refusal(&state, &request, &error);
             if matches!(
                 error,
                 EndpointError::Upstream(UpstreamError::NotAllowed { .. })
@@ -223,11 +253,21 @@ fn api_version() -> Response<UpstreamBody> {
 
 /// Refusals at the boundary and upstream failures are warnings; malformed requests from an
 /// authenticated caller are debug noise.
-fn log_refusal(request: &Request<Incoming>, error: &EndpointError) {
+fn log_refusal(state: &EndpointState, request: &Request<Incoming>, error: &EndpointError) {
     let method = request.method();
     let path = request.uri().path();
     match error {
-        EndpointError::BadSecret | EndpointError::Upstream(_) => {
+        EndpointError::BadSecret => {
+            let admitted = state
+                .bad_secret_log
+                .lock()
+                .map(|mut log| log.admit(Instant::now()))
+                .unwrap_or(None);
+            if let Some(held_back) = admitted {
+                tracing::warn!(%method, path, status = error.status().as_u16(), %error, held_back, "pull-through request refused (more of these within 10 s are counted, not logged)")
+            }
+        }
+        EndpointError::Upstream(_) => {
             tracing::warn!(%method, path, status = error.status().as_u16(), %error, "pull-through request refused")
         }
         _ => {

@@ -363,3 +363,20 @@ async fn the_metrics_listener_keeps_a_few_connections_and_still_answers() {
     assert!((1..=4).contains(&open), "{body}");
     server.shutdown().await;
 }
+
+#[test]
+fn a_flood_of_wrong_secrets_writes_one_log_line_per_window() {
+    let mut log = super::BadSecretLog::default();
+    let start = std::time::Instant::now();
+    assert_eq!(log.admit(start), Some(0));
+    for i in 1..=1000 {
+        assert_eq!(log.admit(start + Duration::from_millis(i)), None);
+    }
+    let later = start + super::BAD_SECRET_LOG_WINDOW;
+    assert_eq!(
+        log.admit(later),
+        Some(1000),
+        "the held-back ones are counted"
+    );
+    assert_eq!(log.admit(later + Duration::from_millis(1)), None);
+}
