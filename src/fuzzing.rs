@@ -181,7 +181,10 @@ pub fn token(data: &[u8]) {
             hidden.assert_not_in("an issued token's Debug", &format!("{issued:?}"));
         }
         Err(message) => {
-            let hidden = Hidden::new(quoted(&String::from_utf8_lossy(data)), [TOKEN_WORDS]);
+            let hidden = Hidden::new(
+                quoted(&String::from_utf8_lossy(data)),
+                [TOKEN_WORDS, JSON_ERROR_WORDS],
+            );
             hidden.assert_not_in("a token response error", &message);
         }
     }
@@ -193,6 +196,12 @@ pub fn token(data: &[u8]) {
 }
 
 const TOKEN_WORDS: &str = "token response is not JSON has neither token nor access_token";
+
+/// serde_json's own error words (a token response error repeats them, never the input).
+const JSON_ERROR_WORDS: &str = "control character (\\u0000-\\u001F) found while parsing a string \
+    EOF while parsing a value list object invalid escape invalid number invalid unicode code point \
+    number out of range trailing characters expected value expected ident lone leading surrogate \
+    in hex escape key must be a string recursion limit exceeded at line column";
 
 /// Where the docker config lives in the fake file system the fuzzer fills.
 const DOCKER_CONFIG: &str = "/root/.docker/config.json";
@@ -230,6 +239,9 @@ pub fn docker_config(data: &[u8]) {
         .collect();
     let mut public = strings.public_except(&secret_keys);
     public.extend([DOCKER_WORDS, DOCKER_CONFIG].map(String::from));
+    // Helper names are shown by design, even under a registry spelled like a secret key
+    // (`credHelpers: {"password": "pw"}`).
+    public.extend(helper_names(data));
     let mut targets = vec![Target::parse("busybox").expect("a valid reference")];
     for key in &strings.keys {
         if let Ok(scope) = Scope::parse_auths_key(key) {
@@ -577,6 +589,20 @@ impl Strings {
             .map(|(_, value)| value.clone());
         self.keys.iter().cloned().chain(values).collect()
     }
+}
+
+/// The helper names a docker config gives: `credsStore` and every `credHelpers` value.
+fn helper_names(data: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return Vec::new();
+    };
+    let store = value.get("credsStore").and_then(|v| v.as_str());
+    let helpers = value
+        .get("credHelpers")
+        .and_then(|v| v.as_object())
+        .into_iter()
+        .flat_map(|map| map.values().filter_map(|v| v.as_str()));
+    store.into_iter().chain(helpers).map(String::from).collect()
 }
 
 /// The strings of a JSON document; none when it is not JSON.
