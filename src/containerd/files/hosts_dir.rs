@@ -15,6 +15,14 @@ pub(crate) const DEFAULT_HOSTS_SUBDIR: &str = "_default";
 /// credgate's.
 pub(crate) const SECRET_HEADER: &str = "X-Credgate-Secret";
 
+/// The header of a fronted host: the operator's host key it stands for, exactly as the
+/// hosts.toml writes it (docs/design.md, "Mirrors through the gate").
+pub(crate) const MIRROR_HEADER: &str = "X-Credgate-Mirror";
+
+/// The URL path prefix of the `n`th fronted host: `/mirror/<n>`. It only keeps hosts.toml's
+/// table keys distinct; the target is [`MIRROR_HEADER`].
+pub(crate) const MIRROR_PATH_PREFIX: &str = "/mirror/";
+
 /// Directories in the hosts dir other than `_default`, sorted; none when it is missing.
 /// Each shadows `_default` for its registry (install merges into them, doctor checks them).
 pub(crate) fn registry_dirs(hosts_dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -20,7 +20,7 @@ pub(crate) use config_file::{
 pub use config_file::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
 pub(crate) use hosts_dir::{
     carries_secret, host_entry, read_hosts, registry_dirs, visit_secret_headers,
-    DEFAULT_HOSTS_SUBDIR, SECRET_HEADER,
+    DEFAULT_HOSTS_SUBDIR, MIRROR_HEADER, MIRROR_PATH_PREFIX, SECRET_HEADER,
 };
 
 /// Why one of containerd's files could not be read as containerd would; every variant names
