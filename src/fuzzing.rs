@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::config::{Config, DockerConfigEntry, Location};
 use crate::containerd::files::{read_hosts, registry_settings};
-use crate::endpoint::{ContentKind, Route};
+use crate::endpoint::{ContentKind, ContentRoute, Route};
 use crate::identity::{ImageReference, RegistryHost, Repository, Scope, Target};
 use crate::sources::docker_config::{DockerConfigError, DockerConfigSource};
 use crate::sources::exec_helper::HelperRuns;
@@ -452,7 +452,10 @@ pub fn route(data: &[u8]) {
         return;
     };
     match Route::parse(&method, &uri) {
-        Ok(Route::ApiVersion) => assert_eq!(uri.path(), "/v2/"),
+        Ok(Route::ApiVersion { fronted }) => {
+            assert!(uri.path().ends_with("/v2/"), "{uri}");
+            assert_eq!(fronted, uri.path() != "/v2/", "{uri}");
+        }
         Ok(Route::Content(route)) => {
             let path = route.upstream_path();
             assert!(path.starts_with("/v2/"), "{path}");
@@ -470,9 +473,15 @@ pub fn route(data: &[u8]) {
             let again: Uri = format!("{path}?ns={ns}")
                 .parse()
                 .expect("a routed path with ns is a URI");
+            // Routed again unfronted and with the canonical `ns`, it is the same request.
+            let canonical = ContentRoute {
+                ns: route.registry.to_string(),
+                fronted: false,
+                ..route
+            };
             assert_eq!(
                 Route::parse(&method, &again).ok(),
-                Some(Route::Content(route))
+                Some(Route::Content(canonical))
             );
         }
         Err(error) => {
