@@ -13,7 +13,7 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::config::{Config, DockerConfigEntry, Location};
-use crate::containerd::files::{read_hosts, registry_settings};
+use crate::containerd::files::{read_hosts, read_hosts_file, registry_settings};
 use crate::endpoint::{ContentKind, ContentRoute, Route};
 use crate::identity::{ImageReference, RegistryHost, Repository, Scope, Target};
 use crate::sources::docker_config::{DockerConfigError, DockerConfigSource};
@@ -429,6 +429,20 @@ pub fn containerd_files(data: &[u8]) {
             );
         }
         assert_eq!(read_hosts(path, text).ok(), Some(hosts));
+    }
+    // Every host's settings as containerd reads them: bounded, with a path containerd can use.
+    match read_hosts_file(path, text) {
+        Ok(file) => {
+            assert!(file.hosts.len() <= 64, "{}", file.hosts.len());
+            for host in file.hosts.iter().chain(&file.server) {
+                assert!(host.ca.len() <= 16 && host.client.len() <= 16, "{host:?}");
+                assert!(
+                    host.path.is_empty() || host.path.starts_with('/'),
+                    "{host:?}"
+                );
+            }
+        }
+        Err(error) => assert!(error.to_string().starts_with(&path.display().to_string())),
     }
     let path = Path::new("/etc/containerd/config.toml");
     match registry_settings(path, text) {

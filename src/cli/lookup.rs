@@ -261,7 +261,7 @@ fn render_via(config: &Config, requested: &Target, via: &Via) -> String {
                 }
                 HostRole::CredgateUpstream => "credgate, for the upstream".to_string(),
                 HostRole::Mirror(named) if named.key() == mirror.key() => {
-                    "this mirror (reached directly when credgate is down)".to_string()
+                    "this mirror; reached directly when credgate is down".to_string()
                 }
                 HostRole::Mirror(_) => {
                     "a mirror (reached directly when credgate is down)".to_string()
