@@ -276,7 +276,7 @@ struct Gate {
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     _server: HttpServer,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Gate {
@@ -309,7 +309,7 @@ impl Gate {
             addr: server.local_addr(),
             metrics,
             _server: server,
-            _runtime: runtime,
+            runtime,
         }
     }
 
@@ -730,4 +730,99 @@ fn a_mirror_marked_upstream_gets_the_upstream_registrys_credential() {
         .filter(|l| l.contains(" 401 "))
         .count();
     assert_eq!(refusals, 1, "{}", mirror.access_log());
+}
+
+/// A plain-http mirror that only redirects: what a real registry can't be made to do on
+/// demand. `/v2/group/app/manifests/<tag>` answers 302 to where `redirects` says, or 200.
+fn redirecting_mirror(gate: &Gate, redirects: Vec<(&'static str, String)>) -> SocketAddr {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    let listener = gate
+        .runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let redirects = Arc::new(redirects);
+    gate.runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let redirects = redirects.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let path = request.uri().path().to_string();
+                    let to = redirects
+                        .iter()
+                        .find(|(tag, _)| path.ends_with(&format!("/manifests/{tag}")))
+                        .map(|(_, to)| to.clone());
+                    async move {
+                        let response = match to {
+                            Some(location) => Response::builder()
+                                .status(302)
+                                .header("location", location)
+                                .body(Full::new(Bytes::new())),
+                            None => Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/vnd.oci.image.manifest.v1+json",
+                                )
+                                .body(Full::new(Bytes::from_static(b"{\"schemaVersion\":2}"))),
+                        };
+                        Ok::<_, std::convert::Infallible>(response.unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_redirect_off_a_private_mirror_reaches_public_addresses_only() {
+    let root = tempfile::tempdir().unwrap();
+    // Where a hostile mirror would send credgate: a private address nobody named.
+    let trap = TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let hosts = hosts_dir(root.path(), "");
+    let gate = Gate::start(&config(&hosts, ""), root.path());
+    let mirror = redirecting_mirror(
+        &gate,
+        vec![
+            ("to-private", format!("https://{trap_addr}/v2/internal")),
+            ("to-private-http", format!("http://{trap_addr}/v2/internal")),
+            ("same-origin", "/v2/group/app/manifests/v1".to_string()),
+        ],
+    );
+    let key = format!("http://{mirror}");
+    std::fs::write(
+        hosts.join(UPSTREAM).join("hosts.toml"),
+        format!("[host.\"{key}\"]\n"),
+    )
+    .unwrap();
+    let handovers = |reason: &str| {
+        gate.metric(&format!(
+            "credgate_mirror_handovers_total{{mirror=\"{key}\",reason=\"{reason}\"}}"
+        ))
+    };
+
+    let private = gate.get_via(&key, "/v2/group/app/manifests/to-private");
+    assert_eq!(private.status, 403, "{:?}", private.body);
+    assert_eq!(handovers("not_allowed"), 1);
+    let plain = gate.get_via(&key, "/v2/group/app/manifests/to-private-http");
+    assert_eq!(plain.status, 502, "{:?}", plain.body);
+    assert_eq!(handovers("unreachable"), 1);
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "credgate connected to the private address a redirect named"
+    );
+    // A redirect that stays on the mirror's own origin is followed, over plain http too.
+    let same = gate.get_via(&key, "/v2/group/app/manifests/same-origin");
+    assert_eq!(same.status, 200, "{:?}", same.body);
+    assert_eq!(same.bytes().as_ref(), b"{\"schemaVersion\":2}");
 }

@@ -229,7 +229,9 @@ fn namespace(query: Option<&str>) -> Result<(String, RegistryHost), EndpointErro
     if ns.is_empty() {
         return Err(EndpointError::MissingNamespace);
     }
-    if ns.contains('/') {
+    // Whitespace too: the registry parser trims it, but the hosts dir is searched by `ns`
+    // as sent, and ` r.test` would find `_default` instead of `r.test`'s own file.
+    if ns.contains('/') || ns.chars().any(char::is_whitespace) {
         return Err(EndpointError::NamespaceNotAHost { ns });
     }
     let registry = RegistryHost::parse(&ns).map_err(EndpointError::InvalidNamespace)?;
@@ -488,6 +490,16 @@ mod tests {
                 Method::GET,
                 "/v2/app/manifests/v1?ns=%zz",
                 "BadNamespaceEncoding",
+            ),
+            (
+                Method::GET,
+                "/v2/app/manifests/v1?ns=%20r.test",
+                "NamespaceNotAHost",
+            ),
+            (
+                Method::GET,
+                "/v2/app/manifests/v1?ns=r.test+",
+                "NamespaceNotAHost",
             ),
             (
                 Method::GET,
