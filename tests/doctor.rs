@@ -249,12 +249,14 @@ fn each_hosts_toml_lists_its_chain_and_a_rewrite_since_install_is_a_warning_nami
 
     // A P2P mirror's installer (Spegel's way) puts its own host first, and config management
     // appends another: neither is fronted.
-    let rewritten = std::fs::read_to_string(&registry).unwrap();
+    let server = "server = \"https://registry.test\"\n";
+    let rewritten = std::fs::read_to_string(&registry).unwrap().replace(
+        server,
+        &format!("{server}\n[host.\"http://spegel.test:30020\"]\n"),
+    );
     std::fs::write(
         &registry,
-        format!(
-            "[host.\"http://spegel.test:30020\"]\n\n{rewritten}\n[host.\"https://added.test\"]\n"
-        ),
+        format!("{rewritten}\n[host.\"https://added.test\"]\n"),
     )
     .unwrap();
     let out = doctor(dir.path(), &["--offline"]);
@@ -269,8 +271,8 @@ fn each_hosts_toml_lists_its_chain_and_a_rewrite_since_install_is_a_warning_nami
         warnings,
         [
             format!("warn  {shown} lists http://spegel.test:30020 before credgate's endpoint: containerd tries it first, so those pulls skip credgate while it answers{fix}"),
-            format!("warn  {shown}: http://spegel.test:30020 has no fronted host, so containerd reaches it only directly, without a credential and after credgate's hosts (rewritten since install?){fix}"),
-            format!("warn  {shown}: https://added.test has no fronted host, so containerd reaches it only directly, without a credential and after credgate's hosts (rewritten since install?){fix}"),
+            format!("warn  {shown}: http://spegel.test:30020 has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?){fix}"),
+            format!("warn  {shown}: https://added.test has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?){fix}"),
         ],
         "{stdout}"
     );

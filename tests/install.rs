@@ -1157,7 +1157,8 @@ fn default_hosts_toml_with_mirrors_is_fronted_and_restored() {
     let node = Node::new(&v2());
     let default = node.hosts_dir().join("_default");
     std::fs::create_dir_all(&default).unwrap();
-    let mirrors = "[host.\"https://hub-mirror.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n\
+    let mirrors =
+        "[host.\"https://hub-mirror.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n\
                    [host.\"https://second.test\"]\n  capabilities = [\"pull\"]\n";
     write(&default.join("hosts.toml"), mirrors, 0o644);
     let before = node.tree();
@@ -1272,7 +1273,11 @@ fn a_mirror_added_to_an_installed_file_is_fronted_by_the_next_install_with_a_war
     assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
 
     assert_ok(&node.credgate(&["uninstall"]));
-    assert_eq!(node.tree(), before, "the original from before install, byte for byte");
+    assert_eq!(
+        node.tree(),
+        before,
+        "the original from before install, byte for byte"
+    );
 }
 
 #[test]
@@ -1343,7 +1348,10 @@ fn a_file_rewritten_without_credgates_hosts_is_refronted_and_uninstall_gives_bac
     assert_eq!(node.read("containerd/certs.d/_default/hosts.toml"), spegel);
     assert_eq!(mode_of(&hosts.join("_default/hosts.toml")), 0o644);
     // The directory install created stays: it holds Spegel's file now.
-    let left = format!("credgate: warning: left {}: ", hosts.join("_default").display());
+    let left = format!(
+        "credgate: warning: left {}: ",
+        hosts.join("_default").display()
+    );
     assert!(stderr(&out).starts_with(&left), "{}", stderr(&out));
 }
 
@@ -1362,7 +1370,10 @@ fn attack_the_secret_is_read_off_the_diff_of_a_file_with_fronted_mirrors() {
     assert_ok(&out);
     let diff = stdout(&out);
     for stream in [stdout(&out), stderr(&out)] {
-        assert!(!stream.contains(SECRET) && !stream.contains(STALE), "{stream}");
+        assert!(
+            !stream.contains(SECRET) && !stream.contains(STALE),
+            "{stream}"
+        );
     }
     let ours = format!(
         "+    X-Credgate-Secret = [\"<redacted: contents of {}>\"]",
@@ -1386,11 +1397,18 @@ fn attack_the_secret_is_read_off_the_diff_of_a_file_with_fronted_mirrors() {
         let line = format!("+    X-Credgate-Mirror = [\"{mirror}\"]");
         assert!(diff.lines().any(|l| l == line), "{line:?} in:\n{diff}");
     }
-    for args in [&["install"][..], &["uninstall", "--dry-run"][..], &["uninstall"][..]] {
+    for args in [
+        &["install"][..],
+        &["uninstall", "--dry-run"][..],
+        &["uninstall"][..],
+    ] {
         let out = node.with_hosts_dir(args);
         assert_ok(&out);
         for stream in [stdout(&out), stderr(&out)] {
-            assert!(!stream.contains(SECRET) && !stream.contains(STALE), "{args:?}: {stream}");
+            assert!(
+                !stream.contains(SECRET) && !stream.contains(STALE),
+                "{args:?}: {stream}"
+            );
         }
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), stale);

@@ -16,11 +16,17 @@ use crate::containerd::files::{
     carries_secret, parse_toml, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR,
 };
 use crate::identity::Scope;
-use crate::install::fronting::{fronted, Capability, FrontingError, HostsFile, ListedHost, Role};
+use crate::install::fronting::{
+    fronted, Capability, FrontingError, HostsListing, ListedHost, Role,
+};
 use crate::secret::{MirrorSecret, SecretError};
 use crate::system::{Files, System};
 
 use super::Check;
+
+/// Hosts a chain line names, and fronting warnings a file gets, before the rest are counted:
+/// a file with thousands of hosts must not flood the report.
+const MAX_LISTED: usize = 32;
 
 /// The shared fix for every hosts.toml problem: install rewrites them.
 fn install_fix(hosts_dir: &Path) -> String {
@@ -61,7 +67,7 @@ pub(crate) enum Link {
 }
 
 impl Chain {
-    fn from_file(file: &Path, registry: Option<&str>, hosts: &HostsFile) -> Self {
+    fn from_file(file: &Path, registry: Option<&str>, hosts: &HostsListing) -> Self {
         let mut links = Vec::new();
         let mut n = 0;
         for host in &hosts.hosts {
@@ -101,9 +107,10 @@ impl Chain {
     /// The chain as one line: `<file>: containerd tries A, then B, …`, each host marked.
     fn describe(&self) -> String {
         let registry = self.registry.as_deref().unwrap_or("the registry");
-        let links: Vec<String> = self
+        let mut links: Vec<String> = self
             .links
             .iter()
+            .take(MAX_LISTED)
             .map(|link| match link {
                 Link::Fronted {
                     n,
@@ -123,7 +130,9 @@ impl Chain {
                     Some(one) => format!("{key} directly ({one} only)"),
                     None => format!("{key} directly"),
                 },
-                Link::Server { server: Some(server) } => format!("{server} directly (server)"),
+                Link::Server {
+                    server: Some(server),
+                } => format!("{server} directly (server)"),
                 Link::Server { server: None } => {
                     let itself = match &self.registry {
                         Some(registry) => format!("{registry} itself"),
@@ -133,6 +142,9 @@ impl Chain {
                 }
             })
             .collect();
+        if self.links.len() > MAX_LISTED {
+            links.push(format!("{} more", self.links.len() - MAX_LISTED));
+        }
         format!(
             "{}: containerd tries {}",
             self.file.display(),
@@ -342,16 +354,16 @@ fn hosts_file(
 }
 
 /// A hosts.toml read as install reads it; a TOML error names its line.
-fn read_file(path: &Path, text: &str, url: &str) -> Result<HostsFile, String> {
+fn read_file(path: &Path, text: &str, url: &str) -> Result<HostsListing, String> {
     let doc = parse_toml(path, text).map_err(|e| e.to_string())?;
-    HostsFile::read(path, &doc, url).map_err(|e| e.to_string())
+    HostsListing::read(path, &doc, url).map_err(|e| e.to_string())
 }
 
 /// Checks the hosts a hosts.toml lists; true when credgate's hosts come first, its upstream
 /// host among them, with its secret.
 fn listing(
     path: &Path,
-    file: &HostsFile,
+    file: &HostsListing,
     shadow: &str,
     expected: &Expected<'_>,
     checks: &mut Vec<Check>,
@@ -398,7 +410,16 @@ fn listing(
         ));
         ok = false;
     }
-    checks.extend(fronting(path, file, &expected.fix));
+    let mut warnings = fronting(path, file, &expected.fix);
+    if warnings.len() > MAX_LISTED {
+        let more = warnings.len() - MAX_LISTED;
+        warnings.truncate(MAX_LISTED);
+        warnings.push(Check::warn(
+            format!("{shown}: {more} more problems with credgate's fronting like the ones above"),
+            expected.fix.clone(),
+        ));
+    }
+    checks.extend(warnings);
     if let Some(secret) = &expected.secret {
         ok &= secrets(path, hosts, secret, expected, checks);
     }
@@ -408,7 +429,7 @@ fn listing(
 /// Where the file's fronting differs from what install writes for its hosts as they are now:
 /// a host rewritten in, out or around since install (by hand, Spegel, Dragonfly or config
 /// management). Each is a warning whose fix is install, which re-fronts the file.
-fn fronting(path: &Path, file: &HostsFile, fix: &str) -> Vec<Check> {
+fn fronting(path: &Path, file: &HostsListing, fix: &str) -> Vec<Check> {
     let shown = path.display();
     let mut checks = Vec::new();
     for host in file.operator_hosts() {
@@ -462,7 +483,7 @@ fn fronting(path: &Path, file: &HostsFile, fix: &str) -> Vec<Check> {
     for host in &wanted {
         if !named.contains(&host.key.as_str()) {
             checks.push(Check::warn(
-                format!("{shown}: {} has no fronted host, so containerd reaches it only directly, without a credential and after credgate's hosts (rewritten since install?)", host.key),
+                format!("{shown}: {} has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?)", host.key),
                 fix.to_string(),
             ));
         }
@@ -734,6 +755,25 @@ mod tests {
     const BOTH_CAPS: &str = "[\"pull\", \"resolve\"]";
 
     #[test]
+    fn a_file_with_thousands_of_hosts_gets_bounded_lines() {
+        let files = files();
+        let mut text = format!("{}\n", ours(SECRET));
+        for n in 0..2000 {
+            text.push_str(&format!("[host.\"https://m{n}.test\"]\n"));
+        }
+        files.write("/h/registry.test/hosts.toml", &text, 0o600);
+        let checks = run(&files, &["registry.test"], &[]);
+        assert!(checks.len() < 2 * MAX_LISTED, "{}", checks.len());
+        let chain = &checks[3].what;
+        assert!(chain.ends_with(", then 1970 more"), "{chain}");
+        let last = problems(&checks).pop().unwrap();
+        assert!(
+            last.contains("1968 more problems with credgate's fronting"),
+            "{last}"
+        );
+    }
+
+    #[test]
     fn a_registry_dir_without_credgate_shadows_default_and_fails_its_registry() {
         let files = files();
         files.write(
@@ -818,7 +858,8 @@ mod tests {
         let problems = problems(&checks);
         for line in &problems {
             assert!(
-                line.starts_with("warn") && line.ends_with(" — fix: credgate install --hosts-dir /h"),
+                line.starts_with("warn")
+                    && line.ends_with(" — fix: credgate install --hosts-dir /h"),
                 "{line}"
             );
         }
@@ -837,8 +878,10 @@ mod tests {
         let added = format!("{}\n[host.\"https://c.test\"]\n", two_mirrors());
         assert_eq!(
             rewritten(&added),
-            [": https://c.test has no fronted host, so containerd reaches it only directly, \
-              without a credential and after credgate's hosts (rewritten since install?)"]
+            [
+                ": https://c.test has no fronted host, so containerd reaches it only directly, \
+              without a credential (rewritten since install?)"
+            ]
         );
         // The file of an install from before mirrors were fronted.
         let old = format!(
@@ -847,22 +890,27 @@ mod tests {
         );
         assert_eq!(
             rewritten(&old),
-            [": https://a.test has no fronted host, so containerd reaches it only directly, \
-              without a credential and after credgate's hosts (rewritten since install?)"]
+            [
+                ": https://a.test has no fronted host, so containerd reaches it only directly, \
+              without a credential (rewritten since install?)"
+            ]
         );
     }
 
     #[test]
     fn a_mirror_written_before_credgates_hosts_is_tried_first_and_warned_about() {
         // Spegel's way: its own host prepended to the file.
-        let prepended = format!("[host.\"http://spegel.test:30020\"]\n\n{}", two_mirrors());
+        let prepended = two_mirrors().replace(
+            "server = \"https://registry.test\"\n",
+            "server = \"https://registry.test\"\n\n[host.\"http://spegel.test:30020\"]\n",
+        );
         assert_eq!(
             rewritten(&prepended),
             [
                 " lists http://spegel.test:30020 before credgate's endpoint: containerd tries it \
                  first, so those pulls skip credgate while it answers",
                 ": http://spegel.test:30020 has no fronted host, so containerd reaches it only \
-                 directly, without a credential and after credgate's hosts (rewritten since install?)",
+                 directly, without a credential (rewritten since install?)",
             ]
         );
     }
@@ -875,9 +923,11 @@ mod tests {
         );
         assert_eq!(
             rewritten(&swapped),
-            [": credgate's fronted hosts try https://a.test, http://b.test:5000, but the file \
+            [
+                ": credgate's fronted hosts try https://a.test, http://b.test:5000, but the file \
               lists those mirrors as http://b.test:5000, https://a.test, so containerd no longer \
-              tries them in the operator's order"]
+              tries them in the operator's order"
+            ]
         );
         let after_upstream = format!(
             "{}\n{}\n[host.\"https://a.test\"]\n",
@@ -886,8 +936,10 @@ mod tests {
         );
         assert_eq!(
             rewritten(&after_upstream),
-            [": credgate's fronted host for https://a.test comes after its upstream host, so \
-              containerd tries the registry before that mirror"]
+            [
+                ": credgate's fronted host for https://a.test comes after its upstream host, so \
+              containerd tries the registry before that mirror"
+            ]
         );
     }
 
@@ -897,9 +949,11 @@ mod tests {
         let warnings = rewritten(&without_upstream);
         assert_eq!(
             warnings,
-            [" has credgate's fronted hosts but not its upstream host http://127.0.0.1:5008: \
+            [
+                " has credgate's fronted hosts but not its upstream host http://127.0.0.1:5008: \
               once the mirrors fail, pulls from registry.test (this directory shadows _default) \
-              reach the registry without credgate (rewritten since install?)"]
+              reach the registry without credgate (rewritten since install?)"
+            ]
         );
         let dropped = two_mirrors().replace("[host.\"http://b.test:5000\"]\n", "");
         assert_eq!(
@@ -932,9 +986,8 @@ mod tests {
         let problems = problems(&checks);
         assert_eq!(problems.len(), 2, "{problems:#?}");
         assert!(
-            problems[0].starts_with(
-                "FAIL  /h/registry.test/hosts.toml does not list credgate's endpoint"
-            ),
+            problems[0]
+                .starts_with("FAIL  /h/registry.test/hosts.toml does not list credgate's endpoint"),
             "{}",
             problems[0]
         );
@@ -954,11 +1007,15 @@ mod tests {
         assert!(
             found[0].starts_with(
                 "FAIL  /h/registry.test/hosts.toml: host \"https://bad.test\" has `capabilities`"
-            ) && found[0].ends_with("fix: correct its capabilities, then credgate install --hosts-dir /h"),
+            ) && found[0]
+                .ends_with("fix: correct its capabilities, then credgate install --hosts-dir /h"),
             "{}",
             found[0]
         );
-        let dotted = format!("host.\"https://d.test\".capabilities = [\"push\"]\n\n{}", ours(SECRET));
+        let dotted = format!(
+            "host.\"https://d.test\".capabilities = [\"push\"]\n\n{}",
+            ours(SECRET)
+        );
         files.write("/h/registry.test/hosts.toml", &dotted, 0o600);
         let found = problems(&run(&files, &["registry.test"], &[]));
         assert!(
@@ -993,12 +1050,18 @@ mod tests {
         let problems = problems(&checks);
         assert_eq!(
             problems,
-            ["FAIL  /h/registry.test/hosts.toml: the X-Credgate-Secret header of credgate's \
+            [
+                "FAIL  /h/registry.test/hosts.toml: the X-Credgate-Secret header of credgate's \
               fronted host for https://a.test differs from /etc/credgate/mirror-secret, so the \
               endpoint answers 403 and containerd reaches that mirror without credgate — fix: \
-              credgate install --hosts-dir /h"]
+              credgate install --hosts-dir /h"
+            ]
         );
-        assert!(checks.last().unwrap().what.contains("its pulls go through credgate"));
+        assert!(checks
+            .last()
+            .unwrap()
+            .what
+            .contains("its pulls go through credgate"));
     }
 
     #[test]

@@ -133,12 +133,12 @@ pub(crate) fn fronted(capabilities: &[Capability]) -> Vec<Capability> {
 
 /// The hosts of a hosts.toml, in the order containerd tries them, and its `server`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct HostsFile {
+pub(crate) struct HostsListing {
     pub server: Option<String>,
     pub hosts: Vec<ListedHost>,
 }
 
-impl HostsFile {
+impl HostsListing {
     /// Reads `doc`, telling credgate's hosts (a secret header, or the endpoint's address
     /// `endpoint`) from the operator's.
     pub fn read(path: &Path, doc: &DocumentMut, endpoint: &str) -> Result<Self, FrontingError> {
@@ -268,13 +268,18 @@ mod tests {
 
     const URL: &str = "http://127.0.0.1:5008";
 
-    fn read(text: &str) -> HostsFile {
+    fn read(text: &str) -> HostsListing {
         let doc: DocumentMut = text.parse().unwrap();
-        HostsFile::read(Path::new("r/hosts.toml"), &doc, URL).unwrap()
+        HostsListing::read(Path::new("r/hosts.toml"), &doc, URL).unwrap()
     }
 
     fn caps(names: &[&str]) -> Option<Vec<Capability>> {
-        Some(names.iter().map(|n| Capability::parse(n).unwrap()).collect())
+        Some(
+            names
+                .iter()
+                .map(|n| Capability::parse(n).unwrap())
+                .collect(),
+        )
     }
 
     #[test]
@@ -305,7 +310,12 @@ mod tests {
         let fronted: Vec<Vec<&str>> = file
             .hosts
             .iter()
-            .map(|h| h.fronted_capabilities().iter().map(|c| c.as_str()).collect())
+            .map(|h| {
+                h.fronted_capabilities()
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect()
+            })
             .collect();
         assert_eq!(
             fronted,
@@ -320,7 +330,10 @@ mod tests {
             ]
         );
         let to_front: Vec<&str> = file.to_front().map(|h| h.key.as_str()).collect();
-        assert_eq!(to_front, ["https://a", "https://b", "https://c", "https://g"]);
+        assert_eq!(
+            to_front,
+            ["https://a", "https://b", "https://c", "https://g"]
+        );
     }
 
     #[test]
@@ -369,7 +382,11 @@ mod tests {
              [host.\"https://table\"]\n",
         );
         let path = Path::new("r/hosts.toml");
-        let dotted = file.hosts.iter().find(|h| h.key == "https://dotted").unwrap();
+        let dotted = file
+            .hosts
+            .iter()
+            .find(|h| h.key == "https://dotted")
+            .unwrap();
         let err = dotted.check_frontable(path).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -385,6 +402,6 @@ mod tests {
             Err(FrontingError::Capabilities { .. })
         ));
         let doc: DocumentMut = "host = 1\n".parse().unwrap();
-        assert!(HostsFile::read(path, &doc, URL).is_err());
+        assert!(HostsListing::read(path, &doc, URL).is_err());
     }
 }

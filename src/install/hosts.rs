@@ -15,7 +15,7 @@ use crate::containerd::files::{
 };
 
 use super::files::{backup_path, Access, Change, Found};
-use super::fronting::{first_line, fronted_url, Capability, HostsFile};
+use super::fronting::{first_line, fronted_url, Capability, HostsListing};
 use super::state::InstallState;
 use super::InstallError;
 
@@ -27,26 +27,36 @@ pub(crate) struct Endpoint {
     pub secret: String,
 }
 
+/// `text` as a TOML string, quoted and escaped as toml_edit writes it.
+fn quoted(text: &str) -> String {
+    toml_edit::Value::from(text).to_string()
+}
+
+/// `text` as a TOML key, quoted and escaped as toml_edit writes it.
+fn key(text: &str) -> String {
+    toml_edit::Key::new(text).to_string()
+}
+
 /// The endpoint's upstream host table, exactly as the README shows it.
 fn host_snippet(endpoint: &Endpoint) -> String {
-    let secret = toml_edit::Value::from(endpoint.secret.as_str());
-    let url = &endpoint.url;
+    let secret = quoted(&endpoint.secret);
+    let url = key(&endpoint.url);
     format!(
-        "[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
-         [host.\"{url}\".header]\n    {SECRET_HEADER} = [{secret}]\n"
+        "[host.{url}]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+         [host.{url}.header]\n    {SECRET_HEADER} = [{secret}]\n"
     )
 }
 
 /// The `n`th fronted host's table: the mirror's host key as written, its pull capabilities.
 fn fronted_snippet(endpoint: &Endpoint, n: usize, mirror: &str, caps: &[Capability]) -> String {
-    let secret = toml_edit::Value::from(endpoint.secret.as_str());
-    let mirror = toml_edit::Value::from(mirror);
-    let url = fronted_url(&endpoint.url, n);
-    let caps: Vec<String> = caps.iter().map(|c| format!("\"{}\"", c.as_str())).collect();
+    let secret = quoted(&endpoint.secret);
+    let mirror = quoted(mirror);
+    let url = key(&fronted_url(&endpoint.url, n));
+    let caps: Vec<String> = caps.iter().map(|c| quoted(c.as_str())).collect();
     let caps = caps.join(", ");
     format!(
-        "[host.\"{url}\"]\n  capabilities = [{caps}]\n  \
-         [host.\"{url}\".header]\n    {SECRET_HEADER} = [{secret}]\n    {MIRROR_HEADER} = [{mirror}]\n"
+        "[host.{url}]\n  capabilities = [{caps}]\n  \
+         [host.{url}.header]\n    {SECRET_HEADER} = [{secret}]\n    {MIRROR_HEADER} = [{mirror}]\n"
     )
 }
 
@@ -146,9 +156,13 @@ fn edited_since_install(
     Ok(merge(path, text, endpoint)? != original)
 }
 
-fn carries_credgate_host(path: &Path, text: &str, endpoint: &Endpoint) -> Result<bool, InstallError> {
+fn carries_credgate_host(
+    path: &Path,
+    text: &str,
+    endpoint: &Endpoint,
+) -> Result<bool, InstallError> {
     let doc = parse_toml(path, text)?;
-    let file = HostsFile::read(path, &doc, &endpoint.url)?;
+    let file = HostsListing::read(path, &doc, &endpoint.url)?;
     Ok(file.hosts.iter().any(|h| h.is_credgate()))
 }
 
@@ -157,7 +171,7 @@ fn carries_credgate_host(path: &Path, text: &str, endpoint: &Endpoint) -> Result
 /// the operator's hosts; everything else kept as written.
 pub(crate) fn merge(path: &Path, text: &str, endpoint: &Endpoint) -> Result<String, InstallError> {
     let mut doc = parse_toml(path, text)?;
-    let file = HostsFile::read(path, &doc, &endpoint.url)?;
+    let file = HostsListing::read(path, &doc, &endpoint.url)?;
     for host in file.operator_hosts() {
         host.check_frontable(path)?;
     }
@@ -429,10 +443,12 @@ mod tests {
     #[test]
     fn an_earlier_credgate_first_install_is_refronted_as_a_fresh_one() {
         let original = "server = \"https://r.test\"\n\n[host.\"https://m.test\"]\n";
-        let credgate_first = format!("server = \"https://r.test\"\n\n{OURS}\n[host.\"https://m.test\"]\n");
+        let credgate_first =
+            format!("server = \"https://r.test\"\n\n{OURS}\n[host.\"https://m.test\"]\n");
         let stale = "[host.\"http://old:6000\"]\n  header = { x-credgate-secret = \"old\" }\n\n\
             [host.\"http://127.0.0.1:5008/mirror/7\"]\n  capabilities = [\"pull\"]\n\n";
-        let with_stale = format!("server = \"https://r.test\"\n\n{stale}[host.\"https://m.test\"]\n");
+        let with_stale =
+            format!("server = \"https://r.test\"\n\n{stale}[host.\"https://m.test\"]\n");
         let fresh = fronted_file("r/hosts.toml", original);
         assert_eq!(fronted_file("r/hosts.toml", &credgate_first), fresh);
         assert_eq!(fronted_file("r/hosts.toml", &with_stale), fresh);
@@ -465,8 +481,14 @@ mod tests {
                 "https://last.test",
             ]
         );
-        assert!(merged.contains(&fronted(2, "https://a.test", BOTH)), "{merged}");
-        assert!(merged.starts_with(&fronted(1, "https://first.test", BOTH)), "{merged}");
+        assert!(
+            merged.contains(&fronted(2, "https://a.test", BOTH)),
+            "{merged}"
+        );
+        assert!(
+            merged.starts_with(&fronted(1, "https://first.test", BOTH)),
+            "{merged}"
+        );
     }
 
     #[test]
@@ -488,13 +510,48 @@ mod tests {
             "{merged}"
         );
         let doc: DocumentMut = merged.parse().unwrap();
-        let file = HostsFile::read(Path::new("r"), &doc, &endpoint().url).unwrap();
+        let file = HostsListing::read(Path::new("r"), &doc, &endpoint().url).unwrap();
         assert_eq!(
             file.hosts[0].role,
             super::super::fronting::Role::Fronted {
                 mirrors: vec!["https://m.test/a\"b".to_string()]
             }
         );
+    }
+
+    #[test]
+    fn hostile_host_keys_are_fronted_as_written_and_never_break_the_file() {
+        for key in [
+            "",
+            "'",
+            "\\\"",
+            "a\nb",
+            "\u{7f}\u{0}",
+            "https://m.test/\u{e9}",
+            "http://127.0.0.1:5008/mirrors",
+            "]",
+        ] {
+            let existing = format!("[host.{}]\n", super::key(key));
+            let merged = fronted_file("r/hosts.toml", &existing);
+            let doc: DocumentMut = merged.parse().unwrap();
+            let file = HostsListing::read(Path::new("r"), &doc, &endpoint().url).unwrap();
+            let keys: Vec<&str> = file.hosts.iter().map(|h| h.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "http://127.0.0.1:5008/mirror/1",
+                    "http://127.0.0.1:5008",
+                    key
+                ],
+                "{merged}"
+            );
+            assert_eq!(
+                file.hosts[0].role,
+                super::super::fronting::Role::Fronted {
+                    mirrors: vec![key.to_string()]
+                }
+            );
+        }
     }
 
     #[test]
