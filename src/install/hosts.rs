@@ -111,15 +111,18 @@ fn file_change(
     let mut change = Change::new(path, before, after.into_bytes(), Access::SecretHolder);
     if change.before.is_some() && edited_since_install(path, &text, endpoint, state)? {
         if carries_credgate_host(path, &text, endpoint)? {
+            let undone = if state.created(path) {
+                "install created it, so uninstall removes it, edits included".to_string()
+            } else {
+                format!(
+                    "uninstall gives back the file as it was before install ({}), without those \
+                     edits",
+                    backup_path(path).display()
+                )
+            };
             report.warnings.push(format!(
-                "warning: {} was edited since install; install fronts it as it is now, but \
-                 uninstall gives back the file as it was before install ({}), without those edits",
-                path.display(),
-                if state.created(path) {
-                    "install created it, so uninstall removes it".to_string()
-                } else {
-                    backup_path(path).display().to_string()
-                }
+                "warning: {} was edited since install; install fronts it as it is now, but {undone}",
+                path.display()
             ));
         } else {
             // Rewritten without credgate's hosts (Spegel, Dragonfly, config management): this
