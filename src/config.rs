@@ -73,9 +73,14 @@ impl Default for ContainerdSettings {
 /// A `[[mirror]]` entry: which credential a mirror named in hosts.toml is sent.
 #[derive(Debug, Clone)]
 pub struct MirrorEntry {
-    /// Compared with the `host[:port]` a hosts.toml host URL writes (`:443` or not alike).
+    /// Compared with the `host[:port]` a hosts.toml host URL writes (`:443` or not alike for
+    /// https; with `plain_http`, the port always written, 80 when none is).
     pub host: RegistryHost,
     pub credentials: MirrorCredentials,
+    /// The entry is for the mirror's `http://` URL, and its credential may go in cleartext;
+    /// without it the entry is for `https://` only, so no credential ever reaches plain http
+    /// on the strength of an entry that did not say so.
+    pub plain_http: bool,
     pub location: Location,
 }
 
@@ -264,6 +269,8 @@ struct RawMirror {
     host: Spanned<String>,
     #[serde(default)]
     credentials: MirrorCredentials,
+    #[serde(default)]
+    plain_http: bool,
 }
 
 #[derive(Deserialize)]
@@ -365,7 +372,11 @@ impl Config {
         let mut mirrors: Vec<MirrorEntry> = Vec::new();
         for entry in raw.mirror {
             let location = location(&entry.span());
-            let RawMirror { host, credentials } = entry.into_inner();
+            let RawMirror {
+                host,
+                credentials,
+                plain_http,
+            } = entry.into_inner();
             let span = Some(host.span());
             let written = host.get_ref();
             if written.contains("://") || written.contains('/') {
@@ -374,17 +385,38 @@ impl Config {
                     "[[mirror]] host must be host[:port], without scheme or path".to_string(),
                 ));
             }
-            let host = RegistryHost::parse_authority(written)
+            let mut host = RegistryHost::parse_authority(written)
                 .map_err(|reason| at(span.clone(), format!("[[mirror]] host: {reason}")))?;
-            if mirrors.iter().any(|m| m.host == host) {
+            if plain_http && host.port().is_none() {
+                // Plain http's identity writes its port: 80 unless another is given, never 443.
+                let bare = !written
+                    .trim_end_matches(|c: char| c.is_ascii_digit())
+                    .ends_with(':');
+                if !bare {
+                    return Err(at(
+                        span,
+                        "[[mirror]] host: plain_http on port 443, the https port; name the \
+                         port the plain-http mirror listens on"
+                            .to_string(),
+                    ));
+                }
+                host = RegistryHost::parse_authority(&format!("{written}:80"))
+                    .map_err(|reason| at(span.clone(), format!("[[mirror]] host: {reason}")))?;
+            }
+            let scheme = if plain_http { "http" } else { "https" };
+            if mirrors
+                .iter()
+                .any(|m| m.host == host && m.plain_http == plain_http)
+            {
                 return Err(at(
                     span,
-                    format!("[[mirror]] host {host} is listed twice; keep one entry"),
+                    format!("[[mirror]] {scheme}://{host} is listed twice; keep one entry"),
                 ));
             }
             mirrors.push(MirrorEntry {
                 host,
                 credentials,
+                plain_http,
                 location,
             });
         }
@@ -569,6 +601,28 @@ helper = "pass"
         assert_eq!(config.mirrors[0].credentials, MirrorCredentials::Upstream);
         assert_eq!(config.mirrors[0].location.line, 3);
         assert_eq!(config.mirrors[1].credentials, MirrorCredentials::Own);
+        assert!(!config.mirrors[0].plain_http);
+        let config = parse(concat!(
+            "[[mirror]]\nhost = \"cache.test\"\ncredentials = \"upstream\"\nplain_http = true\n",
+            "[[mirror]]\nhost = \"cache.test\"\ncredentials = \"upstream\"\n",
+            "[[mirror]]\nhost = \"[::1]\"\nplain_http = true\n",
+            "[[mirror]]\nhost = \"cache.test:5000\"\nplain_http = true\n",
+        ))
+        .unwrap();
+        let hosts: Vec<(String, bool)> = config
+            .mirrors
+            .iter()
+            .map(|m| (m.host.to_string(), m.plain_http))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("cache.test:80".to_string(), true),
+                ("cache.test".to_string(), false),
+                ("[::1]:80".to_string(), true),
+                ("cache.test:5000".to_string(), true),
+            ]
+        );
         for (text, words) in [
             (
                 "[[mirror]]\nhost = \"https://m.test\"\n",
@@ -584,7 +638,16 @@ helper = "pass"
             ),
             (
                 "[[mirror]]\nhost = \"m.test\"\n[[mirror]]\nhost = \"M.test:443\"\n",
-                ":4:8: [[mirror]] host m.test is listed twice",
+                ":4:8: [[mirror]] https://m.test is listed twice",
+            ),
+            (
+                "[[mirror]]\nhost = \"m.test:0443\"\nplain_http = true\n",
+                ":2:8: [[mirror]] host: plain_http on port 443",
+            ),
+            (
+                "[[mirror]]\nhost = \"m.test\"\nplain_http = true\n\
+                 [[mirror]]\nhost = \"m.test:80\"\nplain_http = true\n",
+                ":5:8: [[mirror]] http://m.test:80 is listed twice",
             ),
             (
                 "[[mirror]]\nhost = \"m.test\"\ncredentials = \"s3cr3t-word\"\n",

@@ -6,10 +6,12 @@
 //! a glob scope covers it: the glob is the label); every other registry counts under
 //! [`OTHER_REGISTRY`] and requests that named none (or whose `ns` was refused) under
 //! [`NO_REGISTRY`]. The number of series therefore follows the config, never the callers.
-//! Mirrors (hosts.toml hosts the endpoint fronts) are labelled by their URL as the hosts.toml
-//! writes it (without user info or query), but only once the endpoint found them named there,
+//! Mirrors (hosts.toml hosts the endpoint fronts) are labelled by their origin,
+//! `scheme://host:port` and never the path, but only once the endpoint found them named there,
 //! and only the first [`MAX_MIRROR_LABELS`]; later ones count under [`OTHER_MIRROR`] and a
-//! mirror nobody named under [`NO_REGISTRY`]. Hand-over reasons are a fixed set
+//! mirror nobody named under [`NO_REGISTRY`]. A label value holds only what a
+//! `scheme://host:port` can (prometheus-client does not escape label values); anything else
+//! counts under [`OTHER_MIRROR`] too. Hand-over reasons are a fixed set
 //! ([`Handover`]). Sizes owned elsewhere (caches, running helpers, open connections) are
 //! read on each scrape through [`Metrics::watch`].
 
@@ -455,19 +457,22 @@ impl Metrics {
         self.auth_failures.get_or_create(&labels).inc();
     }
 
-    /// The label of a mirror found named in hosts.toml (`shown`: its URL without user info or
-    /// query); `None` for one that was not.
-    fn mirror_label(&self, shown: Option<&str>) -> String {
-        let Some(shown) = shown else {
+    /// The label of a mirror found named in hosts.toml (`origin`: its `scheme://host:port`);
+    /// `None` for one that was not.
+    fn mirror_label(&self, origin: Option<&str>) -> String {
+        let Some(origin) = origin else {
             return NO_REGISTRY.to_string();
         };
+        if !is_origin_label(origin) {
+            return OTHER_MIRROR.to_string();
+        }
         let mut labels = self.mirror_labels.lock().unwrap_or_else(|e| e.into_inner());
-        if labels.contains(shown) {
-            return shown.to_string();
+        if labels.contains(origin) {
+            return origin.to_string();
         }
         if labels.len() < MAX_MIRROR_LABELS {
-            labels.insert(shown.to_string());
-            return shown.to_string();
+            labels.insert(origin.to_string());
+            return origin.to_string();
         }
         OTHER_MIRROR.to_string()
     }
@@ -497,6 +502,22 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         text
     }
+}
+
+/// `http://` or `https://` and then only what a host and port are written with: DNS labels,
+/// IPv4, bracketed IPv6, `:` and digits. Nothing that could end a quoted label value.
+fn is_origin_label(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.len() <= 300
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// `VmRSS` from `/proc/self/status`, in bytes.
@@ -650,12 +671,12 @@ mod tests {
     fn mirror_labels_are_bounded_to_the_first_named_mirrors() {
         let m = Metrics::new();
         for i in 0..100 {
-            let mirror = format!("https://m{i}.test");
+            let mirror = format!("https://m{i}.test:443");
             m.mirror_request(Some(&mirror), 200);
             m.mirror_handover(Some(&mirror), Handover::NotFound);
         }
         m.mirror_handover(None, Handover::NotNamed);
-        m.mirror_request(Some("https://m0.test"), 404);
+        m.mirror_request(Some("https://m0.test:443"), 404);
         let text = m.render();
         let labelled = |family: &str| {
             text.lines()
@@ -689,10 +710,48 @@ mod tests {
         );
         assert!(
             text.contains(
-                r#"credgate_mirror_requests_total{mirror="https://m0.test",status="404"} 1"#
+                r#"credgate_mirror_requests_total{mirror="https://m0.test:443",status="404"} 1"#
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_mirror_name_that_would_break_the_page_is_counted_as_other() {
+        let m = Metrics::new();
+        for hostile in [
+            "http://localhost/a\"} 1 b",
+            "http://localhost/a",
+            "https://m.test:443\ncredgate_forged 1",
+            "m.test:443",
+            "ftp://m.test:21",
+            "https://",
+        ] {
+            m.mirror_request(Some(hostile), 200);
+            m.mirror_handover(Some(hostile), Handover::NotFound);
+        }
+        m.mirror_request(Some("http://[::1]:5000"), 200);
+        let text = m.render();
+        assert!(
+            text.contains(r#"credgate_mirror_requests_total{mirror="other",status="200"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"credgate_mirror_requests_total{mirror="http://[::1]:5000",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("localhost") && !text.contains("forged"),
+            "{text}"
+        );
+        // Every series line still parses: name{labels} value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert_eq!(line.matches('"').count() % 2, 0, "{line}");
+        }
     }
 
     #[test]

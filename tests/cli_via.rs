@@ -258,3 +258,58 @@ fn a_mirror_not_named_for_the_registry_is_bad_input_in_one_line() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn lookup_via_answers_as_the_endpoint_for_a_reference_spelled_to_pick_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(
+        dir.path(),
+        "[[mirror]]\nhost = \"hub-cache.test\"\ncredentials = \"upstream\"\n\n",
+    );
+    // containerd reads _default for these spellings (no directory is named so), while their
+    // registry is registry.test: the endpoint refuses such a request, and so does --via.
+    for reference in ["Registry.Test/group/app", "registry.test:443/group/app"] {
+        for mirror in ["https://hub-cache.test", "https://harbor.test/v2/proxy"] {
+            let out = credgate(&config, &["lookup", reference, "--via", mirror]);
+            assert_eq!(out.status.code(), Some(2), "{reference} {mirror}");
+            let stderr = text(&out.stderr);
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains("both spellings pick the same hosts.toml"),
+                "{reference} {mirror}: {stderr}"
+            );
+            assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+            no_secret(&out);
+        }
+    }
+}
+
+#[test]
+fn an_upstream_entry_reaches_a_plain_http_mirror_only_with_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let lookup = |entries: &str| {
+        let config = setup(dir.path(), entries);
+        let out = credgate(
+            &config,
+            &[
+                "lookup",
+                "--json",
+                "registry.test/group/app",
+                "--via",
+                "cache.test:5000",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        no_secret(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // For https://cache.test:5000 only: the plain-http mirror keeps its own credential.
+    let json = lookup("[[mirror]]\nhost = \"cache.test:5000\"\ncredentials = \"upstream\"\n\n");
+    assert_eq!(json["credentials"], "own");
+    assert_eq!(json["username"], "cache-user");
+    let json = lookup(
+        "[[mirror]]\nhost = \"cache.test:5000\"\ncredentials = \"upstream\"\nplain_http = true\n\n",
+    );
+    assert_eq!(json["credentials"], "upstream");
+    assert_eq!(json["username"], "upstream-user");
+}

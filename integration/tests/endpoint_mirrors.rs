@@ -579,6 +579,8 @@ fn a_mirror_with_its_own_ca_and_a_client_certificate_is_dialled_with_them() {
     assert_pulls(&gate, &with_all, "team/tool", &image);
 
     let path = "/v2/team/tool/manifests/v1";
+    // Metrics label the four by their origin, never a path.
+    let origin = with_all.clone();
     // Its CA but no client certificate: the registry ends the handshake.
     let refused = gate.get_via(&no_client, path);
     assert_eq!(refused.status, 502, "{:?}", refused.body);
@@ -587,9 +589,9 @@ fn a_mirror_with_its_own_ca_and_a_client_certificate_is_dialled_with_them() {
     assert_eq!(unknown.status, 502, "{:?}", unknown.body);
     assert_eq!(
         gate.metric(&format!(
-            "credgate_mirror_handovers_total{{mirror=\"{no_ca}\",reason=\"unreachable\"}}"
+            "credgate_mirror_handovers_total{{mirror=\"{origin}\",reason=\"unreachable\"}}"
         )),
-        1
+        2
     );
     // skip_verify accepts the unknown CA, for this host only; the API prefix is /skipping/v2,
     // where the registry has nothing: a 404, relayed.
@@ -604,10 +606,11 @@ fn a_mirror_with_its_own_ca_and_a_client_certificate_is_dialled_with_them() {
     );
     assert_eq!(
         gate.metric(&format!(
-            "credgate_mirror_handovers_total{{mirror=\"{skipping}\",reason=\"not_found\"}}"
+            "credgate_mirror_handovers_total{{mirror=\"{origin}\",reason=\"not_found\"}}"
         )),
         1
     );
+    assert!(!gate.metrics.render().contains("/no-ca"));
 }
 
 /// The client certificate and its key in one PEM file (containerd's one-path `client`).
@@ -712,11 +715,12 @@ fn a_mirror_marked_upstream_gets_the_upstream_registrys_credential() {
             (&mirror_addr, "mirror-user", "mirror-pw"),
         ],
     );
+    // A plain-http mirror is sent the upstream's credential only with `plain_http = true`.
     let gate = Gate::start(
         &config(
             &hosts,
             &format!(
-                "[[mirror]]\nhost = \"{mirror_addr}\"\ncredentials = \"upstream\"\n\n{sources}"
+                "[[mirror]]\nhost = \"{mirror_addr}\"\ncredentials = \"upstream\"\nplain_http = true\n\n{sources}"
             ),
         ),
         root.path(),
@@ -730,6 +734,48 @@ fn a_mirror_marked_upstream_gets_the_upstream_registrys_credential() {
         .filter(|l| l.contains(" 401 "))
         .count();
     assert_eq!(refusals, 1, "{}", mirror.access_log());
+}
+
+#[test]
+fn an_upstream_entry_without_plain_http_never_sends_the_upstream_credential_in_cleartext() {
+    let root = tempfile::tempdir().unwrap();
+    let storage = root.path().join("storage");
+    seed(&storage, "group/app");
+    // A plain-http mirror that would accept the upstream's user: it must never be sent it.
+    let mirror = LocalRegistry::start(
+        &storage,
+        &RegistrySetup {
+            users: vec![("upstream-user", "upstream-pw")],
+            ..Default::default()
+        },
+    );
+    let key = format!("http://{}", mirror.addr);
+    let hosts = hosts_dir(root.path(), &format!("[host.\"{key}\"]\n"));
+    let mirror_addr = mirror.addr.to_string();
+    let sources = docker_config(root.path(), &[(UPSTREAM, "upstream-user", "upstream-pw")]);
+    // The entry names the host but not plain http: it is for https://<host> only.
+    let gate = Gate::start(
+        &config(
+            &hosts,
+            &format!(
+                "[[mirror]]\nhost = \"{mirror_addr}\"\ncredentials = \"upstream\"\n\n{sources}"
+            ),
+        ),
+        root.path(),
+    );
+    let refused = gate.get_via(&key, "/v2/group/app/manifests/v1");
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    // It was asked anonymously only (the mirror's own host has no credential): no request
+    // carried the upstream's user, so none was logged as authenticated.
+    let lines = mirror.content_requests("group/app");
+    assert!(!lines.is_empty(), "{}", mirror.access_log());
+    assert!(lines.iter().all(|l| l.contains(" 401 ")), "{lines:?}");
+    assert!(
+        !mirror.access_log().contains("upstream-user"),
+        "{}",
+        mirror.access_log()
+    );
+    assert!(!mirror.log().contains("upstream-user"), "{}", mirror.log());
 }
 
 /// A plain-http mirror that only redirects: what a real registry can't be made to do on
@@ -825,4 +871,36 @@ fn a_redirect_off_a_private_mirror_reaches_public_addresses_only() {
     let same = gate.get_via(&key, "/v2/group/app/manifests/same-origin");
     assert_eq!(same.status, 200, "{:?}", same.body);
     assert_eq!(same.bytes().as_ref(), b"{\"schemaVersion\":2}");
+}
+
+#[test]
+fn mirror_names_cannot_inject_into_the_metrics_page() {
+    let root = tempfile::tempdir().unwrap();
+    let hosts = hosts_dir(root.path(), "");
+    let gate = Gate::start(&config(&hosts, ""), root.path());
+    let mirror = redirecting_mirror(&gate, Vec::new());
+    // A host key whose path would close the label value and forge a sample.
+    let key = format!("http://{mirror}/a\"}} 1 b");
+    std::fs::write(
+        hosts.join(UPSTREAM).join("hosts.toml"),
+        format!("[host.\"http://{mirror}/a\\\"}} 1 b\"]\n"),
+    )
+    .unwrap();
+    let answered = gate.get_via(&key, "/v2/group/app/manifests/v1");
+    assert!(answered.status >= 400, "{:?}", answered.body);
+    let text = gate.metrics.render();
+    assert!(!text.contains("1 b"), "{text}");
+    assert!(
+        gate.metric(&format!(
+            "credgate_mirror_requests_total{{mirror=\"http://{mirror}\",status=\"{}\"}}",
+            answered.status
+        )) == 1,
+        "{text}"
+    );
+    // Every sample still parses: name{labels} value, quotes balanced.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        assert_eq!(line.matches('"').count() % 2, 0, "{line}");
+    }
 }

@@ -12,7 +12,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::identity::Target;
 use crate::keychain::{Attempt, Decision, Explanation, Keychain, SourceOutcome};
-use crate::mirrors::{HostRole, MirrorError, Mirrors, NamedMirror};
+use crate::mirrors::{containerd_ns, HostRole, MirrorError, Mirrors, NamedMirror};
 use crate::sources::AuthType;
 use crate::system::System;
 
@@ -43,6 +43,8 @@ pub struct LookupOutput {
 
 /// A REF's mirror, and what the keychain is asked for it.
 struct Via {
+    /// The REF's registry as containerd sends it in `ns` (not canonicalised).
+    ns: String,
     mirror: Arc<NamedMirror>,
     /// The mirror's host and repository (what it serves the REF as).
     mirror_target: Target,
@@ -51,14 +53,17 @@ struct Via {
 }
 
 impl Via {
-    fn find(config: &Config, target: &Target, name: &str) -> Result<Self, CliError> {
+    fn find(config: &Config, reference: &str, name: &str) -> Result<Self, CliError> {
+        let target = Target::parse(reference)?;
         let mirrors = Mirrors::from_config(config);
-        let ns = target.registry.to_string();
+        // As the endpoint sees it: the file is chosen by the registry as written.
+        let ns = containerd_ns(reference, &target);
         let mirror = mirrors.find_by_name(&ns, name).map_err(mirror_error)?;
         let (credential_target, mirror_repository) = mirror
             .credential_target(&target.registry, target.repository.as_ref())
             .map_err(mirror_error)?;
         Ok(Self {
+            ns,
             mirror_target: Target::new(mirror.registry.clone(), mirror_repository),
             credential_target,
             mirror,
@@ -159,7 +164,7 @@ pub async fn lookup(
 ) -> Result<(), CliError> {
     let requested = Target::parse(reference)?;
     let via = via
-        .map(|name| Via::find(config, &requested, name))
+        .map(|name| Via::find(config, reference, name))
         .transpose()?;
     let target = via
         .as_ref()
@@ -197,7 +202,7 @@ pub async fn explain(
     let target = match via {
         None => requested,
         Some(name) => {
-            let via = Via::find(config, &requested, name)?;
+            let via = Via::find(config, reference, name)?;
             out += &render_via(config, &requested, &via);
             via.credential_target
         }
@@ -245,7 +250,7 @@ fn render_via(config: &Config, requested: &Target, via: &Via) -> String {
         via.credential_target
     );
     let mirrors = Mirrors::from_config(config);
-    if let Ok(chain) = mirrors.chain(&requested.registry.to_string()) {
+    if let Ok(chain) = mirrors.chain(&via.ns) {
         let from = chain
             .file
             .as_ref()

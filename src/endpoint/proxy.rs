@@ -84,11 +84,14 @@ pub(super) async fn forward_to_mirror(
         Ok(mirror_request) => mirror_request,
         Err(error) => {
             state.metrics.mirror_handover(None, Handover::NotNamed);
-            tracing::warn!(registry = %route.registry, repository = %route.repository, %error, status = 403, reason = %Handover::NotNamed, "mirror refused; containerd moves on to its next host");
+            // Debug, so a hosts.toml key in the error is escaped, never a forged field.
+            tracing::warn!(registry = %route.registry, repository = %route.repository, error = ?error.to_string(), status = 403, reason = %Handover::NotNamed, "mirror refused; containerd moves on to its next host");
             return Ok(EndpointError::from(error).into_response());
         }
     };
     let shown = mirror_request.mirror.shown();
+    // Metrics label a mirror by its origin only, never its path (label values aren't escaped).
+    let origin = mirror_request.mirror.origin();
     let method = request.method().clone();
     let upstream_request =
         mirror_request.upstream_request(method.clone(), &route.tail(), request.headers());
@@ -108,11 +111,11 @@ pub(super) async fn forward_to_mirror(
         ),
         Err(error) => (error.status(), Some(handover_for(error))),
     };
-    state.metrics.mirror_request(Some(&shown), status.as_u16());
+    state.metrics.mirror_request(Some(&origin), status.as_u16());
     if let Some(reason) = handover {
-        state.metrics.mirror_handover(Some(&shown), reason);
+        state.metrics.mirror_handover(Some(&origin), reason);
         let error = answered.as_ref().err().map(ToString::to_string);
-        tracing::warn!(mirror = %shown, registry = %route.registry, repository = %route.repository, credentials = %mirror_request.credential_target, status = status.as_u16(), %reason, error, "mirror failed; containerd moves on to its next host");
+        tracing::warn!(mirror = ?shown, registry = %route.registry, repository = %route.repository, credentials = %mirror_request.credential_target, status = status.as_u16(), %reason, error = error.as_ref().map(tracing::field::debug), "mirror failed; containerd moves on to its next host");
     }
     Ok(answered.unwrap_or_else(EndpointError::into_response))
 }

@@ -13,11 +13,19 @@
 //!   The request never widens that set: a host named only for another registry, a host
 //!   spelled differently, or a file credgate cannot vouch for (a symlink, a hard link, not a
 //!   regular file, over 1 MiB, not what containerd would parse) is refused ([`MirrorError`]).
+//! - **One file for both spellings.** containerd picks the file by `ns` as sent
+//!   (`Registry.Test`, `registry.test:443`), while credentials go by the canonical registry
+//!   (`registry.test`). A request whose two spellings pick different files is refused, so a
+//!   reference spelled to miss `registry.test/` can't reach `_default`'s mirrors with
+//!   `registry.test`'s credential. `lookup --via` asks with the REF's registry as containerd
+//!   would send it ([`containerd_ns`]), so it answers as the endpoint does.
 //! - **Dialled as containerd would dial it** ([`named`]): its URL, path and `override_path`,
 //!   `ca`, `client`, `skip_verify` and `dial_timeout`, through `crate::upstream`'s mirror
 //!   client, which lets exactly that `host:port` be a private address.
 //! - **Credentials**: the keychain's for the mirror's own host and the repository it serves,
-//!   unless a `[[mirror]]` entry for its `host[:port]` says `credentials = "upstream"`.
+//!   unless a `[[mirror]]` entry for its `host[:port]` says `credentials = "upstream"`. An
+//!   entry applies to an `http://` mirror only with `plain_http = true`, so an upstream's
+//!   credential never goes over plain http unless the operator said so for that mirror.
 //! - **Cheap per request**: files are kept parsed ([`hosts_files`]), bounded.
 //!
 //! For `credgate doctor` (another front end of the same decision), two crate-level calls:
@@ -32,7 +40,7 @@ use crate::config::{Config, MirrorCredentials, MirrorEntry};
 use crate::containerd::files::{
     host_dir_for, shown_key, ContainerdFileError, HostScheme, HostSettings, HostsFile,
 };
-use crate::identity::{RegistryHost, Repository};
+use crate::identity::{RegistryHost, Repository, Target};
 use crate::keychain::{Decision, Keychain};
 use crate::upstream::{Probe, Upstream, UpstreamError, UpstreamRequest};
 
@@ -80,6 +88,24 @@ pub enum MirrorError {
         file: PathBuf,
         keys: String,
     },
+    #[error(
+        "ns {ns:?} picks {picked}, but its registry {registry} picks {canonical}; credgate \
+         dials a mirror only when both spellings pick the same hosts.toml (write the \
+         reference as {registry}/...)"
+    )]
+    Spelling {
+        ns: String,
+        registry: String,
+        picked: String,
+        canonical: String,
+    },
+    #[error("ns {ns:?} is not a registry host[:port]")]
+    NotARegistry { ns: String },
+    #[error(
+        "{mirror} in {file} is plain http on port 443, which names the https registry's \
+         credentials; write https:// or the port it listens on"
+    )]
+    PlainHttpOnHttpsPort { mirror: String, file: PathBuf },
 }
 
 /// The hosts dir the daemon reads, the `[[mirror]]` entries, and the files read so far.
@@ -222,18 +248,19 @@ impl Mirrors {
                 file: file.to_path_buf(),
             });
         }
-        let written = written_registry(host);
+        // The parser checked the host, so only plain http on 443 has no registry.
+        let registry =
+            named::mirror_registry(host).ok_or_else(|| MirrorError::PlainHttpOnHttpsPort {
+                mirror: mirror(),
+                file: file.to_path_buf(),
+            })?;
+        // An entry names one scheme: plain http only when it says `plain_http = true`.
+        let plain_http = host.scheme == HostScheme::Http;
         let credentials = self
             .entries
             .iter()
-            .find(|entry| Some(&entry.host) == written.as_ref())
+            .find(|entry| entry.plain_http == plain_http && entry.host == registry)
             .map_or(MirrorCredentials::Own, |entry| entry.credentials);
-        // The parser checked the host, so this always holds.
-        let registry = named::mirror_registry(host).ok_or_else(|| MirrorError::NotNamed {
-            mirror: mirror(),
-            file: file.to_path_buf(),
-            ns: String::new(),
-        })?;
         Ok(Arc::new(NamedMirror {
             settings: host.clone(),
             file: file.to_path_buf(),
@@ -242,13 +269,34 @@ impl Mirrors {
         }))
     }
 
-    /// The hosts.toml containerd reads for `ns`, parsed.
+    /// The hosts.toml containerd reads for `ns`, parsed; refused when the canonical registry
+    /// of `ns`, whose credentials a mirror may be sent, would pick another file.
     fn hosts_file(&self, ns: &str) -> Result<(PathBuf, Arc<HostsFile>), MirrorError> {
         let no_file = || MirrorError::NoHostsFile {
             ns: ns.to_string(),
             hosts_dir: self.hosts_dir.clone(),
         };
-        let dir = host_dir_for(&self.hosts_dir, ns)?.ok_or_else(no_file)?;
+        let dir = host_dir_for(&self.hosts_dir, ns)?;
+        let registry = RegistryHost::parse(ns)
+            .map_err(|_| MirrorError::NotARegistry { ns: ns.to_string() })?
+            .to_string();
+        if registry != ns {
+            let canonical = host_dir_for(&self.hosts_dir, &registry)?;
+            if canonical != dir {
+                let shown = |dir: Option<PathBuf>| {
+                    dir.map_or("no hosts.toml".to_string(), |d| {
+                        d.join("hosts.toml").display().to_string()
+                    })
+                };
+                return Err(MirrorError::Spelling {
+                    ns: ns.to_string(),
+                    registry,
+                    picked: shown(dir),
+                    canonical: shown(canonical),
+                });
+            }
+        }
+        let dir = dir.ok_or_else(no_file)?;
         let file = dir.join("hosts.toml");
         let parsed = self.files.read(&file)?.ok_or_else(no_file)?;
         Ok((file, parsed))
@@ -324,10 +372,39 @@ pub(crate) async fn probe(
     Ok(MirrorProbe { decision, outcome })
 }
 
-/// `host[:port]` as the host's URL writes it, canonical (`:443` or not alike): what a
-/// `[[mirror]]` entry and a bare `--via` name compare with.
+/// `host[:port]` as the host's URL writes it, canonical (`:443` or not alike): what a bare
+/// `--via` name compares with.
 fn written_registry(host: &HostSettings) -> Option<RegistryHost> {
     RegistryHost::parse_authority(&host.authority).ok()
+}
+
+/// The `ns` containerd sends for `reference` (a REF as `credgate lookup` takes it, parsed as
+/// `target`): its registry exactly as written, since containerd's reference normalisation
+/// only turns a missing registry or `index.docker.io` into `docker.io`.
+pub fn containerd_ns(reference: &str, target: &Target) -> String {
+    let text = reference.trim();
+    let written = if target.repository.is_none() {
+        // A bare registry, perhaps with a scheme and a path (`https://index.docker.io/v1/`).
+        let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+        rest.split('/').next().unwrap_or(rest)
+    } else {
+        match text.split_once('/') {
+            // docker's rule for whether the first component names a registry.
+            Some((first, _))
+                if first.contains(['.', ':'])
+                    || first == "localhost"
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
+            {
+                first
+            }
+            _ => crate::identity::DOCKER_HUB,
+        }
+    };
+    if written == "index.docker.io" {
+        crate::identity::DOCKER_HUB.to_string()
+    } else {
+        written.to_string()
+    }
 }
 
 /// containerd's host for `ns` when hosts.toml names no server: Docker Hub's API host, else

@@ -11,9 +11,14 @@
 //!   `hub/library/nginx`), since that is the repository the mirror serves (its token scope and
 //!   the credential's scope); a path without a leading `/v2`, or no `override_path`, is an
 //!   API prefix and the repository is the client's.
-//! - **Credentials**: the mirror's own host (port written out for plain http, so a credential
-//!   for `m.test`, an https scope, never goes to `http://m.test`) and repository; or, with
-//!   `[[mirror]] credentials = "upstream"`, the upstream registry and the client's repository.
+//! - **Identity**: the mirror's [`NamedMirror::origin`], `scheme://host:port`, keys its
+//!   token and challenge cache entries and its metrics label, so plain http never shares one
+//!   with https. Its credential scope is its own host with the port written out for plain
+//!   http (`http://m.test` is `m.test:80`), so a credential for `m.test`, an https scope, never
+//!   goes to plain http; plain http on port 443 has no such scope and is refused.
+//! - **Credentials**: the mirror's own host and repository; or, with `[[mirror]] credentials =
+//!   "upstream"` (and `plain_http = true` for an `http://` mirror), the upstream registry and
+//!   the client's repository.
 
 use std::sync::Arc;
 
@@ -53,6 +58,11 @@ impl NamedMirror {
     /// The mirror's URL as logs, metrics and errors show it.
     pub fn shown(&self) -> String {
         self.settings.shown()
+    }
+
+    /// `scheme://host:port`, the port always written: what its caches and metrics key it by.
+    pub fn origin(&self) -> String {
+        self.settings.origin()
     }
 
     /// The key exactly as the hosts.toml writes it.
@@ -145,6 +155,7 @@ impl NamedMirror {
         let settings = &self.settings;
         MirrorDial {
             shown: self.shown(),
+            origin: self.origin(),
             authority: settings.authority.clone(),
             transport: MirrorTransport {
                 plain_http: settings.scheme == HostScheme::Http,
@@ -207,11 +218,12 @@ fn join_clean(parts: &[&str]) -> String {
     format!("/{}", segments.join("/"))
 }
 
-/// A mirror's `host:port` in canonical form; for plain http the port is always written, so
-/// `http://m.test` is `m.test:80`, never the https registry `m.test`.
+/// A mirror's `host:port` in canonical form, its credential scope; for plain http the port
+/// is always written, so `http://m.test` is `m.test:80`, never the https registry `m.test`.
+/// `None` for plain http on port 443, which canonical form would make that https registry.
 pub(crate) fn mirror_registry(settings: &HostSettings) -> Option<RegistryHost> {
     match settings.scheme {
-        HostScheme::Http => settings.registry(),
+        HostScheme::Http => settings.registry().filter(|r| r.port().is_some()),
         HostScheme::Https => RegistryHost::parse_authority(&settings.authority).ok(),
     }
 }

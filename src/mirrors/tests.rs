@@ -48,10 +48,19 @@ fn entry(host: &str, credentials: MirrorCredentials) -> MirrorEntry {
     MirrorEntry {
         host: RegistryHost::parse(host).unwrap(),
         credentials,
+        plain_http: false,
         location: Location {
             path: "/etc/credgate/config.toml".into(),
             line: 1,
         },
+    }
+}
+
+/// An entry with `plain_http = true`; `host` with its port, as config parsing writes it.
+fn plain_http_entry(host: &str, credentials: MirrorCredentials) -> MirrorEntry {
+    MirrorEntry {
+        plain_http: true,
+        ..entry(host, credentials)
     }
 }
 
@@ -352,4 +361,184 @@ fn a_callers_mirror_name_is_shown_short_and_without_user_info() {
         .to_string();
     assert!(!err.contains("pa55"), "{err}");
     assert!(err.len() < 400, "{err}");
+}
+
+/// The reviewer's attacks on mirrors through the gate, each a regression test.
+mod attacks {
+    use super::*;
+
+    /// registry.test has a file naming only its own mirror; `_default` names a cache that is
+    /// sent the upstream's credential.
+    fn own_file_and_forwarding_default() -> (tempfile::TempDir, Mirrors) {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "registry.test",
+            "[host.\"https://own-mirror.test\"]\n",
+        );
+        write(dir.path(), "_default", "[host.\"https://cache.test\"]\n");
+        let mirrors = Mirrors::new(
+            dir.path(),
+            vec![entry("cache.test", MirrorCredentials::Upstream)],
+        );
+        (dir, mirrors)
+    }
+
+    #[test]
+    fn ns_spelling_cannot_reach_default_mirror_with_upstream_credentials() {
+        let (dir, mirrors) = own_file_and_forwarding_default();
+        assert!(mirrors.find("registry.test", "https://cache.test").is_err());
+        // containerd reads _default for these spellings; their registry is registry.test,
+        // whose file does not name the cache: refused, whatever the mirror.
+        for ns in ["Registry.Test", "registry.test:443", "REGISTRY.TEST:0443"] {
+            for key in ["https://cache.test", "https://own-mirror.test"] {
+                let err = mirrors.find(ns, key).unwrap_err();
+                assert!(
+                    matches!(err, MirrorError::Spelling { .. }),
+                    "{ns} {key}: {err}"
+                );
+                let text = err.to_string();
+                assert!(text.contains("_default/hosts.toml"), "{text}");
+                assert!(text.contains("registry.test/hosts.toml"), "{text}");
+            }
+        }
+        // Spelled as the canonical registry, its own mirror is found as before.
+        assert!(mirrors
+            .find("registry.test", "https://own-mirror.test")
+            .is_ok());
+        // Spellings that pick the same file are no trick: `other.test:443` and `other.test`
+        // both read _default, and the cache gets other.test's credential either way.
+        let found = mirrors
+            .find("other.test:443", "https://cache.test")
+            .unwrap();
+        assert_eq!(found.file, dir.path().join("_default/hosts.toml"));
+        let request = found
+            .request(
+                &RegistryHost::parse("other.test:443").unwrap(),
+                &repo("a/b"),
+            )
+            .unwrap();
+        assert_eq!(request.credential_target.to_string(), "other.test/a/b");
+        // A directory for the spelling as sent is what containerd reads; the canonical
+        // registry reads another: refused too.
+        write(
+            dir.path(),
+            "registry.test_443_",
+            "[host.\"https://cache.test\"]\n",
+        );
+        let err = mirrors
+            .find("registry.test:443", "https://cache.test")
+            .unwrap_err();
+        assert!(matches!(err, MirrorError::Spelling { .. }), "{err}");
+        // `lookup --via` asks as the endpoint does, with the REF's registry as written.
+        let err = mirrors
+            .find_by_name(
+                &containerd_ns(
+                    "Registry.Test/secret/app",
+                    &target("Registry.Test/secret/app"),
+                ),
+                "cache.test",
+            )
+            .unwrap_err();
+        assert!(matches!(err, MirrorError::Spelling { .. }), "{err}");
+    }
+
+    fn target(reference: &str) -> Target {
+        Target::parse(reference).unwrap()
+    }
+
+    #[test]
+    fn lookup_via_sends_the_ns_containerd_would() {
+        for (reference, ns) in [
+            ("Registry.Test/secret/app:v1", "Registry.Test"),
+            ("registry.test:443/group/app", "registry.test:443"),
+            ("REGISTRY.TEST:0443/group/app@sha256:0000000000000000000000000000000000000000000000000000000000000000", "REGISTRY.TEST:0443"),
+            ("busybox", "docker.io"),
+            ("user/app", "docker.io"),
+            ("index.docker.io/library/busybox", "docker.io"),
+            ("registry-1.docker.io/library/busybox", "registry-1.docker.io"),
+            ("localhost/app", "localhost"),
+            ("[::1]:5000/app", "[::1]:5000"),
+            ("Registry.Test:443", "Registry.Test:443"),
+            ("https://index.docker.io/v1/", "docker.io"),
+        ] {
+            assert_eq!(containerd_ns(reference, &target(reference)), ns, "{reference}");
+        }
+    }
+
+    #[test]
+    fn http_443_mirror_never_gets_the_https_registrys_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "registry.test",
+            "[host.\"http://m.test:443\"]\n[host.\"http://m.test:0443\"]\n\
+             [host.\"http://m.test\"]\n[host.\"https://m.test\"]\n",
+        );
+        let mirrors = Mirrors::new(dir.path(), Vec::new());
+        for key in ["http://m.test:443", "http://m.test:0443"] {
+            let err = mirrors.find("registry.test", key).unwrap_err();
+            assert!(
+                matches!(err, MirrorError::PlainHttpOnHttpsPort { .. }),
+                "{key}: {err}"
+            );
+        }
+        // Plain http and https on one host: two identities, two credential scopes, two
+        // cache keys and labels.
+        let upstream = RegistryHost::parse("registry.test").unwrap();
+        let plain = mirrors.find("registry.test", "http://m.test").unwrap();
+        let tls = mirrors.find("registry.test", "https://m.test").unwrap();
+        assert_eq!(plain.origin(), "http://m.test:80");
+        assert_eq!(tls.origin(), "https://m.test:443");
+        let plain_request = plain.request(&upstream, &repo("a/b")).unwrap();
+        let tls_request = tls.request(&upstream, &repo("a/b")).unwrap();
+        assert_eq!(plain_request.credential_target.to_string(), "m.test:80/a/b");
+        assert_eq!(tls_request.credential_target.to_string(), "m.test/a/b");
+        assert_eq!(plain.dial(&upstream).origin, "http://m.test:80");
+        assert!(plain.dial(&upstream).transport.plain_http);
+        assert_eq!(tls.dial(&upstream).origin, "https://m.test:443");
+    }
+
+    #[test]
+    fn upstream_entry_never_applies_to_plain_http_without_opting_in() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "registry.test",
+            "[host.\"http://cache.test\"]\n[host.\"https://cache.test\"]\n",
+        );
+        let upstream = RegistryHost::parse("registry.test").unwrap();
+        let https_only = Mirrors::new(
+            dir.path(),
+            vec![entry("cache.test", MirrorCredentials::Upstream)],
+        );
+        let plain = https_only
+            .find("registry.test", "http://cache.test")
+            .unwrap();
+        assert_eq!(plain.credentials, MirrorCredentials::Own);
+        let request = plain.request(&upstream, &repo("a/b")).unwrap();
+        assert_eq!(request.credential_target.to_string(), "cache.test:80/a/b");
+        assert_eq!(plain.dial(&upstream).upstream_realm_host, None);
+        let tls = https_only
+            .find("registry.test", "https://cache.test")
+            .unwrap();
+        assert_eq!(tls.credentials, MirrorCredentials::Upstream);
+
+        // `plain_http = true` names the http:// mirror (port 80 written) and only it.
+        let opted_in = Mirrors::new(
+            dir.path(),
+            vec![plain_http_entry(
+                "cache.test:80",
+                MirrorCredentials::Upstream,
+            )],
+        );
+        let plain = opted_in.find("registry.test", "http://cache.test").unwrap();
+        assert_eq!(plain.credentials, MirrorCredentials::Upstream);
+        let request = plain.request(&upstream, &repo("a/b")).unwrap();
+        assert_eq!(request.credential_target.to_string(), "registry.test/a/b");
+        let tls = opted_in
+            .find("registry.test", "https://cache.test")
+            .unwrap();
+        assert_eq!(tls.credentials, MirrorCredentials::Own);
+    }
 }

@@ -163,7 +163,7 @@ impl Authorizer<'_> {
     /// Sends the request as `identity`: accepted, or rejected (401/403 after auth, or the
     /// token endpoint's refusal).
     pub async fn attempt(&self, identity: &Identity<'_>) -> Result<Outcome, UpstreamError> {
-        let known = self.challenges.get(&self.exchange.request.registry);
+        let known = self.challenges.get(&self.exchange.origin);
         let first = self.authorize(identity, known.as_ref(), None).await?;
         if let Auth::Refused(refusal) = first {
             return Ok(Outcome::Rejected(Reply::TokenRefused(refusal)));
@@ -197,8 +197,7 @@ impl Authorizer<'_> {
         let Some(challenge) = challenge::preferred(response.headers()) else {
             return rejected(response);
         };
-        self.challenges
-            .remember(&self.exchange.request.registry, &challenge);
+        self.challenges.remember(&self.exchange.origin, &challenge);
         if let Auth::Header { token: Some(t), .. } = &first {
             self.tokens.invalidate(&t.key, &t.value);
         }
@@ -259,7 +258,7 @@ impl Authorizer<'_> {
         let exchange = &self.exchange;
         let scope = token_scope(scope_from, exchange.request.repository.as_ref());
         let key = TokenKey {
-            registry: exchange.label.clone(),
+            registry: exchange.origin.clone(),
             scope: scope.clone().unwrap_or_default(),
             identity: identity.hash(),
         };

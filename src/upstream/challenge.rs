@@ -6,8 +6,6 @@ use std::sync::Mutex;
 use http::header::WWW_AUTHENTICATE;
 use http::HeaderMap;
 
-use crate::identity::RegistryHost;
-
 use super::lru::Lru;
 
 /// Most registries whose last challenge is kept. Anyone who can name an image picks the
@@ -48,11 +46,12 @@ impl Challenge {
     }
 }
 
-/// The last Basic or Bearer challenge (scheme, realm, service) each registry sent, so the
-/// next request is authorized up front instead of first earning a 401. The scope is not
-/// kept: it belongs to the request that was challenged. At most
-/// [`REMEMBERED_REGISTRIES`], the least recently used forgotten first.
-pub struct Challenges(Mutex<Lru<RegistryHost, Challenge>>);
+/// The last Basic or Bearer challenge (scheme, realm, service) each registry sent, keyed by
+/// its origin (the registry's `host[:port]`, or a mirror's `scheme://host:port`, so plain
+/// http never shares an entry with https), so the next request is authorized up front
+/// instead of first earning a 401. The scope is not kept: it belongs to the request that was
+/// challenged. At most [`REMEMBERED_REGISTRIES`], the least recently used forgotten first.
+pub struct Challenges(Mutex<Lru<String, Challenge>>);
 
 impl Default for Challenges {
     fn default() -> Self {
@@ -61,11 +60,11 @@ impl Default for Challenges {
 }
 
 impl Challenges {
-    pub fn get(&self, registry: &RegistryHost) -> Option<Challenge> {
-        self.lock().get(registry).cloned()
+    pub fn get(&self, origin: &str) -> Option<Challenge> {
+        self.lock().get(origin).cloned()
     }
 
-    pub fn remember(&self, registry: &RegistryHost, challenge: &Challenge) {
+    pub fn remember(&self, origin: &str, challenge: &Challenge) {
         if matches!(challenge.scheme, AuthScheme::Other(_)) {
             return;
         }
@@ -84,10 +83,10 @@ impl Challenges {
         let mut map = self.lock();
         if size > MAX_REMEMBERED_BYTES {
             // An older, smaller one would be wrong now; without one the next request asks.
-            map.remove(registry);
+            map.remove(origin);
             return;
         }
-        map.insert(registry.clone(), kept);
+        map.insert(origin.to_string(), kept);
     }
 
     /// Registries with a challenge kept.
@@ -95,7 +94,7 @@ impl Challenges {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<RegistryHost, Challenge>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<String, Challenge>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -329,7 +328,7 @@ mod tests {
     #[test]
     fn twenty_thousand_registries_stay_within_the_cap_and_recent_ones_survive() {
         let challenges = Challenges::default();
-        let registry = |name: &str| RegistryHost::parse(name).unwrap();
+        let registry = |name: &str| name.to_string();
         let warm = registry("registry.example");
         challenges.remember(&warm, &bearer("https://auth.example/token"));
         for n in 0..20_000 {
@@ -362,11 +361,11 @@ mod tests {
     #[test]
     fn oversized_challenges_are_not_remembered() {
         let challenges = Challenges::default();
-        let host = RegistryHost::parse("registry.example").unwrap();
-        challenges.remember(&host, &bearer("https://auth.example/token"));
+        let host = "registry.example";
+        challenges.remember(host, &bearer("https://auth.example/token"));
         let huge = format!("https://auth.example/{}", "a".repeat(MAX_REMEMBERED_BYTES));
-        challenges.remember(&host, &bearer(&huge));
-        assert_eq!(challenges.get(&host), None);
+        challenges.remember(host, &bearer(&huge));
+        assert_eq!(challenges.get(host), None);
         assert_eq!(challenges.len(), 0);
     }
 

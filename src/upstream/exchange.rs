@@ -69,6 +69,9 @@ pub(crate) struct Exchange<'a> {
     pub authority: String,
     /// The registry as metrics label it.
     pub label: String,
+    /// What its token and challenge cache entries are keyed by: the registry's `host[:port]`,
+    /// or a mirror's `scheme://host:port` (never equal to a registry's, nor http to https).
+    pub origin: String,
     /// Another host whose domain may serve token realms: the upstream's, for a mirror that is
     /// sent the upstream's credentials.
     pub realm_also_on: Option<String>,

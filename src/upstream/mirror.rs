@@ -47,6 +47,9 @@ pub const MIRROR_CLIENTS: usize = 64;
 pub struct MirrorDial {
     /// The mirror as logs and errors show it: its URL without user info or query.
     pub shown: String,
+    /// `scheme://host:port`, the port always written: the key of its token and challenge
+    /// cache entries, which plain http so never shares with https.
+    pub origin: String,
     /// `host[:port]` as the URL writes it, dialled as is.
     pub authority: String,
     pub transport: MirrorTransport,

@@ -54,9 +54,17 @@ fn resolve(base: &Uri, raw: &str) -> Result<Uri, String> {
     Uri::from_parts(parts).map_err(|_| invalid())
 }
 
-/// Same scheme, host and port (443 when https gives none).
+/// Same scheme, host and port; a URL without a port means its scheme's (80 for http, 443
+/// for https), so `http://m.test` and `http://m.test:443` are two origins.
 pub fn same_origin(a: &Uri, b: &Uri) -> bool {
-    let port = |u: &Uri| u.port_u16().unwrap_or(443);
+    let port = |u: &Uri| {
+        u.port_u16()
+            .unwrap_or(if u.scheme() == Some(&Scheme::HTTP) {
+                80
+            } else {
+                443
+            })
+    };
     a.scheme() == b.scheme()
         && a.host().map(str::to_ascii_lowercase) == b.host().map(str::to_ascii_lowercase)
         && port(a) == port(b)
@@ -136,6 +144,36 @@ mod tests {
         ));
         assert!(!same_origin(&registry, &uri("https://cdn.registry.test/x")));
         assert!(!same_origin(&registry, &uri("http://registry.test/x")));
+    }
+
+    #[test]
+    fn a_plain_http_mirror_redirecting_to_port_443_leaves_its_origin() {
+        // `http://m.test` is port 80: a hop to `http://m.test:443` is another origin, so it
+        // carries no Authorization, is not followed over plain http, and (were it https) would
+        // go through the public-only client.
+        let mirror = uri("http://m.test/v2/a/manifests/v1");
+        assert!(!same_origin(&mirror, &uri("http://m.test:443/x")));
+        assert!(!same_origin(&mirror, &uri("https://m.test/x")));
+        assert!(same_origin(&mirror, &uri("http://M.test:80/x")));
+        assert!(same_origin(
+            &uri("http://m.test:443/v2/"),
+            &uri("http://m.test:443/x")
+        ));
+        let err = located(
+            mirror.to_string().as_str(),
+            "http://m.test:443/x?sig=secret",
+        )
+        .unwrap_err();
+        assert!(err.contains("only https"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert_eq!(
+            located(mirror.to_string().as_str(), "/storage/1").unwrap(),
+            uri("http://m.test/storage/1")
+        );
+        assert_eq!(
+            located(mirror.to_string().as_str(), "http://m.test:80/storage/1").unwrap(),
+            uri("http://m.test:80/storage/1")
+        );
     }
 
     #[test]

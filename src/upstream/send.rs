@@ -41,8 +41,8 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   IP-literal (and numeric-spelled) registries are checked before anything else happens.
 ///   Token realms go through the same check; a redirect off the registry's host and port may
 ///   reach public addresses only, whatever the policy allows.
-/// - **Auth**: see [`super::auth`]; tokens are cached per (registry, scope, identity) and
-///   concurrent fetches coalesced. Rejected candidates are logged without secrets and
+/// - **Auth**: see [`super::auth`]; tokens are cached per (origin, scope, identity) and
+///   concurrent fetches coalesced; a mirror's origin is its `scheme://host:port`. Rejected candidates are logged without secrets and
 ///   counted in `auth_failures`, then the next is tried, then anonymous; when all fail the
 ///   last upstream answer is returned as is: the registry's 401/403, or the token
 ///   endpoint's 4xx (status, `Content-Type` and body) when that is where it ended.
@@ -137,6 +137,7 @@ impl Upstream {
                     metrics: &self.metrics,
                     authority: mirror.authority.clone(),
                     label: request.registry.to_string(),
+                    origin: mirror.origin.clone(),
                     realm_also_on: mirror.upstream_realm_host.clone(),
                 },
                 policy,
@@ -163,6 +164,7 @@ impl Upstream {
                 metrics: &self.metrics,
                 authority: dial_authority(&request.registry),
                 label: request.registry.to_string(),
+                origin: request.registry.to_string(),
                 realm_also_on: None,
             },
             policy,

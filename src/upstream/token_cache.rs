@@ -78,6 +78,7 @@ impl std::fmt::Debug for IdentityHash {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenKey {
+    /// The registry's `host[:port]`, or a mirror's `scheme://host:port`.
     pub registry: String,
     pub scope: String,
     pub identity: IdentityHash,

@@ -143,6 +143,17 @@ impl HostSettings {
         RegistryHost::parse_authority(&with_port).ok()
     }
 
+    /// The host's identity as caches and metrics key it: `scheme://host:port`, the port
+    /// always written (the scheme's default when the URL gives none), so a plain-http host
+    /// never shares an identity with an https one, whatever port either writes.
+    pub fn origin(&self) -> String {
+        let (host, port) = split_port(&self.authority);
+        let port = port
+            .and_then(|port| port.parse::<u16>().ok())
+            .unwrap_or(self.scheme.default_port());
+        format!("{}://{host}:{port}", self.scheme.as_str())
+    }
+
     /// May serve pulls (`pull` or `resolve`): the hosts install fronts.
     pub fn serves_pulls(&self) -> bool {
         self.capabilities.pull || self.capabilities.resolve
@@ -156,25 +167,33 @@ pub(crate) struct HostsFile {
     pub server: Option<HostSettings>,
 }
 
-/// `key` without user info, query or fragment.
+/// `key` without user info, query or fragment, control characters escaped. User info goes
+/// first, on the raw text, up to the last `@` anywhere: a password may hold `?`, `#` or `/`,
+/// so no other split is safe before it (a path with `@` shows only what follows it).
 pub(crate) fn shown_key(key: &str) -> String {
-    let key = key.split(['?', '#']).next().unwrap_or_default();
     let (scheme, rest) = match key.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, key),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((_, after)) => ("…@", after),
+        None => ("", rest),
     };
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let user = if authority.contains('@') { "…@" } else { "" };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{user}{host}{path}"),
-        None => format!("{user}{host}{path}"),
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let shown = match scheme {
+        Some(scheme) => format!("{scheme}://{user}{rest}"),
+        None => format!("{user}{rest}"),
+    };
+    // Escaped, so a key can't break the log line or error it is shown in.
+    let mut escaped = String::with_capacity(shown.len());
+    for c in shown.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
     }
+    escaped
 }
 
 /// Reads a hosts.toml's text; `path` names it in errors and its directory anchors relative
@@ -472,6 +491,10 @@ fn headers(item: &Item) -> Result<Vec<(String, Vec<String>)>, String> {
 
 /// containerd's reading of a host URL: scheme, `host[:port]` and the request path prefix.
 fn parse_url(url: &str, override_path: bool) -> Result<(HostScheme, String, String), &'static str> {
+    // Go's url.Parse refuses control characters, so containerd never dials such a host.
+    if url.chars().any(|c| c.is_ascii_control()) {
+        return Err("has a control character, which containerd refuses");
+    }
     let full = if url.starts_with("http") {
         url.to_string()
     } else {
@@ -794,6 +817,48 @@ mod tests {
         );
         assert_eq!(shown_key("m.test:5000"), "m.test:5000");
         assert_eq!(shown_key("u@m.test"), "…@m.test");
+    }
+
+    #[test]
+    fn a_password_with_query_fragment_or_slash_characters_is_never_shown() {
+        for (key, shown) in [
+            ("https://user:p?ss@m.test", "https://…@m.test"),
+            ("https://user:p#ss@m.test/x?q=1", "https://…@m.test/x"),
+            (
+                "https://user:p/ss@m.test:5000/v2",
+                "https://…@m.test:5000/v2",
+            ),
+            ("user:p?ss@m.test", "…@m.test"),
+        ] {
+            assert_eq!(shown_key(key), shown, "{key}");
+        }
+        // The file's error for such a host shows it the same way.
+        let err = error("[host.\"https://user:p?ss@m.test\"]\n");
+        assert!(err.contains("https://…@m.test"), "{err}");
+        assert!(!err.contains("user") && !err.contains("p?ss"), "{err}");
+    }
+
+    #[test]
+    fn a_control_character_in_a_host_url_is_refused_as_containerd_refuses_it() {
+        let err = error("[host.\"http://localhost/a\\nINFO forged line\"]\n");
+        assert!(err.contains("control character"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn origins_keep_the_scheme_and_always_write_the_port() {
+        for (key, origin) in [
+            ("http://m.test", "http://m.test:80"),
+            ("http://m.test:443", "http://m.test:443"),
+            ("http://M.test:0443/x", "http://m.test:443"),
+            ("https://m.test", "https://m.test:443"),
+            ("https://u:p@m.test:443/v2", "https://m.test:443"),
+            ("m.test:5000", "https://m.test:5000"),
+            ("http://[::1]", "http://[::1]:80"),
+        ] {
+            let host = one(&format!("[host.\"{key}\"]\n"));
+            assert_eq!(host.origin(), origin, "{key}");
+        }
     }
 
     #[test]
