@@ -190,7 +190,7 @@ async fn mirrors(upstream: &Upstream, keychain: &Keychain, chains: &[Chain]) -> 
     checks
 }
 
-/// Every mirror a fronted host names, with its file.
+/// Every mirror a fronted host names that gets its own credential, with its file.
 fn fronted_mirrors(chains: &[Chain]) -> Vec<(String, Arc<NamedMirror>)> {
     chains
         .iter()
@@ -207,6 +207,7 @@ fn fronted_mirrors(chains: &[Chain]) -> Vec<(String, Arc<NamedMirror>)> {
                     _ => None,
                 })
                 .filter_map(|key| named(chain, key))
+                .filter(|mirror| mirror.credentials == MirrorCredentials::Own)
                 .map(move |mirror| (file.clone(), mirror))
                 .collect::<Vec<_>>()
         })
