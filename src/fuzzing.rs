@@ -13,7 +13,7 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::config::{Config, DockerConfigEntry, Location};
-use crate::containerd::files::{read_hosts, read_hosts_file, registry_settings};
+use crate::containerd::files::{read_hosts_file, registry_settings, shown_key, MAX_HOSTS};
 use crate::endpoint::{ContentKind, ContentRoute, Route};
 use crate::identity::{ImageReference, RegistryHost, Repository, Scope, Target};
 use crate::sources::docker_config::{DockerConfigError, DockerConfigSource};
@@ -414,35 +414,53 @@ fn source_line(source: &crate::config::SourceEntry) -> usize {
     }
 }
 
+/// The endpoint the fuzzed hosts.toml is read for (the default `listen.mirror`).
+const FUZZ_ENDPOINT: &str = "http://127.0.0.1:5008";
+
 /// containerd's files as credgate reads them: a hosts.toml's hosts (each marked credgate's
-/// exactly when it carries the secret header) and config.toml's registry settings.
+/// exactly when it carries the secret header or sits at the endpoint's address) and
+/// config.toml's registry settings.
 pub fn containerd_files(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let path = Path::new("/etc/containerd/certs.d/_default/hosts.toml");
-    if let Ok(hosts) = read_hosts(path, text) {
-        for host in &hosts {
-            assert!(
-                host.secret_values.is_empty() || host.is_credgate(),
-                "{host:?}"
-            );
-        }
-        assert_eq!(read_hosts(path, text).ok(), Some(hosts));
-    }
-    // Every host's settings as containerd reads them: bounded, with a path containerd can use.
+    // Every host's settings as containerd reads them: bounded, with a path containerd can
+    // use, read the same way twice, and credgate's exactly when marked so.
     match read_hosts_file(path, text) {
         Ok(file) => {
-            assert!(file.hosts.len() <= 64, "{}", file.hosts.len());
-            for host in file.hosts.iter().chain(&file.server) {
+            assert!(
+                file.hosts.len() + file.untried.len() <= MAX_HOSTS,
+                "{}",
+                file.hosts.len()
+            );
+            for host in file.all_hosts().chain(&file.server) {
                 assert!(host.ca.len() <= 16 && host.client.len() <= 16, "{host:?}");
                 assert!(
                     host.path.is_empty() || host.path.starts_with('/'),
                     "{host:?}"
                 );
+                assert!(
+                    host.secret_values.is_empty() || host.secret_header,
+                    "{host:?}"
+                );
+                let owner = host.owner(FUZZ_ENDPOINT);
+                let at_endpoint = host.key == FUZZ_ENDPOINT
+                    || host.key.starts_with(&format!("{FUZZ_ENDPOINT}/mirror/"));
+                assert_eq!(
+                    owner.is_credgate(),
+                    host.secret_header || at_endpoint,
+                    "{host:?}"
+                );
+                assert!(!shown_key(&host.key).contains('\n'), "{host:?}");
             }
+            assert_eq!(read_hosts_file(path, text).ok(), Some(file));
         }
-        Err(error) => assert!(error.to_string().starts_with(&path.display().to_string())),
+        Err(error) => {
+            let shown = error.to_string();
+            assert!(shown.starts_with(&path.display().to_string()));
+            assert!(!shown.contains('\n'), "{shown}");
+        }
     }
     let path = Path::new("/etc/containerd/config.toml");
     match registry_settings(path, text) {

@@ -289,3 +289,41 @@ fn each_hosts_toml_lists_its_chain_and_a_rewrite_since_install_is_a_warning_nami
         "{stdout}"
     );
 }
+
+#[test]
+fn a_daemon_reading_another_hosts_dir_than_containerd_is_a_warning_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let hosts_dir = dir.path().join("certs.d");
+    let config = dir.path().join("config.toml");
+    let out = doctor(dir.path(), &["--offline"]);
+    let stdout = text(&out.stdout);
+    let warning = format!(
+        "warn  credgate's [containerd] hosts_dir is /etc/containerd/certs.d, but containerd \
+         reads {h}: the endpoint looks for mirrors in the wrong place and refuses (403) every \
+         request of a fronted host, so pulls skip the mirrors — fix: set hosts_dir = \"{h}\" \
+         under [containerd] in {c}, then systemctl reload credgate",
+        h = hosts_dir.display(),
+        c = config.display()
+    );
+    assert!(stdout.lines().any(|l| l == warning), "{stdout}");
+
+    // The fix fixes it.
+    let mut text_of_config = std::fs::read_to_string(&config).unwrap();
+    text_of_config.push_str(&format!(
+        "\n[containerd]\nhosts_dir = \"{}\"\n",
+        hosts_dir.display()
+    ));
+    std::fs::write(&config, text_of_config).unwrap();
+    let out = doctor(dir.path(), &["--offline"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l
+            == format!(
+                "ok    credgate's [containerd] hosts_dir is {}, the hosts dir containerd reads",
+                hosts_dir.display()
+            )),
+        "{stdout}"
+    );
+    assert_no_secret(&out);
+}

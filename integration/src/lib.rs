@@ -36,6 +36,7 @@ pub mod daemon;
 pub mod gitlab;
 pub mod https;
 pub mod images;
+pub mod local_registry;
 pub mod mirror;
 pub mod node;
 pub mod pass_store;

@@ -68,6 +68,16 @@ impl TestCa {
 
     /// A TLS server certificate for `dns_names` (the first is also the common name).
     pub fn issue(&self, dns_names: &[&str]) -> CertifiedKey {
+        self.issue_for(dns_names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A TLS client certificate for `name` (a server that requires client certificates
+    /// from this CA lets it in).
+    pub fn issue_client(&self, name: &str) -> CertifiedKey {
+        self.issue_for(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue_for(&self, dns_names: &[&str], usage: ExtendedKeyUsagePurpose) -> CertifiedKey {
         let names: Vec<String> = dns_names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("valid DNS names");
         params.distinguished_name.push(
@@ -76,7 +86,7 @@ impl TestCa {
         );
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         CertifiedKey {

@@ -8,12 +8,9 @@
 //! No `[[registry]]` entry names a mirror's host unless the test is about its credential, so
 //! a mirror on 127.0.0.1 is reachable only because hosts.toml names it.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use credgate::config::Config;
 use credgate::daemon::Daemon;
@@ -24,249 +21,17 @@ use credgate::mirrors::Mirrors;
 use credgate::secret::MirrorSecret;
 use credgate::system::System;
 use credgate::upstream::{Upstream, UpstreamPolicy};
+use credgate_integration::attack::free_port;
 use credgate_integration::clients::DockerConfig;
-use credgate_integration::images::{sha256, write_layer_with};
-use credgate_integration::mirror::{send, MirrorResponse, MANIFEST_ACCEPT};
-use credgate_integration::process::{read_lossy, ChildGuard};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+use credgate_integration::images::sha256;
+use credgate_integration::local_registry::{
+    mirror_pki, seed, LocalRegistry, MirrorPki, RegistrySetup, Seeded,
 };
-use serde_json::json;
-use tempfile::TempDir;
+use credgate_integration::mirror::{send, MirrorResponse, MANIFEST_ACCEPT};
 
 const SECRET: &str = "7a7e9a7e7a7e9a7e7a7e9a7e7a7e9a7e7a7e9a7e7a7e9a7e7a7e9a7e7a7e9a7e";
 /// The upstream registry in `ns`. It does not exist: every byte a test sees came from a mirror.
 const UPSTREAM: &str = "registry.test";
-const READY: Duration = Duration::from_secs(20);
-
-// ------------------------------------------------------------------ real registries
-
-/// What a registry asks of its clients.
-#[derive(Default)]
-struct RegistrySetup {
-    /// htpasswd users; none: anonymous.
-    users: Vec<(&'static str, &'static str)>,
-    /// TLS certificate and key; none: plain http.
-    tls: Option<(PathBuf, PathBuf)>,
-    /// CA whose client certificates the registry requires (`http.tls.clientcas`).
-    client_ca: Option<PathBuf>,
-}
-
-/// A `docker-registry serve` on a 127.0.0.1 port over `storage`.
-struct LocalRegistry {
-    addr: SocketAddr,
-    dir: TempDir,
-    child: Option<ChildGuard>,
-}
-
-impl LocalRegistry {
-    fn start(storage: &Path, setup: &RegistrySetup) -> LocalRegistry {
-        let addr = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut http = json!({
-            "addr": addr.to_string(),
-            "secret": format!("credgate-mirror-test-{}", std::process::id()),
-        });
-        if let Some((cert, key)) = &setup.tls {
-            http["tls"] = json!({"certificate": cert, "key": key});
-            if let Some(client_ca) = &setup.client_ca {
-                http["tls"]["clientcas"] = json!([client_ca]);
-            }
-        }
-        let mut config = json!({
-            "version": 0.1,
-            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": false}},
-            "storage": {
-                "filesystem": {"rootdirectory": storage},
-                "maintenance": {"uploadpurging": {"enabled": false}},
-            },
-            "http": http,
-        });
-        if !setup.users.is_empty() {
-            let htpasswd = dir.path().join("htpasswd");
-            let lines: String = setup
-                .users
-                .iter()
-                .map(|(user, password)| {
-                    let hash = bcrypt::hash_with_result(password, 5)
-                        .unwrap()
-                        .format_for_version(bcrypt::Version::TwoY);
-                    format!("{user}:{hash}\n")
-                })
-                .collect();
-            std::fs::write(&htpasswd, lines).unwrap();
-            config["auth"] = json!({"htpasswd": {"realm": "mirror", "path": htpasswd}});
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
-        let program = credgate_integration::require_program("docker-registry", "docker-registry");
-        let child = Command::new(program)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("docker-registry runs");
-        let mut registry = LocalRegistry {
-            addr,
-            child: Some(ChildGuard::new(
-                child,
-                &format!("docker-registry on {addr}"),
-            )),
-            dir,
-        };
-        registry.wait_ready();
-        registry
-    }
-
-    /// docker-registry binds only once its config loaded, so an accepted connection is ready.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait() {
-                panic!("docker-registry exited ({status}):\n{}", self.log());
-            }
-            if TcpStream::connect(self.addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "docker-registry on {} not ready:\n{}",
-            self.addr,
-            self.log()
-        );
-    }
-
-    /// Kills it: the port then refuses connections.
-    fn stop(&mut self) {
-        self.child.take();
-    }
-
-    fn access_log(&self) -> String {
-        read_lossy(&self.dir.path().join("access.log"))
-    }
-
-    fn log(&self) -> String {
-        read_lossy(&self.dir.path().join("registry.log"))
-    }
-
-    /// Access-log lines of requests to `repository`'s manifests and blobs.
-    fn content_requests(&self, repository: &str) -> Vec<String> {
-        let manifests = format!("/v2/{repository}/manifests/");
-        let blobs = format!("/v2/{repository}/blobs/");
-        self.access_log()
-            .lines()
-            .filter(|l| l.contains(&manifests) || l.contains(&blobs))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// An image in a registry's storage: its manifest digest and its blobs' digests.
-struct Seeded {
-    manifest: String,
-    blobs: Vec<String>,
-}
-
-/// Pushes a one-layer image `repository:v1` into `storage` through a throwaway anonymous
-/// registry, with crane.
-fn seed(storage: &Path, repository: &str) -> Seeded {
-    let registry = LocalRegistry::start(storage, &RegistrySetup::default());
-    let scratch = tempfile::tempdir().unwrap();
-    let layer = scratch.path().join("layer.tar");
-    write_layer_with(&layer, &format!("served by a mirror: {repository}\n"));
-    let reference = format!("{}/{repository}:v1", registry.addr);
-    let crane = |args: &[&str]| {
-        let output = Command::new(credgate_integration::tool("crane"))
-            .args(args)
-            .env("HOME", scratch.path())
-            .env("DOCKER_CONFIG", scratch.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "crane {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
-    crane(&["append", "-f", layer.to_str().unwrap(), "-t", &reference]);
-    let manifest = crane(&["manifest", &reference]);
-    let parsed: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    let mut blobs = vec![parsed["config"]["digest"].as_str().unwrap().to_string()];
-    for layer in parsed["layers"].as_array().unwrap() {
-        blobs.push(layer["digest"].as_str().unwrap().to_string());
-    }
-    Seeded {
-        manifest: sha256(manifest.as_bytes()),
-        blobs,
-    }
-}
-
-// ------------------------------------------------------------------ TLS material
-
-/// A CA of the mirror's own (nobody else trusts it), its server certificate for 127.0.0.1
-/// and a client certificate, written as PEM files into `dir`.
-struct MirrorPki {
-    ca: PathBuf,
-    server: (PathBuf, PathBuf),
-    client: (PathBuf, PathBuf),
-}
-
-fn mirror_pki(dir: &Path) -> MirrorPki {
-    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mirror's own CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, stem: &str| {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, stem);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{stem}.crt")),
-            dir.join(format!("{stem}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    };
-    let ca = dir.join("mirror-ca.pem");
-    std::fs::write(&ca, ca_cert.pem()).unwrap();
-    MirrorPki {
-        ca,
-        server: leaf(
-            vec!["127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            "server",
-        ),
-        client: leaf(
-            vec!["credgate".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            "client",
-        ),
-    }
-}
 
 // ------------------------------------------------------------------ credgate's endpoint
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::CliError;
 use crate::config::Config;
+use crate::containerd::files::{shown_key, CredgateHost};
 use crate::identity::Target;
 use crate::keychain::{Attempt, Decision, Explanation, Keychain, SourceOutcome};
 use crate::mirrors::{containerd_ns, HostRole, MirrorError, Mirrors, NamedMirror};
@@ -261,10 +262,16 @@ fn render_via(config: &Config, requested: &Target, via: &Via) -> String {
         );
         for (i, host) in chain.hosts.iter().enumerate() {
             let role = match &host.role {
-                HostRole::Fronted { stands_for } => {
-                    format!("credgate, for {}", stands_for.join(", "))
+                HostRole::Credgate(CredgateHost::Fronted { mirrors }) => {
+                    let shown: Vec<String> = mirrors.iter().map(|m| shown_key(m)).collect();
+                    format!("credgate, for {}", shown.join(", "))
                 }
-                HostRole::CredgateUpstream => "credgate, for the upstream".to_string(),
+                HostRole::Credgate(CredgateHost::Upstream) => {
+                    "credgate, for the upstream".to_string()
+                }
+                HostRole::Credgate(CredgateHost::Stale) => {
+                    "credgate's secret header at another address (an old install)".to_string()
+                }
                 HostRole::Mirror(named) if named.key() == mirror.key() => {
                     "this mirror; reached directly when credgate is down".to_string()
                 }
@@ -272,9 +279,15 @@ fn render_via(config: &Config, requested: &Target, via: &Via) -> String {
                     "a mirror (reached directly when credgate is down)".to_string()
                 }
                 HostRole::Operator => "not used for pulls through credgate".to_string(),
-                HostRole::Server => "the registry itself, last".to_string(),
             };
             out += &format!("  {}. {}  ({role})\n", i + 1, host.settings.shown());
+        }
+        if let Some(last) = chain.last_host() {
+            out += &format!(
+                "  {}. {}  (the registry itself, last)\n",
+                chain.hosts.len() + 1,
+                last.shown()
+            );
         }
     }
     out += "\n";

@@ -3,29 +3,31 @@
 //! them: a fronted host for each of the operator's pull hosts, in order, then credgate's
 //! upstream host, then the operator's own hosts; each with the secret from
 //! `listen.mirror_secret_file`, and every file that carries a secret header readable by root
-//! alone. Each file's chain (the hosts containerd tries, in order) is listed, and a file
-//! rewritten since install so that its fronting is lost is a warning. Then, for each registry
-//! the keychain knows, are its pulls covered? Secrets are compared in constant time and never
-//! printed.
+//! alone. Each file is read as containerd reads it (`crate::containerd::files`, the reader
+//! install and the daemon use), its chain (the hosts containerd tries, in order,
+//! `crate::mirrors::Chain`) is listed, and a file rewritten since install so that its
+//! fronting is lost is a warning. The daemon must look for mirrors in this same directory.
+//! Then, for each registry the keychain knows, are its pulls covered? Secrets are compared in
+//! constant time and never printed.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::config::Listen;
+use crate::config::{Config, Listen};
 use crate::containerd::files::{
-    carries_secret, parse_toml, registry_dirs, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR,
+    carries_secret, read_hosts_file, registry_dirs, registry_of_dir, shown_key, Capabilities,
+    CredgateHost, HostsFile, DEFAULT_HOSTS_SUBDIR as DEFAULT_DIR,
 };
 use crate::identity::Scope;
-use crate::install::fronting::{
-    fronted, Capability, FrontingError, HostsListing, ListedHost, Role,
-};
+use crate::install::fronting::{fronted_capabilities, Fronting};
+use crate::mirrors::{Chain, ChainHost, HostRole, Mirrors};
 use crate::secret::{MirrorSecret, SecretError};
 use crate::system::{Files, System};
 
 use super::Check;
 
 /// Hosts a chain line names, and fronting warnings a file gets, before the rest are counted:
-/// a file with thousands of hosts must not flood the report.
+/// a file with many hosts must not flood the report.
 const MAX_LISTED: usize = 32;
 
 /// The shared fix for every hosts.toml problem: install rewrites them.
@@ -33,138 +35,66 @@ fn install_fix(hosts_dir: &Path) -> String {
     format!("credgate install --hosts-dir {}", hosts_dir.display())
 }
 
-/// The hosts containerd tries for the registries one hosts.toml decides, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Chain {
-    pub file: PathBuf,
-    /// The registry directory's name; `None` for `_default` (every registry without one).
-    pub registry: Option<String>,
-    pub links: Vec<Link>,
-}
-
-/// One host of a [`Chain`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Link {
-    /// A fronted host: containerd reaches the endpoint, which dials `mirror` (the operator's
-    /// host key; `None` when the entry names no single one, which the endpoint refuses).
-    Fronted {
-        n: usize,
-        key: String,
-        mirror: Option<String>,
-        capabilities: Vec<Capability>,
-    },
-    /// credgate's upstream host: the endpoint dials the registry itself.
-    Upstream,
-    /// credgate's secret header sent to another address.
-    Stale { key: String },
-    /// One of the operator's hosts, reached without credgate.
-    Direct {
-        key: String,
-        capabilities: Vec<Capability>,
-    },
-    /// containerd's last host: `server`, or the registry itself.
-    Server { server: Option<String> },
-}
-
-impl Chain {
-    fn from_file(file: &Path, registry: Option<&str>, hosts: &HostsListing) -> Self {
-        let mut links = Vec::new();
-        let mut n = 0;
-        for host in &hosts.hosts {
-            let pulls = fronted(host.capabilities.as_deref().unwrap_or_default());
-            links.push(match &host.role {
-                Role::Fronted { mirrors } => {
-                    n += 1;
-                    Link::Fronted {
-                        n,
-                        key: host.key.clone(),
-                        mirror: single(mirrors).map(str::to_string),
-                        capabilities: pulls,
-                    }
+/// The chain as one line: `<file>: containerd tries A, then B, …`, each host marked.
+fn describe(file: &Path, chain: &Chain) -> String {
+    let registry = chain.registry.as_deref().unwrap_or("the registry");
+    let mut links = Vec::new();
+    let mut n = 0;
+    for host in &chain.hosts {
+        let key = host.settings.shown();
+        let pulls = host.settings.capabilities;
+        links.push(match &host.role {
+            HostRole::Credgate(fronted @ CredgateHost::Fronted { .. }) => {
+                n += 1;
+                match fronted.mirror() {
+                    Some(mirror) => marked(
+                        format!("{} through credgate (mirror {n}", shown_key(mirror)),
+                        pulls,
+                    ),
+                    None => format!("{key} (credgate's, naming no single mirror)"),
                 }
-                Role::Upstream => Link::Upstream,
-                Role::Stale => Link::Stale {
-                    key: host.key.clone(),
-                },
-                // Not tried for pulls.
-                Role::Operator if pulls.is_empty() => continue,
-                Role::Operator => Link::Direct {
-                    key: host.key.clone(),
-                    capabilities: pulls,
-                },
-            });
-        }
-        links.push(Link::Server {
-            server: hosts.server.clone(),
+            }
+            HostRole::Credgate(CredgateHost::Upstream) => {
+                format!("{registry} through credgate (upstream)")
+            }
+            HostRole::Credgate(CredgateHost::Stale) => format!("{key} (an old credgate host)"),
+            HostRole::Mirror(_) => match only(pulls) {
+                Some(one) => format!("{key} directly ({one} only)"),
+                None => format!("{key} directly"),
+            },
+            // Not tried for pulls.
+            HostRole::Operator => continue,
         });
-        Self {
-            file: file.to_path_buf(),
-            registry: registry.map(str::to_string),
-            links,
-        }
     }
+    links.push(match (&chain.server, &chain.registry) {
+        (Some(server), _) => format!("{} directly (server)", server.shown()),
+        (None, Some(registry)) => format!("{registry} itself directly (server)"),
+        (None, None) => "the registry itself directly (server)".to_string(),
+    });
+    let more = links.len().saturating_sub(MAX_LISTED);
+    links.truncate(MAX_LISTED);
+    if more > 0 {
+        links.push(format!("{more} more"));
+    }
+    format!(
+        "{}: containerd tries {}",
+        file.display(),
+        links.join(", then ")
+    )
+}
 
-    /// The chain as one line: `<file>: containerd tries A, then B, …`, each host marked.
-    fn describe(&self) -> String {
-        let registry = self.registry.as_deref().unwrap_or("the registry");
-        let mut links: Vec<String> = self
-            .links
-            .iter()
-            .take(MAX_LISTED)
-            .map(|link| match link {
-                Link::Fronted {
-                    n,
-                    mirror: Some(mirror),
-                    capabilities,
-                    ..
-                } => match only(capabilities) {
-                    Some(one) => format!("{mirror} through credgate (mirror {n}, {one} only)"),
-                    None => format!("{mirror} through credgate (mirror {n})"),
-                },
-                Link::Fronted {
-                    key, mirror: None, ..
-                } => format!("{key} (credgate's, naming no single mirror)"),
-                Link::Upstream => format!("{registry} through credgate (upstream)"),
-                Link::Stale { key } => format!("{key} (an old credgate host)"),
-                Link::Direct { key, capabilities } => match only(capabilities) {
-                    Some(one) => format!("{key} directly ({one} only)"),
-                    None => format!("{key} directly"),
-                },
-                Link::Server {
-                    server: Some(server),
-                } => format!("{server} directly (server)"),
-                Link::Server { server: None } => {
-                    let itself = match &self.registry {
-                        Some(registry) => format!("{registry} itself"),
-                        None => "the registry itself".to_string(),
-                    };
-                    format!("{itself} directly (server)")
-                }
-            })
-            .collect();
-        if self.links.len() > MAX_LISTED {
-            links.push(format!("{} more", self.links.len() - MAX_LISTED));
-        }
-        format!(
-            "{}: containerd tries {}",
-            self.file.display(),
-            links.join(", then ")
-        )
+/// `start` closed, with the one pull capability a host has when it lacks the other.
+fn marked(start: String, capabilities: Capabilities) -> String {
+    match only(capabilities) {
+        Some(one) => format!("{start}, {one} only)"),
+        None => format!("{start})"),
     }
 }
 
 /// The one pull capability of a host that does not do both.
-fn only(capabilities: &[Capability]) -> Option<&'static str> {
-    match capabilities {
-        [one] => Some(one.as_str()),
-        _ => None,
-    }
-}
-
-/// The one value of a list, if it has exactly one.
-fn single(values: &[String]) -> Option<&str> {
-    match values {
-        [one] if !one.is_empty() => Some(one.as_str()),
+fn only(capabilities: Capabilities) -> Option<&'static str> {
+    match capabilities.for_pulls().names()[..] {
+        [one] => Some(one),
         _ => None,
     }
 }
@@ -176,14 +106,24 @@ pub(crate) struct HostsReport {
     pub chains: Vec<Chain>,
 }
 
+/// The checks of `hosts_dir`, the directory containerd reads, whose files `mirrors` (built
+/// for that directory from credgate's config) turns into chains.
 pub(super) fn check(
     hosts_dir: &Path,
     listen: &Listen,
+    mirrors: &Mirrors,
     system: &System,
     scopes: &[Scope],
 ) -> HostsReport {
     match registry_dir_names(hosts_dir) {
-        Ok(names) => analyse(hosts_dir, &names, system.files.as_ref(), listen, scopes),
+        Ok(names) => analyse(
+            hosts_dir,
+            &names,
+            system.files.as_ref(),
+            listen,
+            mirrors,
+            scopes,
+        ),
         Err(e) => HostsReport {
             checks: vec![Check::fail(
                 format!("hosts dir {}: cannot list it: {e}", hosts_dir.display()),
@@ -192,6 +132,45 @@ pub(super) fn check(
             chains: Vec::new(),
         },
     }
+}
+
+/// Whether the daemon looks for mirrors (`[containerd] hosts_dir`) where containerd reads
+/// hosts.toml: otherwise the endpoint refuses every fronted host's request (403) and pulls
+/// skip the mirrors credgate fronts.
+pub(super) fn daemon_hosts_dir(config: &Config, hosts_dir: &Path) -> Check {
+    let configured = &config.containerd.hosts_dir;
+    // The same directory through a symlink is the same files.
+    let same = configured == hosts_dir
+        || matches!(
+            (configured.canonicalize(), hosts_dir.canonicalize()),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        return Check::ok(format!(
+            "credgate's [containerd] hosts_dir is {}, the hosts dir containerd reads",
+            hosts_dir.display()
+        ));
+    }
+    let (file, reload) = match &config.path {
+        Some(path) => (path.display().to_string(), "systemctl reload credgate"),
+        None => (
+            "/etc/credgate/config.toml (credgate runs on built-in defaults)".to_string(),
+            "systemctl restart credgate",
+        ),
+    };
+    Check::warn(
+        format!(
+            "credgate's [containerd] hosts_dir is {}, but containerd reads {}: the endpoint \
+             looks for mirrors in the wrong place and refuses (403) every request of a fronted \
+             host, so pulls skip the mirrors",
+            configured.display(),
+            hosts_dir.display()
+        ),
+        format!(
+            "set hosts_dir = \"{}\" under [containerd] in {file}, then {reload}",
+            hosts_dir.display()
+        ),
+    )
 }
 
 /// Directory names in the hosts dir other than `_default`, sorted (the listing install uses).
@@ -210,6 +189,7 @@ pub(super) fn analyse(
     registry_dirs: &[String],
     files: &dyn Files,
     listen: &Listen,
+    mirrors: &Mirrors,
     scopes: &[Scope],
 ) -> HostsReport {
     let mut report = HostsReport::default();
@@ -219,6 +199,7 @@ pub(super) fn analyse(
         secret,
         secret_file: &listen.mirror_secret_file,
         fix: install_fix(hosts_dir),
+        mirrors,
     };
     let default_ok = hosts_file(hosts_dir, DEFAULT_DIR, files, &expected, &mut report);
     let mut covered = Vec::new();
@@ -243,6 +224,7 @@ struct Expected<'a> {
     secret: Option<MirrorSecret>,
     secret_file: &'a Path,
     fix: String,
+    mirrors: &'a Mirrors,
 }
 
 /// The secret as the daemon reads it ([`MirrorSecret::from_file_text`]); anything it would
@@ -319,18 +301,20 @@ fn hosts_file(
             return false;
         }
     };
-    let registry = (dir != DEFAULT_DIR).then_some(dir);
-    let ok = match read_file(&path, &text, &expected.url) {
-        Ok(hosts) => {
-            let chain = Chain::from_file(&path, registry, &hosts);
-            checks.push(Check::ok(chain.describe()));
+    let registry = (dir != DEFAULT_DIR).then(|| registry_of_dir(dir));
+    let ok = match read_hosts_file(&path, &text) {
+        Ok(file) => {
+            let chain = expected.mirrors.chain_of(&path, &file, registry.as_deref());
+            checks.push(Check::ok(describe(&path, &chain)));
+            let ok = listing(&path, &chain, &file, &shadow, expected, checks);
             report.chains.push(chain);
-            listing(&path, &hosts, &shadow, expected, checks)
+            ok
         }
+        // containerd reads none of a file it refuses, and neither does credgate's endpoint.
         Err(e) => {
             checks.push(Check::fail(
-                e,
-                format!("correct the TOML, then {}", expected.fix),
+                format!("{e} (containerd refuses the whole file)"),
+                format!("correct it, then {}", expected.fix),
             ));
             false
         }
@@ -353,28 +337,26 @@ fn hosts_file(
     ok
 }
 
-/// A hosts.toml read as install reads it; a TOML error names its line.
-fn read_file(path: &Path, text: &str, url: &str) -> Result<HostsListing, String> {
-    let doc = parse_toml(path, text).map_err(|e| e.to_string())?;
-    HostsListing::read(path, &doc, url).map_err(|e| e.to_string())
-}
-
-/// Checks the hosts a hosts.toml lists; true when credgate's hosts come first, its upstream
-/// host among them, with its secret.
+/// Checks the hosts containerd tries (`chain`, of `file` at `path`); true when credgate's
+/// hosts come first, its upstream host among them, with its secret.
 fn listing(
     path: &Path,
-    file: &HostsListing,
+    chain: &Chain,
+    file: &HostsFile,
     shadow: &str,
     expected: &Expected<'_>,
     checks: &mut Vec<Check>,
 ) -> bool {
     let shown = path.display();
-    let hosts = &file.hosts;
-    let at_endpoint = |h: &ListedHost| matches!(h.role, Role::Upstream | Role::Fronted { .. });
+    let hosts = &chain.hosts;
+    let at_endpoint =
+        |h: &ChainHost| matches!(&h.role, HostRole::Credgate(ours) if ours.at_endpoint());
     let Some(last_ours) = hosts.iter().rposition(at_endpoint) else {
-        let stale = hosts.iter().find(|h| h.role == Role::Stale);
+        let stale = hosts
+            .iter()
+            .find(|h| matches!(h.role, HostRole::Credgate(CredgateHost::Stale)));
         let what = match stale {
-            Some(old) => format!("{shown} sends credgate's secret header to {}, not to listen.mirror {}: pulls from {shadow} bypass credgate", old.key, expected.url),
+            Some(old) => format!("{shown} sends credgate's secret header to {}, not to listen.mirror {}: pulls from {shadow} bypass credgate", old.settings.shown(), expected.url),
             None => format!("{shown} does not list credgate's endpoint {}: pulls from {shadow} bypass credgate", expected.url),
         };
         checks.push(Check::fail(what, expected.fix.clone()));
@@ -382,17 +364,13 @@ fn listing(
     };
     let mut ok = true;
     // A push-only host is never tried for a pull, wherever it is.
-    let pulls = |h: &ListedHost| {
-        !h.is_credgate()
-            && match &h.capabilities {
-                Some(capabilities) => !fronted(capabilities).is_empty(),
-                None => true,
-            }
-    };
-    match hosts.iter().position(pulls) {
+    match hosts
+        .iter()
+        .position(|h| matches!(h.role, HostRole::Mirror(_)))
+    {
         Some(first) if first < last_ours => {
             checks.push(Check::warn(
-                format!("{shown} lists {} before credgate's endpoint: containerd tries it first, so those pulls skip credgate while it answers", hosts[first].key),
+                format!("{shown} lists {} before credgate's endpoint: containerd tries it first, so those pulls skip credgate while it answers", hosts[first].settings.shown()),
                 expected.fix.clone(),
             ));
             ok = false;
@@ -402,7 +380,9 @@ fn listing(
             expected.url
         ))),
     }
-    let upstream = hosts.iter().find(|h| h.role == Role::Upstream);
+    let upstream = hosts
+        .iter()
+        .position(|h| matches!(h.role, HostRole::Credgate(CredgateHost::Upstream)));
     if upstream.is_none() {
         checks.push(Check::warn(
             format!("{shown} has credgate's fronted hosts but not its upstream host {}: once the mirrors fail, pulls from {shadow} reach the registry without credgate (rewritten since install?)", expected.url),
@@ -410,7 +390,7 @@ fn listing(
         ));
         ok = false;
     }
-    let mut warnings = fronting(path, file, &expected.fix);
+    let mut warnings = fronting(path, chain, file, upstream, expected);
     if warnings.len() > MAX_LISTED {
         let more = warnings.len() - MAX_LISTED;
         warnings.truncate(MAX_LISTED);
@@ -429,53 +409,58 @@ fn listing(
 /// Where the file's fronting differs from what install writes for its hosts as they are now:
 /// a host rewritten in, out or around since install (by hand, Spegel, Dragonfly or config
 /// management). Each is a warning whose fix is install, which re-fronts the file.
-fn fronting(path: &Path, file: &HostsListing, fix: &str) -> Vec<Check> {
+fn fronting(
+    path: &Path,
+    chain: &Chain,
+    file: &HostsFile,
+    upstream: Option<usize>,
+    expected: &Expected<'_>,
+) -> Vec<Check> {
     let shown = path.display();
-    let mut checks = Vec::new();
-    for host in file.operator_hosts() {
-        if let Err(e) = host.check_frontable(path) {
-            checks.push(match e {
-                FrontingError::Capabilities { .. } => Check::fail(
-                    e.to_string(),
-                    format!("correct its capabilities, then {fix}"),
-                ),
-                _ => Check::warn(e.to_string(), format!("rewrite it so, then {fix}")),
-            });
-        }
-    }
-    let wanted: Vec<&ListedHost> = file.to_front().collect();
-    let upstream = file.hosts.iter().position(|h| h.role == Role::Upstream);
+    let fix = &expected.fix;
+    let install = Fronting {
+        file,
+        endpoint: &expected.url,
+    };
+    let mut checks: Vec<Check> = install
+        .unfrontable(path)
+        .into_iter()
+        .map(|e| Check::warn(e.to_string(), format!("rewrite it so, then {fix}")))
+        .collect();
+    let wanted: Vec<_> = install.to_front().collect();
     let mut named: Vec<&str> = Vec::new();
-    for (index, host) in file.hosts.iter().enumerate() {
-        let Role::Fronted { mirrors } = &host.role else {
+    for (index, host) in chain.hosts.iter().enumerate() {
+        let HostRole::Credgate(fronted @ CredgateHost::Fronted { mirrors }) = &host.role else {
             continue;
         };
-        let Some(mirror) = single(mirrors) else {
+        let key = host.settings.shown();
+        let Some(mirror) = fronted.mirror() else {
             checks.push(Check::warn(
-                format!("{shown}: credgate's fronted host {} names {} mirrors instead of one, so the endpoint refuses it", host.key, mirrors.len()),
-                fix.to_string(),
+                format!("{shown}: credgate's fronted host {key} names {} mirrors instead of one, so the endpoint refuses it", mirrors.len()),
+                fix.clone(),
             ));
             continue;
         };
+        let mirror_shown = shown_key(mirror);
         let Some(target) = wanted.iter().find(|h| h.key == mirror) else {
             checks.push(Check::warn(
-                format!("{shown}: credgate's fronted host {} names {mirror}, which the file no longer lists as a host to pull from (rewritten since install?)", host.key),
-                fix.to_string(),
+                format!("{shown}: credgate's fronted host {key} names {mirror_shown}, which the file no longer lists as a host to pull from (rewritten since install?)"),
+                fix.clone(),
             ));
             continue;
         };
         if upstream.is_some_and(|upstream| index > upstream) {
             checks.push(Check::warn(
-                format!("{shown}: credgate's fronted host for {mirror} comes after its upstream host, so containerd tries the registry before that mirror"),
-                fix.to_string(),
+                format!("{shown}: credgate's fronted host for {mirror_shown} comes after its upstream host, so containerd tries the registry before that mirror"),
+                fix.clone(),
             ));
         }
-        let should = target.fronted_capabilities();
-        let has = fronted(host.capabilities.as_deref().unwrap_or_default());
+        let should = fronted_capabilities(target);
+        let has = host.settings.capabilities.for_pulls();
         if has != should {
             checks.push(Check::warn(
-                format!("{shown}: credgate's fronted host for {mirror} has capabilities [{}], but that host's are [{}] (edited since install?)", names(&has), names(&should)),
-                fix.to_string(),
+                format!("{shown}: credgate's fronted host for {mirror_shown} has capabilities [{}], but that host's are [{}] (edited since install?)", has.names().join(", "), should.names().join(", ")),
+                fix.clone(),
             ));
         }
         named.push(mirror);
@@ -483,8 +468,8 @@ fn fronting(path: &Path, file: &HostsListing, fix: &str) -> Vec<Check> {
     for host in &wanted {
         if !named.contains(&host.key.as_str()) {
             checks.push(Check::warn(
-                format!("{shown}: {} has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?)", host.key),
-                fix.to_string(),
+                format!("{shown}: {} has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?)", host.shown()),
+                fix.clone(),
             ));
         }
     }
@@ -494,61 +479,67 @@ fn fronting(path: &Path, file: &HostsListing, fix: &str) -> Vec<Check> {
         .filter(|key| named.contains(key))
         .collect();
     if named != expected_order {
+        let list = |keys: &[&str]| {
+            keys.iter()
+                .map(|k| shown_key(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         checks.push(Check::warn(
             format!(
                 "{shown}: credgate's fronted hosts try {}, but the file lists those mirrors as {}, so containerd no longer tries them in the operator's order",
-                named.join(", "),
-                expected_order.join(", ")
+                list(&named),
+                list(&expected_order)
             ),
-            fix.to_string(),
+            fix.clone(),
         ));
     }
     checks
-}
-
-fn names(capabilities: &[Capability]) -> String {
-    let names: Vec<&str> = capabilities.iter().map(|c| c.as_str()).collect();
-    names.join(", ")
 }
 
 /// The secret header of every credgate host at the endpoint against the secret file; true
 /// when the upstream host's matches.
 fn secrets(
     path: &Path,
-    hosts: &[ListedHost],
+    hosts: &[ChainHost],
     secret: &MirrorSecret,
     expected: &Expected<'_>,
     checks: &mut Vec<Check>,
 ) -> bool {
     let shown = path.display();
-    let matches = |h: &ListedHost| h.secret_values.iter().any(|v| secret.matches(v.as_bytes()));
     let mut upstream_ok = true;
     let mut ours = 0;
     let before = checks.len();
     let file = expected.secret_file.display();
     for host in hosts {
-        let (host_is, header_of, reached) = match &host.role {
-            Role::Upstream => (
+        let HostRole::Credgate(role) = &host.role else {
+            continue;
+        };
+        let (host_is, header_of, reached) = match role {
+            CredgateHost::Upstream => (
                 "credgate's host".to_string(),
                 "the X-Credgate-Secret header".to_string(),
                 "pulls fall back to the registry without credgate",
             ),
-            Role::Fronted { mirrors } => {
-                let mirror = single(mirrors).unwrap_or(&host.key);
+            CredgateHost::Fronted { .. } => {
+                let mirror = role
+                    .mirror()
+                    .map_or_else(|| host.settings.shown(), shown_key);
                 (
                     format!("credgate's fronted host for {mirror}"),
                     format!("the X-Credgate-Secret header of credgate's fronted host for {mirror}"),
                     "containerd reaches that mirror without credgate",
                 )
             }
-            _ => continue,
+            CredgateHost::Stale => continue,
         };
         ours += 1;
-        if matches(host) {
+        let values = &host.settings.secret_values;
+        if values.iter().any(|v| secret.matches(v.expose().as_bytes())) {
             continue;
         }
-        upstream_ok &= host.role != Role::Upstream;
-        let what = if host.secret_values.is_empty() {
+        upstream_ok &= *role != CredgateHost::Upstream;
+        let what = if values.is_empty() {
             format!("{shown}: {host_is} sends no X-Credgate-Secret header, so the endpoint answers 403 and {reached}")
         } else {
             format!("{shown}: {header_of} differs from {file}, so the endpoint answers 403 and {reached}")
@@ -651,7 +642,8 @@ mod tests {
     fn report(files: &MemoryFiles, dirs: &[&str], scopes: &[&str]) -> HostsReport {
         let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
         let scopes: Vec<Scope> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
-        let report = analyse(Path::new("/h"), &dirs, files, &listen(), &scopes);
+        let mirrors = Mirrors::new("/h", listen().mirror_url(), Vec::new());
+        let report = analyse(Path::new("/h"), &dirs, files, &listen(), &mirrors, &scopes);
         for check in &report.checks {
             assert!(
                 !check.to_string().contains(SECRET),
@@ -720,16 +712,19 @@ mod tests {
         assert_eq!(report.chains.len(), 2);
         let chain = &report.chains[1];
         assert_eq!(chain.registry.as_deref(), Some("registry.test"));
-        assert_eq!(
-            chain.links[0],
-            Link::Fronted {
-                n: 1,
-                key: "http://127.0.0.1:5008/mirror/1".to_string(),
-                mirror: Some("https://a.test".to_string()),
-                capabilities: vec![Capability::Pull, Capability::Resolve],
-            }
-        );
-        assert_eq!(chain.links[2], Link::Upstream);
+        let HostRole::Credgate(fronted) = &chain.hosts[0].role else {
+            panic!("{:?}", chain.hosts[0]);
+        };
+        assert_eq!(fronted.mirror(), Some("https://a.test"));
+        assert!(matches!(
+            chain.hosts[2].role,
+            HostRole::Credgate(CredgateHost::Upstream)
+        ));
+        let HostRole::Mirror(mirror) = &chain.hosts[3].role else {
+            panic!("{:?}", chain.hosts[3]);
+        };
+        assert_eq!(mirror.key(), "https://a.test");
+        assert_eq!(mirror.file, Path::new("/h/registry.test/hosts.toml"));
     }
 
     #[test]
@@ -755,21 +750,35 @@ mod tests {
     const BOTH_CAPS: &str = "[\"pull\", \"resolve\"]";
 
     #[test]
-    fn a_file_with_thousands_of_hosts_gets_bounded_lines() {
+    fn a_file_with_many_hosts_gets_bounded_lines_and_one_with_thousands_one_failure() {
         let files = files();
         let mut text = format!("{}\n", ours(SECRET));
-        for n in 0..2000 {
+        for n in 0..60 {
             text.push_str(&format!("[host.\"https://m{n}.test\"]\n"));
         }
         files.write("/h/registry.test/hosts.toml", &text, 0o600);
         let checks = run(&files, &["registry.test"], &[]);
         assert!(checks.len() < 2 * MAX_LISTED, "{}", checks.len());
         let chain = &checks[3].what;
-        assert!(chain.ends_with(", then 1970 more"), "{chain}");
+        assert!(chain.ends_with(", then 30 more"), "{chain}");
         let last = problems(&checks).pop().unwrap();
         assert!(
-            last.contains("1968 more problems with credgate's fronting"),
+            last.contains("28 more problems with credgate's fronting"),
             "{last}"
+        );
+        // More hosts than credgate reads: the file is refused in one line, as the daemon
+        // refuses every mirror in it.
+        for n in 60..2000 {
+            text.push_str(&format!("[host.\"https://m{n}.test\"]\n"));
+        }
+        files.write("/h/registry.test/hosts.toml", &text, 0o600);
+        let problems = problems(&run(&files, &["registry.test"], &[]));
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("FAIL  /h/registry.test/hosts.toml:")
+                && problems[0].contains("more than 64 hosts (containerd refuses"),
+            "{}",
+            problems[0]
         );
     }
 
@@ -1006,9 +1015,12 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:#?}");
         assert!(
             found[0].starts_with(
-                "FAIL  /h/registry.test/hosts.toml: host \"https://bad.test\" has `capabilities`"
-            ) && found[0]
-                .ends_with("fix: correct its capabilities, then credgate install --hosts-dir /h"),
+                "FAIL  /h/registry.test/hosts.toml:7:18: host https://bad.test: `capabilities` \
+                 names an unknown capability"
+            ) && found[0].ends_with(
+                "(containerd refuses the whole file) — fix: correct it, then credgate install \
+                 --hosts-dir /h"
+            ),
             "{}",
             found[0]
         );
@@ -1018,11 +1030,14 @@ mod tests {
         );
         files.write("/h/registry.test/hosts.toml", &dotted, 0o600);
         let found = problems(&run(&files, &["registry.test"], &[]));
-        assert!(
-            found
-                .iter()
-                .any(|p| p.contains("host \"https://d.test\" is written as dotted keys")),
-            "{found:#?}"
+        assert_eq!(
+            found,
+            [
+                "warn  /h/registry.test/hosts.toml: host \"https://d.test\" is written as dotted \
+              keys or an inline table, which containerd 2.x does not read as a host and credgate \
+              cannot put its hosts before; write it as a [host.\"https://d.test\"] table — fix: \
+              rewrite it so, then credgate install --hosts-dir /h"
+            ]
         );
     }
 

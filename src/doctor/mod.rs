@@ -4,8 +4,9 @@
 //!
 //! The checks follow a pull's path: the daemon's socket ([`daemon`]), containerd and the hosts
 //! directory it reads ([`containerd`]), the hosts.toml files that send pulls to the endpoint and
-//! the secret they carry, and the chain of hosts each of them makes containerd try ([`hosts`]),
-//! and each registry's credential against the real registry ([`live`]).
+//! the secret they carry, the chain of hosts each of them makes containerd try, and whether the
+//! daemon reads the same directory ([`hosts`]), then each registry's credential against the
+//! real registry and each fronted mirror's against the mirror ([`live`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::containerd::files::ContainerdFileError;
+use crate::mirrors::Mirrors;
 use crate::system::System;
 
 mod containerd;
@@ -21,7 +23,7 @@ mod hosts;
 mod live;
 mod sources;
 
-/// How long one live check (a registry round trip) may take.
+/// How long one live check (a registry or mirror round trip) may take.
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why doctor could not run its checks at all: bad input, exit 2. A failed check is not an
@@ -130,7 +132,16 @@ pub async fn run(
         .unwrap_or_else(|| view.hosts_dir());
     let keychain = crate::keychain::Keychain::from_config(config, system);
     let registries = live::registries(&keychain).await;
-    let hosts = hosts::check(&hosts_dir, &config.listen, system, &registries);
+    // The chains of the directory containerd reads, with the daemon's own rules for mirrors.
+    let mirrors = Mirrors::new(
+        &hosts_dir,
+        config.listen.mirror_url(),
+        config.mirrors.clone(),
+    );
+    report
+        .checks
+        .push(hosts::daemon_hosts_dir(config, &hosts_dir));
+    let hosts = hosts::check(&hosts_dir, &config.listen, &mirrors, system, &registries);
     report.checks.extend(hosts.checks);
     report
         .checks
@@ -142,8 +153,7 @@ pub async fn run(
     } else {
         report
             .checks
-            .extend(live::check(config, &keychain, &registries).await);
-        report.checks.extend(live::mirrors(&hosts.chains));
+            .extend(live::check(config, &keychain, &registries, &hosts.chains).await);
     }
     Ok(report)
 }

@@ -59,6 +59,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::config::Listen;
 use crate::containerd::files::DEFAULT_HOSTS_DIR;
 use crate::daemon::Daemon;
 use crate::identity::RegistryHost;
@@ -133,8 +134,8 @@ impl BadSecretLog {
 
 impl EndpointState {
     /// The keychain is taken from `daemon` on every request, so a SIGHUP reload applies to
-    /// the next one. Mirrors are looked up in the default hosts dir with no `[[mirror]]`
-    /// entries until [`EndpointState::with_mirrors`].
+    /// the next one. Mirrors are looked up in the default hosts dir, for the default
+    /// `listen.mirror`, with no `[[mirror]]` entries until [`EndpointState::with_mirrors`].
     pub fn new(
         daemon: Arc<Daemon>,
         upstream: Arc<dyn SendUpstream>,
@@ -145,7 +146,11 @@ impl EndpointState {
             daemon,
             upstream,
             secret: RwLock::new(secret),
-            mirrors: RwLock::new(Arc::new(Mirrors::new(DEFAULT_HOSTS_DIR, Vec::new()))),
+            mirrors: RwLock::new(Arc::new(Mirrors::new(
+                DEFAULT_HOSTS_DIR,
+                Listen::default().mirror_url(),
+                Vec::new(),
+            ))),
             metrics,
             patience: Patience::default(),
             bad_secret_log: Mutex::default(),

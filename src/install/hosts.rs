@@ -11,11 +11,12 @@ use std::path::Path;
 use toml_edit::{DocumentMut, Item, Table};
 
 use crate::containerd::files::{
-    parse_toml, registry_dirs, DEFAULT_HOSTS_SUBDIR, MIRROR_HEADER, SECRET_HEADER,
+    fronted_url, host_position, parse_toml, read_hosts_file, registry_dirs, Capabilities,
+    DEFAULT_HOSTS_SUBDIR, MIRROR_HEADER, SECRET_HEADER,
 };
 
 use super::files::{backup_path, Access, Change, Found};
-use super::fronting::{first_line, fronted_url, Capability, HostsListing};
+use super::fronting::{fronted_capabilities, Fronting};
 use super::state::InstallState;
 use super::InstallError;
 
@@ -48,11 +49,11 @@ fn host_snippet(endpoint: &Endpoint) -> String {
 }
 
 /// The `n`th fronted host's table: the mirror's host key as written, its pull capabilities.
-fn fronted_snippet(endpoint: &Endpoint, n: usize, mirror: &str, caps: &[Capability]) -> String {
+fn fronted_snippet(endpoint: &Endpoint, n: usize, mirror: &str, caps: Capabilities) -> String {
     let secret = quoted(&endpoint.secret);
     let mirror = quoted(mirror);
     let url = key(&fronted_url(&endpoint.url, n));
-    let caps: Vec<String> = caps.iter().map(|c| quoted(c.as_str())).collect();
+    let caps: Vec<String> = caps.names().into_iter().map(quoted).collect();
     let caps = caps.join(", ");
     format!(
         "[host.{url}]\n  capabilities = [{caps}]\n  \
@@ -164,27 +165,33 @@ fn carries_credgate_host(
     text: &str,
     endpoint: &Endpoint,
 ) -> Result<bool, InstallError> {
-    let doc = parse_toml(path, text)?;
-    let file = HostsListing::read(path, &doc, &endpoint.url)?;
-    Ok(file.hosts.iter().any(|h| h.is_credgate()))
+    let file = read_hosts_file(path, text)?;
+    let fronting = Fronting {
+        file: &file,
+        endpoint: &endpoint.url,
+    };
+    Ok(fronting.has_credgate_host())
 }
 
 /// `text` fronted: every credgate host dropped (whatever install wrote before), then a
 /// fronted host for each operator host that pulls or resolves, credgate's upstream host, and
-/// the operator's hosts; everything else kept as written.
+/// the operator's hosts; everything else kept as written. A file containerd would refuse,
+/// or that credgate cannot front as containerd reads it, is refused naming the host.
 pub(crate) fn merge(path: &Path, text: &str, endpoint: &Endpoint) -> Result<String, InstallError> {
+    let file = read_hosts_file(path, text)?;
+    let fronting = Fronting {
+        file: &file,
+        endpoint: &endpoint.url,
+    };
+    fronting.check(path)?;
     let mut doc = parse_toml(path, text)?;
-    let file = HostsListing::read(path, &doc, &endpoint.url)?;
-    for host in file.operator_hosts() {
-        host.check_frontable(path)?;
-    }
-    let mut ours: Vec<(String, Table)> = file
+    let mut ours: Vec<(String, Table)> = fronting
         .to_front()
         .enumerate()
         .map(|(index, host)| {
             let url = fronted_url(&endpoint.url, index + 1);
-            let caps = host.fronted_capabilities();
-            let snippet = fronted_snippet(endpoint, index + 1, &host.key, &caps);
+            let caps = fronted_capabilities(host);
+            let snippet = fronted_snippet(endpoint, index + 1, &host.key, caps);
             let table = snippet_table(&snippet, &url);
             (url, table)
         })
@@ -193,7 +200,7 @@ pub(crate) fn merge(path: &Path, text: &str, endpoint: &Endpoint) -> Result<Stri
         endpoint.url.clone(),
         snippet_table(&host_snippet(endpoint), &endpoint.url),
     ));
-    let operators: Vec<&str> = file.operator_hosts().map(|h| h.key.as_str()).collect();
+    let operators: Vec<&str> = fronting.operator_hosts().map(|h| h.key.as_str()).collect();
     let root_has_values = doc.iter().any(|(_, item)| !item.is_table_like());
     let hosts = doc
         .entry("host")
@@ -265,7 +272,7 @@ fn fronted_first(
         .collect();
     let first_other = others
         .iter_mut()
-        .filter_map(|(_, item)| first_line(item).map(|line| (line, item)))
+        .filter_map(|(_, item)| host_position(item).map(|line| (line, item)))
         .min_by_key(|(line, _)| *line);
     // Rendering sorts tables by position, stably: sharing the first other host's position
     // puts ours, inserted before it, right before it.
@@ -295,7 +302,7 @@ fn blank_line_before(item: &mut Item, line: usize) {
     };
     if table.position() != Some(line) {
         for (_, sub) in table.iter_mut() {
-            if first_line(sub) == Some(line) {
+            if host_position(sub) == Some(line) {
                 blank_line_before(sub, line);
                 return;
             }
@@ -316,7 +323,23 @@ fn blank_line_before(item: &mut Item, line: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::files::read_hosts;
+    use crate::containerd::files::{CredgateHost, Owner};
+
+    /// The host keys of `text` in the order containerd tries them.
+    fn order(text: &str) -> Vec<String> {
+        read_hosts_file(Path::new("r/hosts.toml"), text)
+            .unwrap()
+            .hosts
+            .into_iter()
+            .map(|h| h.key)
+            .collect()
+    }
+
+    /// The owner of the first host containerd tries in `text`.
+    fn first_owner(text: &str) -> Owner {
+        let file = read_hosts_file(Path::new("r/hosts.toml"), text).unwrap();
+        file.hosts[0].owner(&endpoint().url)
+    }
 
     fn endpoint() -> Endpoint {
         Endpoint {
@@ -409,14 +432,8 @@ mod tests {
         );
         assert_eq!(merged, expected);
         // containerd's order: the fronted hosts, credgate's, then the operator's.
-        let path = Path::new("registry.test/hosts.toml");
-        let order: Vec<String> = read_hosts(path, &merged)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.url)
-            .collect();
         assert_eq!(
-            order,
+            order(&merged),
             [
                 "http://127.0.0.1:5008/mirror/1",
                 "http://127.0.0.1:5008/mirror/2",
@@ -467,13 +484,8 @@ mod tests {
              [host.\"https://last.test\"]\n"
         );
         let merged = fronted_file("r/hosts.toml", &edited);
-        let order: Vec<String> = read_hosts(Path::new("r/hosts.toml"), &merged)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.url)
-            .collect();
         assert_eq!(
-            order,
+            order(&merged),
             [
                 "http://127.0.0.1:5008/mirror/1",
                 "http://127.0.0.1:5008/mirror/2",
@@ -512,35 +524,27 @@ mod tests {
             merged.contains("X-Credgate-Mirror = ['https://m.test/a\"b']"),
             "{merged}"
         );
-        let doc: DocumentMut = merged.parse().unwrap();
-        let file = HostsListing::read(Path::new("r"), &doc, &endpoint().url).unwrap();
         assert_eq!(
-            file.hosts[0].role,
-            super::super::fronting::Role::Fronted {
+            first_owner(&merged),
+            Owner::Credgate(CredgateHost::Fronted {
                 mirrors: vec!["https://m.test/a\"b".to_string()]
-            }
+            })
         );
     }
 
     #[test]
     fn hostile_host_keys_are_fronted_as_written_and_never_break_the_file() {
         for key in [
-            "",
-            "'",
-            "\\\"",
-            "a\nb",
-            "\u{7f}\u{0}",
             "https://m.test/\u{e9}",
             "http://127.0.0.1:5008/mirrors",
-            "]",
+            "https://m.test/]'\\\"",
+            "https://m.test/a b",
+            "M.TEST:5000",
         ] {
             let existing = format!("[host.{}]\n", super::key(key));
             let merged = fronted_file("r/hosts.toml", &existing);
-            let doc: DocumentMut = merged.parse().unwrap();
-            let file = HostsListing::read(Path::new("r"), &doc, &endpoint().url).unwrap();
-            let keys: Vec<&str> = file.hosts.iter().map(|h| h.key.as_str()).collect();
             assert_eq!(
-                keys,
+                order(&merged),
                 [
                     "http://127.0.0.1:5008/mirror/1",
                     "http://127.0.0.1:5008",
@@ -549,11 +553,37 @@ mod tests {
                 "{merged}"
             );
             assert_eq!(
-                file.hosts[0].role,
-                super::super::fronting::Role::Fronted {
+                first_owner(&merged),
+                Owner::Credgate(CredgateHost::Fronted {
                     mirrors: vec![key.to_string()]
-                }
+                })
             );
+        }
+    }
+
+    #[test]
+    fn a_host_key_that_names_no_host_is_refused_on_one_line_and_nothing_is_written() {
+        for (key, shown) in [
+            ("", "host : "),
+            ("'", "host ': "),
+            ("]", "host ]: "),
+            ("a\nb", "host a\\nb: "),
+            ("\u{7f}\u{0}", "host \\u{7f}\\u{0}: "),
+            ("https://p4ss@/x", "host https://…@/x: "),
+        ] {
+            let existing = format!("[host.{}]\n", super::key(key));
+            let err = merge(Path::new("r/hosts.toml"), &existing, &endpoint()).unwrap_err();
+            assert!(err.is_bad_input(), "{err}");
+            let shown_err = err.to_string();
+            assert!(shown_err.starts_with("r/hosts.toml:1:"), "{shown_err}");
+            assert!(shown_err.contains(shown), "{key:?}: {shown_err}");
+            assert!(
+                shown_err.contains("does not name a valid host")
+                    || shown_err.contains("has a control character"),
+                "{shown_err}"
+            );
+            assert_eq!(shown_err.lines().count(), 1, "{shown_err}");
+            assert!(!shown_err.contains("p4ss"), "{shown_err}");
         }
     }
 
@@ -570,17 +600,22 @@ mod tests {
             ),
             (
                 "[host.\"https://bad.test\"]\n  capabilities = [\"fetch\"]\n",
-                "host \"https://bad.test\" has `capabilities` other than",
+                ":2:18: host https://bad.test: `capabilities` names an unknown capability",
             ),
             (
                 "[host.\"https://push.test\"]\n  capabilities = \"push\"\n",
-                "host \"https://push.test\" has `capabilities` other than",
+                ":2:18: host https://push.test: `capabilities` must be a list",
+            ),
+            // What containerd refuses in any host refuses the file: it reads none of it.
+            (
+                "[host.\"https://ca.test\"]\n  ca = 1\n",
+                ":2:8: host https://ca.test: `ca` must be a path",
             ),
         ] {
             let err = merge(Path::new("r/hosts.toml"), text, &endpoint()).unwrap_err();
             assert!(err.is_bad_input(), "{err}");
             let shown = err.to_string();
-            assert!(shown.starts_with("r/hosts.toml: "), "{shown}");
+            assert!(shown.starts_with("r/hosts.toml"), "{shown}");
             assert!(shown.contains(says), "{shown}");
         }
         // A credgate host in such a shape is dropped, not refused.

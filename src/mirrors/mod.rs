@@ -9,7 +9,9 @@
 //!   containerd uses for `ns` itself (`<hosts_dir>/<ns>/hosts.toml`, with containerd's
 //!   `host_port_` spelling first, when that directory exists, else `_default/hosts.toml`) and
 //!   accepts the header only when it is exactly the key of one of the operator's hosts there:
-//!   not one of credgate's own (they carry `X-Credgate-Secret`), and one that serves pulls.
+//!   not one of credgate's own (they carry `X-Credgate-Secret` or sit at the endpoint's own
+//!   address, as `containerd::files` tells them apart for install and doctor too), and one
+//!   that serves pulls.
 //!   The request never widens that set: a host named only for another registry, a host
 //!   spelled differently, or a file credgate cannot vouch for (a symlink, a hard link, not a
 //!   regular file, over 1 MiB, not what containerd would parse) is refused ([`MirrorError`]).
@@ -28,17 +30,20 @@
 //!   credential never goes over plain http unless the operator said so for that mirror.
 //! - **Cheap per request**: files are kept parsed ([`hosts_files`]), bounded.
 //!
-//! For `credgate doctor` (another front end of the same decision), two crate-level calls:
-//! [`Mirrors::chain`] lists the hosts containerd tries for a registry, in order, each with its
-//! settings and whether credgate fronts it or may dial it as a mirror; [`probe`] tries one
-//! mirror live with the credential it would get, as `Upstream::probe` does for a registry.
+//! For `credgate doctor` and `lookup --via` (other front ends of the same decision):
+//! [`Chain`] is the one list of the hosts containerd tries for a registry, in order, each
+//! with its settings and whether it is credgate's or a mirror credgate may dial
+//! ([`Mirrors::chain`] for a registry, [`Mirrors::chain_of`] for a hosts.toml already read);
+//! [`probe`] tries one mirror live with the credential it would get, as `Upstream::probe`
+//! does for a registry.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, MirrorCredentials, MirrorEntry};
 use crate::containerd::files::{
-    host_dir_for, shown_key, ContainerdFileError, HostScheme, HostSettings, HostsFile,
+    host_dir_for, shown_key, Capabilities, ContainerdFileError, CredgateHost, HostScheme,
+    HostSettings, HostsFile, Owner,
 };
 use crate::identity::{RegistryHost, Repository, Target};
 use crate::keychain::{Decision, Keychain};
@@ -106,27 +111,45 @@ pub enum MirrorError {
          credentials; write https:// or the port it listens on"
     )]
     PlainHttpOnHttpsPort { mirror: String, file: PathBuf },
+    #[error(
+        "{mirror} in {file} is sent the credential of the registry pulled through it \
+         ([[mirror]] credentials = \"upstream\"), and this file serves every registry without \
+         a directory of its own: name the registry"
+    )]
+    NoUpstream { mirror: String, file: PathBuf },
 }
 
-/// The hosts dir the daemon reads, the `[[mirror]]` entries, and the files read so far.
+/// The hosts dir the daemon reads, the endpoint's URL, the `[[mirror]]` entries, and the
+/// files read so far.
 pub struct Mirrors {
     hosts_dir: PathBuf,
+    /// `http://<listen.mirror>`: hosts there are credgate's, never mirrors.
+    endpoint: String,
     entries: Vec<MirrorEntry>,
     files: hosts_files::HostsFiles,
 }
 
 impl Mirrors {
-    pub fn new(hosts_dir: impl Into<PathBuf>, entries: Vec<MirrorEntry>) -> Self {
+    pub fn new(
+        hosts_dir: impl Into<PathBuf>,
+        endpoint: impl Into<String>,
+        entries: Vec<MirrorEntry>,
+    ) -> Self {
         Self {
             hosts_dir: hosts_dir.into(),
+            endpoint: endpoint.into(),
             entries,
             files: hosts_files::HostsFiles::default(),
         }
     }
 
-    /// `[containerd] hosts_dir` and the `[[mirror]]` entries of `config`.
+    /// `[containerd] hosts_dir`, `listen.mirror` and the `[[mirror]]` entries of `config`.
     pub fn from_config(config: &Config) -> Self {
-        Self::new(config.containerd.hosts_dir.clone(), config.mirrors.clone())
+        Self::new(
+            config.containerd.hosts_dir.clone(),
+            config.listen.mirror_url(),
+            config.mirrors.clone(),
+        )
     }
 
     pub fn hosts_dir(&self) -> &Path {
@@ -164,7 +187,7 @@ impl Mirrors {
         let matching: Vec<&HostSettings> = hosts
             .hosts
             .iter()
-            .filter(|host| !host.is_credgate && host.serves_pulls())
+            .filter(|host| host.owner(&self.endpoint) == Owner::Operator && host.serves_pulls())
             .filter(|host| wanted.is_some() && written_registry(host) == wanted)
             .collect();
         match matching[..] {
@@ -186,57 +209,58 @@ impl Mirrors {
         }
     }
 
-    /// The hosts containerd tries for `ns`, in its order, the server (or containerd's
-    /// default host for `ns`) last; for `credgate doctor`.
+    /// The hosts containerd tries for `ns` (the registry as containerd sends it), in its
+    /// order; for `lookup --via`.
     pub(crate) fn chain(&self, ns: &str) -> Result<Chain, MirrorError> {
-        let found = match self.hosts_file(ns) {
-            Ok(found) => Some(found),
-            Err(MirrorError::NoHostsFile { .. }) => None,
-            Err(other) => return Err(other),
-        };
-        let mut hosts = Vec::new();
-        let (file, server) = match &found {
-            Some((file, parsed)) => {
-                for settings in &parsed.hosts {
-                    let role = if settings.is_credgate {
-                        if settings.mirror_values.is_empty() {
-                            HostRole::CredgateUpstream
-                        } else {
-                            HostRole::Fronted {
-                                stands_for: settings
-                                    .mirror_values
-                                    .iter()
-                                    .map(|v| shown_key(v))
-                                    .collect(),
-                            }
-                        }
-                    } else if settings.serves_pulls() {
-                        match self.named(settings, file) {
-                            Ok(named) => HostRole::Mirror(named),
-                            Err(_) => HostRole::Operator,
-                        }
-                    } else {
-                        HostRole::Operator
-                    };
-                    hosts.push(ChainHost {
-                        settings: settings.clone(),
-                        role,
-                    });
+        match self.hosts_file(ns) {
+            Ok((file, parsed)) => Ok(self.chain_of(&file, &parsed, Some(ns))),
+            Err(MirrorError::NoHostsFile { .. }) => Ok(Chain {
+                file: None,
+                registry: Some(ns.to_string()),
+                hosts: Vec::new(),
+                server: None,
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The chain of `parsed`, the hosts.toml at `file`, which containerd reads for
+    /// `registry` (`None`: `_default`'s, for every registry without a directory); for
+    /// `credgate doctor`, which reads each file itself.
+    pub(crate) fn chain_of(
+        &self,
+        file: &Path,
+        parsed: &HostsFile,
+        registry: Option<&str>,
+    ) -> Chain {
+        let hosts = parsed
+            .hosts
+            .iter()
+            .map(|settings| {
+                let role = match settings.owner(&self.endpoint) {
+                    Owner::Credgate(host) => HostRole::Credgate(host),
+                    Owner::Operator => match self.named(settings, file) {
+                        Ok(named) => HostRole::Mirror(named),
+                        Err(_) => HostRole::Operator,
+                    },
+                };
+                ChainHost {
+                    settings: settings.clone(),
+                    role,
                 }
-                (Some(file.clone()), parsed.server.clone())
-            }
-            None => (None, None),
-        };
-        hosts.push(ChainHost {
-            settings: server.unwrap_or_else(|| default_server(ns)),
-            role: HostRole::Server,
-        });
-        Ok(Chain { file, hosts })
+            })
+            .collect();
+        Chain {
+            file: Some(file.to_path_buf()),
+            registry: registry.map(str::to_string),
+            hosts,
+            server: parsed.server.clone(),
+        }
     }
 
     fn named(&self, host: &HostSettings, file: &Path) -> Result<Arc<NamedMirror>, MirrorError> {
         let mirror = || host.shown();
-        if host.is_credgate {
+        if host.owner(&self.endpoint).is_credgate() {
             return Err(MirrorError::Credgate {
                 mirror: mirror(),
                 file: file.to_path_buf(),
@@ -303,12 +327,28 @@ impl Mirrors {
     }
 }
 
-/// The hosts containerd tries for one registry, in order.
+/// The hosts containerd tries for one registry, in order: the one chain doctor's listing and
+/// live checks and `lookup --via` show.
 #[derive(Debug, Clone)]
 pub(crate) struct Chain {
     /// The hosts.toml that decides; `None` when containerd has none for the registry.
     pub file: Option<PathBuf>,
+    /// The registry as containerd names it in `ns`; `None` for `_default/hosts.toml`, which
+    /// serves every registry without a directory of its own.
+    pub registry: Option<String>,
+    /// The hosts tried before the server, in order.
     pub hosts: Vec<ChainHost>,
+    /// `server` as the file writes it; `None`: the registry itself (containerd's default).
+    pub server: Option<HostSettings>,
+}
+
+impl Chain {
+    /// The host containerd tries last: `server`, else its default host for the registry.
+    pub fn last_host(&self) -> Option<HostSettings> {
+        self.server
+            .clone()
+            .or_else(|| self.registry.as_deref().map(default_server))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -320,21 +360,16 @@ pub(crate) struct ChainHost {
 /// What a host of the chain is to credgate.
 #[derive(Debug, Clone)]
 pub(crate) enum HostRole {
-    /// credgate's host standing for these operator hosts (its `X-Credgate-Mirror` values).
-    Fronted { stands_for: Vec<String> },
-    /// credgate's own host for the upstream (`X-Credgate-Secret`, no `X-Credgate-Mirror`).
-    CredgateUpstream,
+    /// One of credgate's own hosts: fronting a mirror, for the upstream, or stale.
+    Credgate(CredgateHost),
     /// The operator's host that credgate dials when a fronted host names it.
     Mirror(Arc<NamedMirror>),
-    /// The operator's host that credgate would not dial (not for pulls, or unusable).
+    /// The operator's host that serves neither pull nor resolve: never tried for a pull.
     Operator,
-    /// `server`, or containerd's default host for the registry: tried last.
-    Server,
 }
 
 /// What one mirror made of the credential it would get.
 #[derive(Debug)]
-#[allow(dead_code)] // `credgate doctor`'s chain check calls it (src/doctor/).
 pub(crate) struct MirrorProbe {
     /// Whose credential the mirror gets, and the keychain's decision for it.
     pub decision: Decision,
@@ -343,15 +378,27 @@ pub(crate) struct MirrorProbe {
 }
 
 /// Tries `mirror` live for `upstream` (and `repository`, when one is known) with the
-/// credential it would get, through the same client and boundary as the endpoint.
-#[allow(dead_code)] // `credgate doctor`'s chain check calls it (src/doctor/).
+/// credential it would get, through the same client and boundary as the endpoint. Without
+/// an upstream (a `_default` mirror serves every registry), only a mirror that gets its own
+/// credential can be tried.
 pub(crate) async fn probe(
     upstream_client: &Upstream,
     keychain: &Keychain,
     mirror: &Arc<NamedMirror>,
-    upstream: &RegistryHost,
+    upstream: Option<&RegistryHost>,
     repository: Option<&Repository>,
 ) -> Result<MirrorProbe, MirrorError> {
+    let upstream = match (upstream, mirror.credentials) {
+        (Some(upstream), _) => upstream,
+        // Its own credential and transport do not depend on the registry pulled.
+        (None, MirrorCredentials::Own) => &mirror.registry,
+        (None, MirrorCredentials::Upstream) => {
+            return Err(MirrorError::NoUpstream {
+                mirror: mirror.shown(),
+                file: mirror.file.clone(),
+            })
+        }
+    };
     let (target, mirror_repository) = mirror.credential_target(upstream, repository)?;
     let decision = keychain.lookup(&target).await;
     let request = UpstreamRequest::new(
@@ -421,17 +468,13 @@ fn default_server(ns: &str) -> HostSettings {
         authority,
         path: "/v2".to_string(),
         override_path: false,
-        capabilities: crate::containerd::files::Capabilities {
-            pull: true,
-            resolve: true,
-            push: true,
-            referrers: true,
-        },
+        capabilities: Capabilities::ALL,
         ca: Vec::new(),
         client: Vec::new(),
         skip_verify: None,
         dial_timeout: None,
-        is_credgate: false,
+        secret_header: false,
+        secret_values: Vec::new(),
         mirror_values: Vec::new(),
     }
 }

@@ -5,6 +5,9 @@ use std::path::Path;
 use super::*;
 use crate::config::Location;
 
+/// credgate's endpoint as hosts.toml names it.
+const ENDPOINT: &str = "http://127.0.0.1:5008";
+
 const REGISTRY_HOSTS: &str = r#"server = "https://registry.test"
 
 [host."http://127.0.0.1:5008/mirror/1"]
@@ -71,7 +74,7 @@ fn repo(s: &str) -> Repository {
 #[test]
 fn a_host_named_in_the_registrys_file_is_found_with_its_settings() {
     let dir = hosts_dir();
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let found = mirrors
         .find("registry.test", "https://mirror.test")
         .unwrap();
@@ -93,7 +96,7 @@ fn a_host_named_in_the_registrys_file_is_found_with_its_settings() {
 #[test]
 fn anything_else_is_refused_naming_the_file() {
     let dir = hosts_dir();
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let file = dir.path().join("registry.test/hosts.toml");
     let refused = |ns: &str, key: &str| {
         let err = mirrors.find(ns, key).unwrap_err();
@@ -136,7 +139,7 @@ fn a_host_named_for_another_registry_only_is_refused() {
         "other.test",
         "[host.\"https://other-mirror.test\"]\n",
     );
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     assert!(mirrors
         .find("other.test", "https://other-mirror.test")
         .is_ok());
@@ -159,7 +162,7 @@ fn a_host_named_for_another_registry_only_is_refused() {
 #[test]
 fn a_registry_without_a_directory_uses_default_and_one_with_an_empty_one_has_none() {
     let dir = hosts_dir();
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let hub = mirrors
         .find("docker.io", "https://hub-mirror.test/v2/proxy")
         .unwrap();
@@ -190,7 +193,7 @@ fn a_registry_without_a_directory_uses_default_and_one_with_an_empty_one_has_non
         .find("empty.test", "https://hub-mirror.test/v2/proxy")
         .unwrap_err();
     assert!(matches!(err, MirrorError::NoHostsFile { .. }), "{err}");
-    let none = Mirrors::new(dir.path().join("missing"), Vec::new());
+    let none = Mirrors::new(dir.path().join("missing"), ENDPOINT, Vec::new());
     assert!(matches!(
         none.find("docker.io", "https://hub-mirror.test/v2/proxy"),
         Err(MirrorError::NoHostsFile { .. })
@@ -200,7 +203,7 @@ fn a_registry_without_a_directory_uses_default_and_one_with_an_empty_one_has_non
 #[test]
 fn symlinked_directories_and_files_are_refused() {
     let dir = hosts_dir();
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     std::os::unix::fs::symlink(
         dir.path().join("registry.test"),
         dir.path().join("linked.test"),
@@ -232,7 +235,7 @@ fn a_broken_hosts_toml_refuses_every_mirror_naming_its_line() {
         "bad.test",
         "[host.\"https://m.test\"]\n  ca = 5\n",
     );
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let err = mirrors
         .find("bad.test", "https://m.test")
         .unwrap_err()
@@ -245,6 +248,7 @@ fn mirror_entries_choose_the_upstreams_credentials() {
     let dir = hosts_dir();
     let mirrors = Mirrors::new(
         dir.path(),
+        ENDPOINT,
         vec![entry("mirror.test:443", MirrorCredentials::Upstream)],
     );
     let upstream = RegistryHost::parse("registry.test").unwrap();
@@ -276,7 +280,7 @@ fn a_person_may_name_a_mirror_by_host_when_that_is_unambiguous() {
         "two.test",
         "[host.\"https://m.test/a\"]\n[host.\"https://m.test/b\"]\n[host.\"https://n.test:5000\"]\n",
     );
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let by_host = mirrors
         .find_by_name("registry.test", "mirror.test")
         .unwrap();
@@ -312,7 +316,7 @@ fn a_person_may_name_a_mirror_by_host_when_that_is_unambiguous() {
 #[test]
 fn the_chain_lists_every_host_in_containerds_order_with_the_server_last() {
     let dir = hosts_dir();
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let chain = mirrors.chain("registry.test").unwrap();
     assert_eq!(
         chain.file,
@@ -322,11 +326,13 @@ fn the_chain_lists_every_host_in_containerds_order_with_the_server_last() {
         .hosts
         .iter()
         .map(|host| match &host.role {
-            HostRole::Fronted { stands_for } => format!("fronted {}", stands_for.join(",")),
-            HostRole::CredgateUpstream => "credgate".to_string(),
+            HostRole::Credgate(CredgateHost::Fronted { mirrors }) => {
+                format!("fronted {}", mirrors.join(","))
+            }
+            HostRole::Credgate(CredgateHost::Upstream) => "credgate".to_string(),
+            HostRole::Credgate(CredgateHost::Stale) => format!("stale {}", host.settings.key),
             HostRole::Mirror(named) => format!("mirror {}", named.key()),
             HostRole::Operator => format!("operator {}", host.settings.key),
-            HostRole::Server => format!("server {}", host.settings.key),
         })
         .collect();
     assert_eq!(
@@ -337,23 +343,51 @@ fn the_chain_lists_every_host_in_containerds_order_with_the_server_last() {
             "mirror https://mirror.test",
             "mirror http://cache.test:5000",
             "operator https://push.test",
-            "server https://registry.test",
         ]
     );
+    assert_eq!(chain.last_host().unwrap().key, "https://registry.test");
     let hub = mirrors.chain("docker.io").unwrap();
-    assert_eq!(hub.hosts.len(), 2);
-    assert_eq!(hub.hosts[1].settings.key, "https://registry-1.docker.io");
-    let bare = Mirrors::new(dir.path().join("missing"), Vec::new())
+    assert_eq!(hub.hosts.len(), 1);
+    assert!(hub.server.is_none());
+    assert_eq!(hub.last_host().unwrap().key, "https://registry-1.docker.io");
+    let bare = Mirrors::new(dir.path().join("missing"), ENDPOINT, Vec::new())
         .chain("r.test")
         .unwrap();
     assert_eq!(bare.file, None);
-    assert_eq!(bare.hosts[0].settings.key, "https://r.test");
+    assert!(bare.hosts.is_empty());
+    assert_eq!(bare.last_host().unwrap().key, "https://r.test");
+}
+
+#[test]
+fn a_host_at_the_endpoints_address_is_credgates_even_without_the_secret_header() {
+    let dir = hosts_dir();
+    write(
+        dir.path(),
+        "old.test",
+        "[host.\"http://127.0.0.1:5008/mirror/7\"]\n[host.\"http://127.0.0.1:6000\".header]\n  \
+         x-credgate-secret = \"old\"\n[host.\"https://m.test\"]\n",
+    );
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
+    for key in ["http://127.0.0.1:5008/mirror/7", "http://127.0.0.1:6000"] {
+        let err = mirrors.find("old.test", key).unwrap_err();
+        assert!(matches!(err, MirrorError::Credgate { .. }), "{key}: {err}");
+    }
+    assert!(mirrors.find("old.test", "https://m.test").is_ok());
+    let chain = mirrors.chain("old.test").unwrap();
+    assert!(matches!(
+        chain.hosts[0].role,
+        HostRole::Credgate(CredgateHost::Fronted { .. })
+    ));
+    assert!(matches!(
+        chain.hosts[1].role,
+        HostRole::Credgate(CredgateHost::Stale)
+    ));
 }
 
 #[test]
 fn a_callers_mirror_name_is_shown_short_and_without_user_info() {
     let dir = hosts_dir();
-    let mirrors = Mirrors::new(dir.path(), Vec::new());
+    let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
     let long = format!("https://user:pa55@evil.test/{}", "a".repeat(1000));
     let err = mirrors
         .find("registry.test", &long)
@@ -379,6 +413,7 @@ mod attacks {
         write(dir.path(), "_default", "[host.\"https://cache.test\"]\n");
         let mirrors = Mirrors::new(
             dir.path(),
+            ENDPOINT,
             vec![entry("cache.test", MirrorCredentials::Upstream)],
         );
         (dir, mirrors)
@@ -475,7 +510,7 @@ mod attacks {
             "[host.\"http://m.test:443\"]\n[host.\"http://m.test:0443\"]\n\
              [host.\"http://m.test\"]\n[host.\"https://m.test\"]\n",
         );
-        let mirrors = Mirrors::new(dir.path(), Vec::new());
+        let mirrors = Mirrors::new(dir.path(), ENDPOINT, Vec::new());
         for key in ["http://m.test:443", "http://m.test:0443"] {
             let err = mirrors.find("registry.test", key).unwrap_err();
             assert!(
@@ -510,6 +545,7 @@ mod attacks {
         let upstream = RegistryHost::parse("registry.test").unwrap();
         let https_only = Mirrors::new(
             dir.path(),
+            ENDPOINT,
             vec![entry("cache.test", MirrorCredentials::Upstream)],
         );
         let plain = https_only
@@ -527,6 +563,7 @@ mod attacks {
         // `plain_http = true` names the http:// mirror (port 80 written) and only it.
         let opted_in = Mirrors::new(
             dir.path(),
+            ENDPOINT,
             vec![plain_http_entry(
                 "cache.test:80",
                 MirrorCredentials::Upstream,

@@ -3,10 +3,15 @@
 //! hosts it tries, in which order, and each host's URL, capabilities, TLS files, headers and
 //! `override_path`, so credgate dials a host exactly where and how containerd would.
 //!
-//! - **Which hosts, in which order.** containerd tries the hosts written as table headers
-//!   (`[host."…"]`, or a sub-table such as `[host."…".header]` alone), in the order the headers
-//!   appear; a host written only as an inline table or with dotted keys is parsed but never
-//!   tried. `server` is tried last.
+//! - **Which hosts, in which order.** containerd 2.x tries the hosts written as table headers
+//!   (`[host."…"]`, or a sub-table such as `[host."…".header]` alone), in the order of each
+//!   host's first header ([`host_position`]); a host written only as an inline table or with
+//!   dotted keys is parsed (and kept apart, [`HostsFile::untried`]) but never tried. `server`
+//!   is tried last.
+//! - **Whose host.** Each host keeps what marks it as credgate's (the `X-Credgate-Secret`
+//!   header in any casing and shape, its values, and `X-Credgate-Mirror`), so
+//!   [`HostSettings::owner`] tells credgate's hosts from the operator's the same way for
+//!   install, doctor and the daemon.
 //! - **The URL.** Without a leading `http`, `https://` is put in front. The path is cleaned,
 //!   and `/v2` is appended unless it already ends in `/v2` or `override_path` is set (then the
 //!   path is the API root as written). Query, fragment and user info are ignored, as containerd
@@ -26,10 +31,11 @@ use std::time::Duration;
 
 use toml_edit::{ImDocument, Item, Table, TableLike, Value};
 
-use super::hosts_dir::{MIRROR_HEADER, SECRET_HEADER};
+use super::credgate_hosts::{Owner, MIRROR_HEADER, SECRET_HEADER};
 use super::ContainerdFileError;
 use crate::duration::parse_go_duration;
 use crate::identity::RegistryHost;
+use crate::secret::Secret;
 use crate::text_position::line_column;
 
 /// Most hosts a hosts.toml may list (containerd has no limit; no real file comes close).
@@ -73,7 +79,8 @@ pub(crate) struct Capabilities {
 }
 
 impl Capabilities {
-    const ALL: Capabilities = Capabilities {
+    /// containerd's default, for a host without `capabilities`.
+    pub const ALL: Capabilities = Capabilities {
         pull: true,
         resolve: true,
         push: true,
@@ -91,6 +98,16 @@ impl Capabilities {
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
         .collect()
+    }
+
+    /// Only the capabilities a pull uses (`pull`, `resolve`): what a fronted host gets.
+    pub fn for_pulls(self) -> Capabilities {
+        Capabilities {
+            pull: self.pull,
+            resolve: self.resolve,
+            push: false,
+            referrers: false,
+        }
     }
 }
 
@@ -120,8 +137,10 @@ pub(crate) struct HostSettings {
     pub client: Vec<ClientPair>,
     pub skip_verify: Option<bool>,
     pub dial_timeout: Option<Duration>,
-    /// Carries the `X-Credgate-Secret` header: credgate's own host, never a mirror.
-    pub is_credgate: bool,
+    /// Carries the `X-Credgate-Secret` header (in any casing, even with no value).
+    pub secret_header: bool,
+    /// Its `X-Credgate-Secret` values.
+    pub secret_values: Vec<Secret>,
     /// The `X-Credgate-Mirror` values: the host a fronted host stands for.
     pub mirror_values: Vec<String>,
 }
@@ -158,13 +177,28 @@ impl HostSettings {
     pub fn serves_pulls(&self) -> bool {
         self.capabilities.pull || self.capabilities.resolve
     }
+
+    /// credgate's or the operator's, with the endpoint at `endpoint` (`http://<listen.mirror>`).
+    pub fn owner(&self, endpoint: &str) -> Owner {
+        Owner::of(&self.key, self.secret_header, &self.mirror_values, endpoint)
+    }
 }
 
 /// A hosts.toml: the hosts containerd tries, in order, then `server` when it names one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct HostsFile {
     pub hosts: Vec<HostSettings>,
+    /// Hosts written only as dotted keys or inline tables, which containerd 1.x tries (by
+    /// line) and 2.x never does; install refuses to front them.
+    pub untried: Vec<HostSettings>,
     pub server: Option<HostSettings>,
+}
+
+impl HostsFile {
+    /// Every host the file names, tried ones first.
+    pub fn all_hosts(&self) -> impl Iterator<Item = &HostSettings> {
+        self.hosts.iter().chain(&self.untried)
+    }
 }
 
 /// `key` without user info, query or fragment, control characters escaped. User info goes
@@ -184,9 +218,14 @@ pub(crate) fn shown_key(key: &str) -> String {
         Some(scheme) => format!("{scheme}://{user}{rest}"),
         None => format!("{user}{rest}"),
     };
-    // Escaped, so a key can't break the log line or error it is shown in.
-    let mut escaped = String::with_capacity(shown.len());
-    for c in shown.chars() {
+    one_line(&shown)
+}
+
+/// `text` with control characters escaped, so it can't break the log line or error it is
+/// shown in.
+fn one_line(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
         if c.is_control() {
             escaped.extend(c.escape_default());
         } else {
@@ -215,6 +254,7 @@ pub(crate) fn read_hosts_file(path: &Path, text: &str) -> Result<HostsFile, Cont
     };
     let root: &Table = doc.as_table();
     let mut hosts = Vec::new();
+    let mut untried = Vec::new();
     if let Some(item) = root.get("host") {
         let table = item
             .as_table_like()
@@ -222,13 +262,11 @@ pub(crate) fn read_hosts_file(path: &Path, text: &str) -> Result<HostsFile, Cont
         if table.len() > MAX_HOSTS {
             return Err(reader.error(item, &format!("more than {MAX_HOSTS} hosts")));
         }
-        // Only table headers are tried, and only when `host` itself is a header table.
-        let tried_table = item.as_table().filter(|t| !t.is_dotted());
         for (key, host) in table.iter() {
             let settings = reader.host(key, host)?;
-            let position = tried_table.and_then(|_| header_position(host));
-            if let Some(position) = position {
-                hosts.push((position, settings));
+            match host_position(host) {
+                Some(position) => hosts.push((position, settings)),
+                None => untried.push(settings),
             }
         }
     }
@@ -247,16 +285,20 @@ pub(crate) fn read_hosts_file(path: &Path, text: &str) -> Result<HostsFile, Cont
     };
     Ok(HostsFile {
         hosts: hosts.into_iter().map(|(_, settings)| settings).collect(),
+        untried,
         server,
     })
 }
 
 /// Where a host's first table header is, when it has one: an explicit `[host."…"]`, or the
-/// first of its sub-table headers.
-fn header_position(item: &Item) -> Option<usize> {
-    let table = item.as_table().filter(|t| !t.is_dotted())?;
-    let own = (!table.is_implicit()).then(|| table.position()).flatten();
-    let children = table.iter().filter_map(|(_, child)| header_position(child));
+/// first of its sub-table headers (containerd 2.x takes every `[host."…"…]` header as that
+/// host). `None` for a host written only as dotted keys or an inline table, never tried.
+pub(crate) fn host_position(item: &Item) -> Option<usize> {
+    let table = item.as_table()?;
+    let own = (!table.is_implicit() && !table.is_dotted())
+        .then(|| table.position())
+        .flatten();
+    let children = table.iter().filter_map(|(_, child)| host_position(child));
     own.into_iter().chain(children).min()
 }
 
@@ -345,10 +387,13 @@ impl Reader<'_> {
             None => Vec::new(),
             Some(item) => headers(item).map_err(|m| fail(item, "header", &m))?,
         };
-        let values = |name: &str| -> Vec<String> {
+        let named = |name: &'static str| {
             headers
                 .iter()
-                .filter(|(header, _)| header.eq_ignore_ascii_case(name))
+                .filter(move |(header, _)| header.eq_ignore_ascii_case(name))
+        };
+        let values = |name| -> Vec<String> {
+            named(name)
                 .flat_map(|(_, values)| values.iter().cloned())
                 .collect()
         };
@@ -363,9 +408,8 @@ impl Reader<'_> {
             client,
             skip_verify,
             dial_timeout,
-            is_credgate: headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER)),
+            secret_header: named(SECRET_HEADER).next().is_some(),
+            secret_values: values(SECRET_HEADER).into_iter().map(Secret::new).collect(),
             mirror_values: values(MIRROR_HEADER),
         })
     }
@@ -472,11 +516,12 @@ fn headers(item: &Item) -> Result<Vec<(String, Vec<String>)>, String> {
     table
         .iter()
         .map(|(name, value)| {
-            let shape = || format!("{name}: must be a string or a list of strings");
+            let shown = one_line(name);
+            let shape = || format!("{shown}: must be a string or a list of strings");
             let values = match value.as_value() {
                 Some(Value::String(s)) => vec![s.value().clone()],
                 Some(Value::Array(values)) => {
-                    bounded(values.len()).map_err(|m| format!("{name}: {m}"))?;
+                    bounded(values.len()).map_err(|m| format!("{shown}: {m}"))?;
                     values
                         .iter()
                         .map(|v| v.as_str().map(str::to_string).ok_or_else(shape))
@@ -767,14 +812,35 @@ mod tests {
         assert!(host.serves_pulls());
         assert_eq!(host.skip_verify, Some(true));
         assert_eq!(host.dial_timeout, Some(Duration::from_secs(3)));
-        assert!(!host.is_credgate);
+        assert!(!host.secret_header && host.secret_values.is_empty());
         assert_eq!(host.mirror_values, ["https://a.test", "https://b.test"]);
         let host = one("[host.\"https://m.test\"]\n  capabilities = []\n");
         assert_eq!(host.capabilities, Capabilities::ALL);
         let host = one("[host.\"https://m.test\"]\n  capabilities = [\"push\"]\n");
         assert!(!host.serves_pulls());
         let host = one("[host.\"http://127.0.0.1:5008\".header]\n  X-CREDGATE-SECRET = \"s\"\n");
-        assert!(host.is_credgate);
+        assert!(host.secret_header);
+        assert_eq!(host.secret_values, [Secret::new("s")]);
+        assert!(!format!("{host:?}").contains("\"s\""), "{host:?}");
+    }
+
+    #[test]
+    fn the_secret_header_marks_a_host_in_every_shape_even_without_a_value() {
+        let file = read(concat!(
+            "[host.\"http://a:1\"]\n  header = { x-credgate-secret = \"one\" }\n",
+            "[host.\"http://b:1\".header]\n  X-Credgate-Secret = [\"two\", \"three\"]\n",
+            "[host.\"http://c:1\".header]\n  X-Credgate-Secret = []\n",
+            "[host.\"http://d:1\"]\n",
+        ));
+        let marks: Vec<(bool, usize)> = file
+            .hosts
+            .iter()
+            .map(|h| (h.secret_header, h.secret_values.len()))
+            .collect();
+        assert_eq!(marks, [(true, 1), (true, 2), (true, 0), (false, 0)]);
+        let dotted = read("host.\"http://old:1\".header.X-Credgate-Secret = \"old\"\n");
+        assert!(dotted.hosts.is_empty());
+        assert!(dotted.untried[0].secret_header);
     }
 
     #[test]
@@ -797,13 +863,24 @@ mod tests {
         let server = file.server.unwrap();
         assert_eq!(server.key, "https://registry.test");
         assert_eq!(server.ca.len(), 1);
+        assert!(file.untried.is_empty());
 
         // Dotted keys and inline tables are parsed (a wrong type still fails the file) but
-        // containerd never tries them.
+        // containerd 2.x never tries them.
         let file = read("host.\"https://dotted.test\".capabilities = [\"pull\"]\n");
         assert!(file.hosts.is_empty(), "{file:?}");
+        assert_eq!(file.untried[0].key, "https://dotted.test");
         let file = read("host = { \"https://inline.test\" = { capabilities = [\"pull\"] } }\n");
         assert!(file.hosts.is_empty(), "{file:?}");
+        assert_eq!(file.untried.len(), 1);
+        // A header after dotted keys is still a header: containerd 2.x tries that host.
+        let file = read(concat!(
+            "host.\"https://dotted.test\".capabilities = [\"push\"]\n",
+            "[host.\"https://header.test\"]\n",
+        ));
+        let keys: Vec<&str> = file.hosts.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(keys, ["https://header.test"]);
+        assert_eq!(file.untried[0].key, "https://dotted.test");
         assert!(error("host = { \"https://i.test\" = { ca = 1 } }\n").contains("`ca`"));
         assert!(read("").server.is_none());
         assert!(error("server = 1\n").contains("`server` must be a string"));
@@ -816,6 +893,7 @@ mod tests {
             "https://…@m.test/x"
         );
         assert_eq!(shown_key("m.test:5000"), "m.test:5000");
+        assert_eq!(shown_key("https://a\nb/\u{7f}"), "https://a\\nb/\\u{7f}");
         assert_eq!(shown_key("u@m.test"), "…@m.test");
     }
 

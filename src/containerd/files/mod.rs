@@ -1,9 +1,9 @@
 //! containerd's files, read-only: what its config.toml says about the CRI's registry
-//! ([`config_file`]), what the hosts directory holds ([`hosts_dir`]) and what one hosts.toml
-//! tells containerd about each host ([`host_settings`]). `credgate install` plans its edits on
-//! top of this reading, `credgate doctor` checks it, and the daemon's mirror resolution
-//! (`crate::mirrors`) learns from it which hosts it may dial and how; none of them reads these
-//! files any other way.
+//! ([`config_file`]), what the hosts directory holds ([`hosts_dir`]), what one hosts.toml
+//! tells containerd about each host ([`host_settings`]) and which of those hosts are
+//! credgate's ([`credgate_hosts`]). `credgate install` plans its edits on top of this reading,
+//! `credgate doctor` checks it, and the daemon's mirror resolution (`crate::mirrors`) learns
+//! from it which hosts it may dial and how; none of them reads these files any other way.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use toml_edit::DocumentMut;
 use crate::text_position::line_column;
 
 mod config_file;
+mod credgate_hosts;
 mod host_settings;
 mod hosts_dir;
 
@@ -21,13 +22,15 @@ pub(crate) use config_file::{
     LOCAL_PULL_TABLES, MIRRORS_TABLE,
 };
 pub use config_file::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
+pub(crate) use credgate_hosts::{
+    carries_secret, fronted_url, visit_secret_headers, CredgateHost, Owner, MIRROR_HEADER,
+    MIRROR_PATH_PREFIX, SECRET_HEADER,
+};
 pub(crate) use host_settings::{
-    read_hosts_file, shown_key, Capabilities, HostScheme, HostSettings, HostsFile,
+    host_position, read_hosts_file, shown_key, Capabilities, HostScheme, HostSettings, HostsFile,
+    MAX_HOSTS,
 };
-pub(crate) use hosts_dir::{
-    carries_secret, host_dir_for, host_entry, read_hosts, registry_dirs, visit_secret_headers,
-    DEFAULT_HOSTS_SUBDIR, MIRROR_HEADER, MIRROR_PATH_PREFIX, SECRET_HEADER,
-};
+pub(crate) use hosts_dir::{host_dir_for, registry_dirs, registry_of_dir, DEFAULT_HOSTS_SUBDIR};
 
 /// Why one of containerd's files could not be read as containerd would; every variant names
 /// the file.
