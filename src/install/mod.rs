@@ -13,6 +13,7 @@ use crate::secret::{MirrorSecret, SecretError};
 mod containerd_config;
 mod files;
 mod hosts;
+mod hosts_only;
 mod redact;
 mod state;
 mod undo;
@@ -21,6 +22,7 @@ use containerd_config::ConfigEdit;
 use files::Change;
 pub use files::NotRegular;
 use hosts::Endpoint;
+pub use hosts_only::{install_hosts_only, HostsOnlyError};
 use redact::Redactor;
 use state::InstallState;
 

@@ -11,6 +11,7 @@ use crate::text_position::line_column;
 
 mod config_file;
 mod hosts_dir;
+mod routing;
 
 pub(crate) use config_file::{
     config_path, config_text, first_hosts_dir, read_registry_settings, registry_keys,
@@ -22,6 +23,7 @@ pub(crate) use hosts_dir::{
     carries_secret, host_entry, read_hosts, registry_dirs, visit_secret_headers,
     DEFAULT_HOSTS_SUBDIR, MIRROR_HEADER, MIRROR_PATH_PREFIX, SECRET_HEADER,
 };
+pub use routing::HostsRouting;
 
 /// Why one of containerd's files could not be read as containerd would; every variant names
 /// the file.
