@@ -409,10 +409,33 @@ pub fn private_node_root() {
     });
 }
 
+/// A bind mount in the node namespace, taken away (lazily) when dropped.
+pub struct BindMount {
+    target: PathBuf,
+}
+
 /// Bind-mounts `source` over `target` (a directory that exists) in the node namespace.
-pub fn bind_mount(source: &Path, target: &Path) {
-    let (source, target) = (source.to_string_lossy(), target.to_string_lossy());
-    mount(&["--bind", &source, &target]);
+pub fn bind_mount(source: &Path, target: &Path) -> BindMount {
+    mount(&[
+        "--bind",
+        &source.to_string_lossy(),
+        &target.to_string_lossy(),
+    ]);
+    BindMount {
+        target: target.to_path_buf(),
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let mut command = Command::new(crate::require_program("umount", "mount"));
+        command
+            .arg("--lazy")
+            .arg(&self.target)
+            .env_clear()
+            .env("PATH", DAEMON_PATH);
+        let _ = run_bounded(&mut command, &std::env::temp_dir(), Duration::from_secs(10));
+    }
 }
 
 fn mount(args: &[&str]) {

@@ -29,7 +29,7 @@ use credgate_integration::clients::{Client, ClientEnv, DockerConfig};
 use credgate_integration::containerd::Containerd;
 use credgate_integration::cri::CriClient;
 use credgate_integration::fleet::{
-    bind_mount, deb, image_archive, private_node_root, KubeletVolume, Manifests, Pod,
+    bind_mount, deb, image_archive, private_node_root, BindMount, KubeletVolume, Manifests, Pod,
 };
 use credgate_integration::images::push_image;
 use credgate_integration::node::{node, CA_BUNDLE};
@@ -115,10 +115,23 @@ impl Registries {
     }
 }
 
+/// containerd 2.1 whose directory is the node's `/etc/containerd` for as long as it lives.
+struct NodeContainerd {
+    containerd: Containerd,
+    _at_etc: BindMount,
+}
+
+impl std::ops::Deref for NodeContainerd {
+    type Target = Containerd;
+    fn deref(&self) -> &Containerd {
+        &self.containerd
+    }
+}
+
 /// containerd 2.1 whose directory is the node's `/etc/containerd` (config.toml, certs.d),
 /// with `config_path` as given (a TOML value, or absent), started, and the credgate image
 /// pulled into it by `ctr` (straight from the registry: no hosts.toml is involved).
-fn node_containerd(config_path: Option<&str>, image: &str) -> Containerd {
+fn node_containerd(config_path: Option<&str>, image: &str) -> NodeContainerd {
     private_node_root();
     let mut containerd = Containerd::configure("2.1", "registry.invalid/pause:never-pulled");
     let dir = containerd
@@ -127,7 +140,7 @@ fn node_containerd(config_path: Option<&str>, image: &str) -> Containerd {
         .expect("config dir")
         .to_path_buf();
     std::fs::create_dir_all("/etc/containerd").expect("mkdir /etc/containerd");
-    bind_mount(&dir, Path::new("/etc/containerd"));
+    let at_etc = bind_mount(&dir, Path::new("/etc/containerd"));
     if let Some(value) = config_path {
         let mut config = std::fs::read_to_string(CONTAINERD_CONFIG).expect("read config.toml");
         config.push_str(&format!(
@@ -137,7 +150,10 @@ fn node_containerd(config_path: Option<&str>, image: &str) -> Containerd {
     }
     containerd.start();
     containerd.ctr(&["image", "pull", image]).assert_success();
-    containerd
+    NodeContainerd {
+        containerd,
+        _at_etc: at_etc,
+    }
 }
 
 /// The pod from the manifest, its ConfigMap from the manifest's generator (plus
@@ -425,6 +441,25 @@ fn without_a_single_config_path_the_pod_leaves_config_toml_alone_and_says_so() {
 // The Debian package
 // ---------------------------------------------------------------------------------------
 
+/// `systemctl` in the throwaway root: it records each call, and answers `is-enabled` from the
+/// links deb-systemd-helper made, as systemd would (deb-systemd-invoke starts only enabled
+/// units).
+const SYSTEMCTL_RECORDER: &str = r#"#!/bin/sh
+echo "systemctl $*" >>/var/log/systemctl-calls
+case " $* " in
+*" is-enabled "*)
+	for unit; do :; done
+	if ls /etc/systemd/system/*.wants/"$unit" >/dev/null 2>&1; then
+		echo enabled
+	else
+		echo disabled
+		exit 1
+	fi
+	;;
+esac
+exit 0
+"#;
+
 /// A throwaway Debian bookworm root (the essential packages, as mmdebstrap makes it), where
 /// `dpkg --root` installs and runs maintainer scripts chrooted. `systemctl` there is a
 /// recorder: systemd cannot run in a test, and the package's scripts only ask it things.
@@ -450,13 +485,11 @@ impl DebianRoot {
         .assert_success();
         // deb-systemd-invoke acts only when systemd runs (/run/systemd/system exists).
         std::fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
-        let recorder = root.path().join("usr/local/sbin/systemctl");
+        // In /usr/sbin, on the scripts' PATH, where deb-systemd-helper does not look for
+        // systemctl: it then makes the unit's links itself, as without systemd.
+        let recorder = root.path().join("usr/sbin/systemctl");
         std::fs::create_dir_all(recorder.parent().unwrap()).unwrap();
-        std::fs::write(
-            &recorder,
-            "#!/bin/sh\necho \"systemctl $*\" >>/var/log/systemctl-calls\nexit 0\n",
-        )
-        .unwrap();
+        std::fs::write(&recorder, SYSTEMCTL_RECORDER).unwrap();
         std::fs::set_permissions(&recorder, std::fs::Permissions::from_mode(0o755)).unwrap();
         root
     }
