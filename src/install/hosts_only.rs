@@ -215,6 +215,20 @@ mod tests {
     }
 
     #[test]
+    fn a_dry_run_shows_the_hosts_toml_without_its_secret_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_secret(dir.path());
+        let hosts = dir.path().join("certs.d");
+        let report =
+            install_hosts_only(&config, &options(dir.path(), Some(&hosts), true)).unwrap();
+        let shown = report.stdout.join("\n");
+        assert!(shown.contains("+[host.\"http://127.0.0.1:5008\"]"), "{shown}");
+        assert!(shown.ends_with("dry run: nothing was written"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!hosts.exists());
+    }
+
+    #[test]
     fn a_node_install_that_set_config_path_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_with_secret(dir.path());
