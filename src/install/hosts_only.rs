@@ -219,10 +219,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config_with_secret(dir.path());
         let hosts = dir.path().join("certs.d");
-        let report =
-            install_hosts_only(&config, &options(dir.path(), Some(&hosts), true)).unwrap();
+        let report = install_hosts_only(&config, &options(dir.path(), Some(&hosts), true)).unwrap();
         let shown = report.stdout.join("\n");
-        assert!(shown.contains("+[host.\"http://127.0.0.1:5008\"]"), "{shown}");
+        assert!(
+            shown.contains("+[host.\"http://127.0.0.1:5008\"]"),
+            "{shown}"
+        );
         assert!(shown.ends_with("dry run: nothing was written"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(!hosts.exists());
