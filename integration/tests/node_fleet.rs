@@ -259,6 +259,58 @@ fn scopes_issued_to(tokens: &TokenServer, user: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pushed image's config carries the version, and its file system has the binary, the CA
+/// bundle and no shell (`crane config`, `crane export`).
+fn assert_image_is_labelled_and_has_no_shell(image: &str) {
+    let env = ClientEnv::new(&DockerConfig::new());
+    let config = env.run(Client::Crane, &["config", image]);
+    let config: serde_json::Value =
+        serde_json::from_str(&config.assert_success().stdout).expect("image config JSON");
+    let labels = &config["config"]["Labels"];
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        credgate::VERSION
+    );
+    assert!(
+        labels["dev.credgate.debian-packages"]
+            .as_str()
+            .is_some_and(|p| p.contains("libc6=")),
+        "{labels}"
+    );
+    assert_eq!(config["config"]["User"], "0:0");
+    let exported = env.scratch().join("rootfs.tar");
+    env.run(
+        Client::Crane,
+        &["export", image, &exported.to_string_lossy()],
+    )
+    .assert_success();
+    let mut archive = tar::Archive::new(std::fs::File::open(&exported).expect("rootfs.tar"));
+    let files: Vec<String> = archive
+        .entries()
+        .expect("tar entries")
+        .map(|entry| {
+            let entry = entry.expect("tar entry");
+            let path = entry.path().expect("entry path").display().to_string();
+            path.trim_start_matches("./").to_string()
+        })
+        .collect();
+    for present in ["usr/bin/credgate", "etc/ssl/certs/ca-certificates.crt"] {
+        assert!(
+            files.iter().any(|f| f == present),
+            "no {present} in the image"
+        );
+    }
+    for shell in [
+        "bin/sh",
+        "usr/bin/sh",
+        "bin/bash",
+        "usr/bin/bash",
+        "bin/dash",
+    ] {
+        assert!(!files.iter().any(|f| f == shell), "{shell} in the image");
+    }
+}
+
 #[test]
 fn the_image_runs_the_daemonset_pod_on_containerd_2_1_and_serves_a_rotating_secret() {
     let _node = POD_ON_THE_NODE.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,6 +321,7 @@ fn the_image_runs_the_daemonset_pod_on_containerd_2_1_and_serves_a_rotating_secr
         "kustomization.yaml's image tag is not the crate's version"
     );
     let registries = Registries::start();
+    assert_image_is_labelled_and_has_no_shell(&registries.credgate_image);
     let containerd = node_containerd(Some(&format!("'{HOSTS_DIR}'")), &registries.credgate_image);
     let config_before = std::fs::read(CONTAINERD_CONFIG).unwrap();
     let mut volumes = pod_volumes(
