@@ -1,5 +1,6 @@
-//! credgate's config file: what the daemon listens on and, in file order, where credentials
-//! come from. Errors name the file, line and column, and never quote a value from the file.
+//! credgate's config file: what the daemon listens on, where containerd's hosts directory is
+//! and how each mirror there is credentialed, and, in file order, where credentials come from.
+//! Errors name the file, line and column, and never quote a value from the file.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::containerd::files::DEFAULT_HOSTS_DIR;
 use crate::duration::parse_go_duration;
-use crate::identity::Scope;
+use crate::identity::{RegistryHost, Scope};
 use crate::parser_message::without_values;
 use crate::secret::Secret;
 use crate::text_position::line_column;
@@ -44,8 +46,58 @@ pub struct Config {
     pub listen: Listen,
     pub helpers: HelperSettings,
     pub upstream: UpstreamSettings,
+    pub containerd: ContainerdSettings,
+    /// `[[mirror]]` entries: which credential each mirror host gets (by default its own).
+    pub mirrors: Vec<MirrorEntry>,
     /// Credential sources in the order the file lists them; ties in ranking go to the first.
     pub sources: Vec<SourceEntry>,
+}
+
+/// Where containerd's files are, as the daemon reads them (`[containerd]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerdSettings {
+    /// The hosts directory containerd reads (its registry `config_path`): the daemon reads
+    /// each registry's hosts.toml there to know which mirrors it may dial.
+    pub hosts_dir: PathBuf,
+}
+
+impl Default for ContainerdSettings {
+    fn default() -> Self {
+        Self {
+            hosts_dir: PathBuf::from(DEFAULT_HOSTS_DIR),
+        }
+    }
+}
+
+/// A `[[mirror]]` entry: which credential a mirror named in hosts.toml is sent.
+#[derive(Debug, Clone)]
+pub struct MirrorEntry {
+    /// Compared with the `host[:port]` a hosts.toml host URL writes (`:443` or not alike).
+    pub host: RegistryHost,
+    pub credentials: MirrorCredentials,
+    pub location: Location,
+}
+
+/// Whose credential a mirror gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorCredentials {
+    /// The keychain's credential for the mirror's own host and the repository it serves.
+    #[default]
+    Own,
+    /// The upstream registry's credential (`ns` and the repository), for mirrors that
+    /// forward auth.
+    Upstream,
+}
+
+impl std::fmt::Display for MirrorCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MirrorCredentials::Own => "own",
+            MirrorCredentials::Upstream => "upstream",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +225,10 @@ struct RawConfig {
     #[serde(default)]
     upstream: UpstreamSettings,
     #[serde(default)]
+    containerd: ContainerdSettings,
+    #[serde(default)]
+    mirror: Vec<Spanned<RawMirror>>,
+    #[serde(default)]
     registry: Vec<Spanned<RawRegistry>>,
     #[serde(default)]
     docker_config: Vec<Spanned<RawDockerConfig>>,
@@ -204,6 +260,14 @@ struct RawRegistry {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMirror {
+    host: Spanned<String>,
+    #[serde(default)]
+    credentials: MirrorCredentials,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDockerConfig {
     path: PathBuf,
 }
@@ -223,6 +287,8 @@ impl Config {
             listen: Listen::default(),
             helpers: HelperSettings::default(),
             upstream: UpstreamSettings::default(),
+            containerd: ContainerdSettings::default(),
+            mirrors: Vec::new(),
             sources: vec![SourceEntry::DockerConfig(DockerConfigEntry {
                 path: PathBuf::from("/root/.docker/config.json"),
                 location: Location {
@@ -296,11 +362,39 @@ impl Config {
             sources.push((span.start, SourceEntry::KubeletProvider(provider)));
         }
         sources.sort_by_key(|(start, _)| *start);
+        let mut mirrors: Vec<MirrorEntry> = Vec::new();
+        for entry in raw.mirror {
+            let location = location(&entry.span());
+            let RawMirror { host, credentials } = entry.into_inner();
+            let span = Some(host.span());
+            let written = host.get_ref();
+            if written.contains("://") || written.contains('/') {
+                return Err(at(
+                    span,
+                    "[[mirror]] host must be host[:port], without scheme or path".to_string(),
+                ));
+            }
+            let host = RegistryHost::parse_authority(written)
+                .map_err(|reason| at(span.clone(), format!("[[mirror]] host: {reason}")))?;
+            if mirrors.iter().any(|m| m.host == host) {
+                return Err(at(
+                    span,
+                    format!("[[mirror]] host {host} is listed twice; keep one entry"),
+                ));
+            }
+            mirrors.push(MirrorEntry {
+                host,
+                credentials,
+                location,
+            });
+        }
         Ok(Self {
             path: Some(path.to_path_buf()),
             listen: raw.listen,
             helpers,
             upstream: raw.upstream,
+            containerd: raw.containerd,
+            mirrors,
             sources: sources.into_iter().map(|(_, s)| s).collect(),
         })
     }
@@ -457,6 +551,52 @@ helper = "pass"
             err.starts_with("/etc/credgate/config.toml:2:11: invalid duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn containerd_hosts_dir_and_mirror_entries_are_read_and_checked() {
+        let config = parse("").unwrap();
+        assert_eq!(config.containerd.hosts_dir, Path::new(DEFAULT_HOSTS_DIR));
+        assert!(config.mirrors.is_empty());
+        let config = parse(concat!(
+            "[containerd]\nhosts_dir = \"/srv/certs.d\"\n",
+            "[[mirror]]\nhost = \"Harbor.Test:443\"\ncredentials = \"upstream\"\n",
+            "[[mirror]]\nhost = \"cache.test:5000\"\n",
+        ))
+        .unwrap();
+        assert_eq!(config.containerd.hosts_dir, Path::new("/srv/certs.d"));
+        assert_eq!(config.mirrors[0].host.to_string(), "harbor.test");
+        assert_eq!(config.mirrors[0].credentials, MirrorCredentials::Upstream);
+        assert_eq!(config.mirrors[0].location.line, 3);
+        assert_eq!(config.mirrors[1].credentials, MirrorCredentials::Own);
+        for (text, words) in [
+            (
+                "[[mirror]]\nhost = \"https://m.test\"\n",
+                ":2:8: [[mirror]] host must be host[:port], without scheme or path",
+            ),
+            (
+                "[[mirror]]\nhost = \"m.test/x\"\n",
+                ":2:8: [[mirror]] host must",
+            ),
+            (
+                "[[mirror]]\nhost = \"m_test\"\n",
+                ":2:8: [[mirror]] host: not a valid host",
+            ),
+            (
+                "[[mirror]]\nhost = \"m.test\"\n[[mirror]]\nhost = \"M.test:443\"\n",
+                ":4:8: [[mirror]] host m.test is listed twice",
+            ),
+            (
+                "[[mirror]]\nhost = \"m.test\"\ncredentials = \"s3cr3t-word\"\n",
+                ":3:15: unknown variant `…`, expected `own` or `upstream`",
+            ),
+            ("[[mirror]]\ncredentials = \"own\"\n", ":1:1: missing field"),
+            ("[containerd]\nhosts = \"/x\"\n", ":2:1: unknown field `…`"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(words), "{text}: {err}");
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::config::{Config, DockerConfigEntry, Location};
-use crate::containerd::files::{read_hosts, registry_settings};
-use crate::endpoint::{ContentKind, Route};
+use crate::containerd::files::{read_hosts, read_hosts_file, registry_settings};
+use crate::endpoint::{ContentKind, ContentRoute, Route};
 use crate::identity::{ImageReference, RegistryHost, Repository, Scope, Target};
 use crate::sources::docker_config::{DockerConfigError, DockerConfigSource};
 use crate::sources::exec_helper::HelperRuns;
@@ -430,6 +430,20 @@ pub fn containerd_files(data: &[u8]) {
         }
         assert_eq!(read_hosts(path, text).ok(), Some(hosts));
     }
+    // Every host's settings as containerd reads them: bounded, with a path containerd can use.
+    match read_hosts_file(path, text) {
+        Ok(file) => {
+            assert!(file.hosts.len() <= 64, "{}", file.hosts.len());
+            for host in file.hosts.iter().chain(&file.server) {
+                assert!(host.ca.len() <= 16 && host.client.len() <= 16, "{host:?}");
+                assert!(
+                    host.path.is_empty() || host.path.starts_with('/'),
+                    "{host:?}"
+                );
+            }
+        }
+        Err(error) => assert!(error.to_string().starts_with(&path.display().to_string())),
+    }
     let path = Path::new("/etc/containerd/config.toml");
     match registry_settings(path, text) {
         Ok(settings) => {
@@ -452,7 +466,10 @@ pub fn route(data: &[u8]) {
         return;
     };
     match Route::parse(&method, &uri) {
-        Ok(Route::ApiVersion) => assert_eq!(uri.path(), "/v2/"),
+        Ok(Route::ApiVersion { fronted }) => {
+            assert!(uri.path().ends_with("/v2/"), "{uri}");
+            assert_eq!(fronted, uri.path() != "/v2/", "{uri}");
+        }
         Ok(Route::Content(route)) => {
             let path = route.upstream_path();
             assert!(path.starts_with("/v2/"), "{path}");
@@ -470,9 +487,15 @@ pub fn route(data: &[u8]) {
             let again: Uri = format!("{path}?ns={ns}")
                 .parse()
                 .expect("a routed path with ns is a URI");
+            // Routed again unfronted and with the canonical `ns`, it is the same request.
+            let canonical = ContentRoute {
+                ns: route.registry.to_string(),
+                fronted: false,
+                ..route
+            };
             assert_eq!(
                 Route::parse(&method, &again).ok(),
-                Some(Route::Content(route))
+                Some(Route::Content(canonical))
             );
         }
         Err(error) => {

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod install;
 pub mod keychain;
 pub mod metrics;
+pub mod mirrors;
 pub mod parser_message;
 pub mod secret;
 pub mod service;

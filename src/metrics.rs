@@ -6,12 +6,16 @@
 //! a glob scope covers it: the glob is the label); every other registry counts under
 //! [`OTHER_REGISTRY`] and requests that named none (or whose `ns` was refused) under
 //! [`NO_REGISTRY`]. The number of series therefore follows the config, never the callers.
-//! Sizes owned elsewhere (caches, running helpers, open connections) are read on each
-//! scrape through [`Metrics::watch`].
+//! Mirrors (hosts.toml hosts the endpoint fronts) are labelled by their URL as the hosts.toml
+//! writes it (without user info or query), but only once the endpoint found them named there,
+//! and only the first [`MAX_MIRROR_LABELS`]; later ones count under [`OTHER_MIRROR`] and a
+//! mirror nobody named under [`NO_REGISTRY`]. Hand-over reasons are a fixed set
+//! ([`Handover`]). Sizes owned elsewhere (caches, running helpers, open connections) are
+//! read on each scrape through [`Metrics::watch`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -32,6 +36,80 @@ pub const OTHER_REGISTRY: &str = "other";
 /// Most registries with a label of their own; a config naming more (a docker config with
 /// thousands of `auths`) counts the rest under [`OTHER_REGISTRY`], so the page stays small.
 pub const MAX_REGISTRY_LABELS: usize = 256;
+
+/// Most mirrors with a label of their own.
+pub const MAX_MIRROR_LABELS: usize = 32;
+/// The label shared by mirrors beyond [`MAX_MIRROR_LABELS`].
+pub const OTHER_MIRROR: &str = "other";
+
+/// Why a mirror handed a request over to containerd's next host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// Not named in the hosts.toml for that registry (or credgate's own, or not for pulls).
+    NotNamed,
+    /// The SSRF or token-realm boundary refused it.
+    NotAllowed,
+    /// No connection, TLS failure, or an answer credgate cannot use (502).
+    Unreachable,
+    /// No answer in time (504).
+    TimedOut,
+    /// 401 or 403, after every credential.
+    Refused,
+    NotFound,
+    /// 429 that outlasted credgate's patience.
+    Throttled,
+    /// 5xx.
+    ServerError,
+    /// Any other status of 400 or more.
+    OtherStatus,
+}
+
+impl Handover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handover::NotNamed => "not_named",
+            Handover::NotAllowed => "not_allowed",
+            Handover::Unreachable => "unreachable",
+            Handover::TimedOut => "timeout",
+            Handover::Refused => "refused",
+            Handover::NotFound => "not_found",
+            Handover::Throttled => "throttled",
+            Handover::ServerError => "server_error",
+            Handover::OtherStatus => "other_status",
+        }
+    }
+
+    /// The reason for a status the mirror (or credgate for it) answered; `None` below 400,
+    /// when nothing is handed over.
+    pub fn for_status(status: u16) -> Option<Handover> {
+        Some(match status {
+            0..=399 => return None,
+            401 | 403 => Handover::Refused,
+            404 => Handover::NotFound,
+            429 => Handover::Throttled,
+            500..=599 => Handover::ServerError,
+            _ => Handover::OtherStatus,
+        })
+    }
+}
+
+impl fmt::Display for Handover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorRequestLabels {
+    mirror: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandoverLabels {
+    mirror: String,
+    reason: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -88,6 +166,10 @@ pub enum Size {
     ResidentMemory,
     /// The daemon's open file descriptors, from `/proc/self/fd`.
     OpenFds,
+    /// Mirror clients (connection pools) kept.
+    MirrorClients,
+    /// hosts.toml files kept parsed for mirror lookups.
+    HostsFiles,
 }
 
 impl Size {
@@ -101,6 +183,8 @@ impl Size {
             Size::MetricsConnections => "metrics_connections",
             Size::ResidentMemory => "process_resident_memory_bytes",
             Size::OpenFds => "process_open_fds",
+            Size::MirrorClients => "mirror_clients",
+            Size::HostsFiles => "hosts_files_cached",
         }
     }
 
@@ -114,6 +198,8 @@ impl Size {
             Size::MetricsConnections => "Open connections to the metrics listener",
             Size::ResidentMemory => "Resident memory of the credgate process",
             Size::OpenFds => "Open file descriptors of the credgate process",
+            Size::MirrorClients => "Mirror clients (connection pools) kept",
+            Size::HostsFiles => "hosts.toml files kept parsed for mirror lookups",
         }
     }
 }
@@ -209,6 +295,10 @@ pub struct Metrics {
     token_cache_hits: Family<RegistryLabel, Counter>,
     bytes_streamed: Family<RegistryLabel, Counter>,
     auth_failures: Family<SourceLabel, Counter>,
+    /// Mirrors with a label of their own: the first [`MAX_MIRROR_LABELS`] seen.
+    mirror_labels: Mutex<BTreeSet<String>>,
+    mirror_requests: Family<MirrorRequestLabels, Counter>,
+    mirror_handovers: Family<HandoverLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -230,6 +320,18 @@ impl Metrics {
         let token_cache_hits = Family::<RegistryLabel, Counter>::default();
         let bytes_streamed = Family::<RegistryLabel, Counter>::default();
         let auth_failures = Family::<SourceLabel, Counter>::default();
+        let mirror_requests = Family::<MirrorRequestLabels, Counter>::default();
+        let mirror_handovers = Family::<HandoverLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Requests the endpoint sent to a mirror named in hosts.toml, by mirror and status",
+            mirror_requests.clone(),
+        );
+        registry.register(
+            "mirror_handovers",
+            "Mirror requests answered with a failure, so containerd moved on to its next host",
+            mirror_handovers.clone(),
+        );
         registry.register(
             "endpoint_requests",
             "Requests to the pull-through endpoint, by registry and status",
@@ -272,6 +374,9 @@ impl Metrics {
             token_cache_hits,
             bytes_streamed,
             auth_failures,
+            mirror_labels: Mutex::new(BTreeSet::new()),
+            mirror_requests,
+            mirror_handovers,
         };
         metrics.watch_optional(Size::ResidentMemory, resident_memory);
         metrics.watch_optional(Size::OpenFds, open_fds);
@@ -348,6 +453,41 @@ impl Metrics {
             source: source.to_string(),
         };
         self.auth_failures.get_or_create(&labels).inc();
+    }
+
+    /// The label of a mirror found named in hosts.toml (`shown`: its URL without user info or
+    /// query); `None` for one that was not.
+    fn mirror_label(&self, shown: Option<&str>) -> String {
+        let Some(shown) = shown else {
+            return NO_REGISTRY.to_string();
+        };
+        let mut labels = self.mirror_labels.lock().unwrap_or_else(|e| e.into_inner());
+        if labels.contains(shown) {
+            return shown.to_string();
+        }
+        if labels.len() < MAX_MIRROR_LABELS {
+            labels.insert(shown.to_string());
+            return shown.to_string();
+        }
+        OTHER_MIRROR.to_string()
+    }
+
+    /// One request relayed from a mirror (or answered for it), with its final status.
+    pub fn mirror_request(&self, mirror: Option<&str>, status: u16) {
+        let labels = MirrorRequestLabels {
+            mirror: self.mirror_label(mirror),
+            status: status_label(status),
+        };
+        self.mirror_requests.get_or_create(&labels).inc();
+    }
+
+    /// One hand-over: the mirror failed the request, so containerd tries its next host.
+    pub fn mirror_handover(&self, mirror: Option<&str>, reason: Handover) {
+        let labels = HandoverLabels {
+            mirror: self.mirror_label(mirror),
+            reason: reason.as_str().to_string(),
+        };
+        self.mirror_handovers.get_or_create(&labels).inc();
     }
 
     /// The OpenMetrics text exposition.
@@ -504,6 +644,68 @@ mod tests {
         assert!(!text.contains(r#"status="599""#), "{text}");
         assert!(text.contains(r#"status="5xx"} 95"#), "{text}");
         assert!(text.contains(r#"status="429"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn mirror_labels_are_bounded_to_the_first_named_mirrors() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            let mirror = format!("https://m{i}.test");
+            m.mirror_request(Some(&mirror), 200);
+            m.mirror_handover(Some(&mirror), Handover::NotFound);
+        }
+        m.mirror_handover(None, Handover::NotNamed);
+        m.mirror_request(Some("https://m0.test"), 404);
+        let text = m.render();
+        let labelled = |family: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(family))
+                .map(|l| {
+                    l.split("mirror=\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                })
+                .collect::<BTreeSet<_>>()
+        };
+        let mirrors = labelled("credgate_mirror_handovers_total{");
+        assert_eq!(mirrors.len(), MAX_MIRROR_LABELS + 2, "{mirrors:?}");
+        assert!(mirrors.contains(OTHER_MIRROR) && mirrors.contains(NO_REGISTRY));
+        assert_eq!(
+            labelled("credgate_mirror_requests_total{").len(),
+            MAX_MIRROR_LABELS + 1
+        );
+        assert!(
+            text.contains(
+                r#"credgate_mirror_handovers_total{mirror="other",reason="not_found"} 68"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credgate_mirror_handovers_total{mirror="-",reason="not_named"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"credgate_mirror_requests_total{mirror="https://m0.test",status="404"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn handover_reasons_follow_the_status() {
+        assert_eq!(Handover::for_status(200), None);
+        assert_eq!(Handover::for_status(304), None);
+        assert_eq!(Handover::for_status(401), Some(Handover::Refused));
+        assert_eq!(Handover::for_status(403), Some(Handover::Refused));
+        assert_eq!(Handover::for_status(404), Some(Handover::NotFound));
+        assert_eq!(Handover::for_status(429), Some(Handover::Throttled));
+        assert_eq!(Handover::for_status(503), Some(Handover::ServerError));
+        assert_eq!(Handover::for_status(418), Some(Handover::OtherStatus));
+        assert_eq!(Handover::for_status(999), Some(Handover::OtherStatus));
     }
 
     #[test]

@@ -190,3 +190,102 @@ fn attack_a_world_readable_hosts_toml_with_the_secret_is_a_failed_check_naming_c
     );
     assert_no_secret(&out);
 }
+
+/// `credgate install` on the node of [`node`], run as scripts run it.
+fn install(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("install")
+        .arg("--containerd-config")
+        .arg(dir.join("containerd.toml"))
+        .arg("--hosts-dir")
+        .arg(dir.join("certs.d"))
+        .env_remove("CREDGATE_CONFIG")
+        .output()
+        .expect("credgate runs")
+}
+
+/// The lines about hosts.toml files that are not `ok` (no daemon or containerd runs here).
+fn hosts_problems(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("ok") && l.contains("/certs.d/"))
+        .collect()
+}
+
+#[test]
+fn each_hosts_toml_lists_its_chain_and_a_rewrite_since_install_is_a_warning_naming_install() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let registry = dir.path().join("certs.d/registry.test/hosts.toml");
+    std::fs::create_dir_all(registry.parent().unwrap()).unwrap();
+    std::fs::write(
+        &registry,
+        "server = \"https://registry.test\"\n\n[host.\"https://mirror.test\"]\n\n\
+         [host.\"http://p2p.test:5000\"]\n  capabilities = [\"pull\"]\n",
+    )
+    .unwrap();
+    let installed = install(dir.path());
+    assert!(installed.status.success(), "{}", text(&installed.stderr));
+
+    let out = doctor(dir.path(), &["--offline"]);
+    let stdout = text(&out.stdout);
+    let chain = format!(
+        "ok    {}: containerd tries https://mirror.test through credgate (mirror 1), then \
+         http://p2p.test:5000 through credgate (mirror 2, pull only), then registry.test through \
+         credgate (upstream), then https://mirror.test directly, then http://p2p.test:5000 \
+         directly (pull only), then https://registry.test directly (server)",
+        registry.display()
+    );
+    assert!(stdout.lines().any(|l| l == chain), "{stdout}");
+    let default_chain = format!(
+        "ok    {}: containerd tries the registry through credgate (upstream), then the registry \
+         itself directly (server)",
+        dir.path().join("certs.d/_default/hosts.toml").display()
+    );
+    assert!(stdout.lines().any(|l| l == default_chain), "{stdout}");
+    assert_eq!(hosts_problems(&stdout), Vec::<&str>::new(), "{stdout}");
+
+    // A P2P mirror's installer (Spegel's way) puts its own host first, and config management
+    // appends another: neither is fronted.
+    let server = "server = \"https://registry.test\"\n";
+    let rewritten = std::fs::read_to_string(&registry).unwrap().replace(
+        server,
+        &format!("{server}\n[host.\"http://spegel.test:30020\"]\n"),
+    );
+    std::fs::write(
+        &registry,
+        format!("{rewritten}\n[host.\"https://added.test\"]\n"),
+    )
+    .unwrap();
+    let out = doctor(dir.path(), &["--offline"]);
+    let stdout = text(&out.stdout);
+    let fix = format!(
+        " — fix: credgate install --hosts-dir {}",
+        dir.path().join("certs.d").display()
+    );
+    let warnings = hosts_problems(&stdout);
+    let shown = registry.display();
+    assert_eq!(
+        warnings,
+        [
+            format!("warn  {shown} lists http://spegel.test:30020 before credgate's endpoint: containerd tries it first, so those pulls skip credgate while it answers{fix}"),
+            format!("warn  {shown}: http://spegel.test:30020 has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?){fix}"),
+            format!("warn  {shown}: https://added.test has no fronted host, so containerd reaches it only directly, without a credential (rewritten since install?){fix}"),
+        ],
+        "{stdout}"
+    );
+    assert_no_secret(&out);
+
+    // The fix fixes it.
+    let installed = install(dir.path());
+    assert!(installed.status.success(), "{}", text(&installed.stderr));
+    let out = doctor(dir.path(), &["--offline"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(hosts_problems(&stdout), Vec::<&str>::new(), "{stdout}");
+    assert!(
+        stdout.contains(": containerd tries http://spegel.test:30020 through credgate (mirror 1), then https://mirror.test through credgate (mirror 2)"),
+        "{stdout}"
+    );
+}

@@ -1,9 +1,10 @@
 //! `credgate install` and `credgate uninstall` against the real `containerd config default`
 //! output of containerd 1.6, 1.7 and 2.1 (`integration/tests/fixtures/containerd/`), in temp
 //! dirs only: the exact text written, a second install that changes nothing, an uninstall that
-//! restores every byte, `--dry-run`, the registry tables containerd rejects or warns about, and
-//! the attacks on the secret install writes: a hosts.toml any local user can read, and a
-//! secret printed by a dry run.
+//! restores every byte, `--dry-run`, the registry tables containerd rejects or warns about,
+//! mirrors fronted through the gate (and files edited or rewritten since install), and the
+//! attacks on the secret install writes: a hosts.toml any local user can read, and a secret
+//! printed by a dry run.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,9 +23,14 @@ ca = \"/etc/containerd/certs.d/docker.io/upstream-ca.pem\"\n\
 # the office mirror, with its own CA\n\
 [host.\"https://mirror.office.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"/etc/containerd/certs.d/docker.io/office-ca.pem\"\n";
 
-/// [`DOCKER_IO_HOSTS`] after install: credgate's host first, everything else as it was.
+/// [`DOCKER_IO_HOSTS`] after install: the mirror fronted, credgate's upstream host, then
+/// everything else as it was.
 const DOCKER_IO_HOSTS_INSTALLED: &str = "server = \"https://registry-1.docker.io\"\n\
 ca = \"/etc/containerd/certs.d/docker.io/upstream-ca.pem\"\n\
+\n\
+[host.\"http://127.0.0.1:5008/mirror/1\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+[host.\"http://127.0.0.1:5008/mirror/1\".header]\n    X-Credgate-Secret = [\"0123456789abcdef-test-secret\"]\n    \
+X-Credgate-Mirror = [\"https://mirror.office.test\"]\n\
 \n\
 [host.\"http://127.0.0.1:5008\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
 [host.\"http://127.0.0.1:5008\".header]\n    X-Credgate-Secret = [\"0123456789abcdef-test-secret\"]\n\
@@ -1064,4 +1070,346 @@ fn require_root() {
         nix::unistd::geteuid().is_root(),
         "this test changes a file's owner and needs root: run it as root (bash integration/test-all.sh)"
     );
+}
+
+// Mirrors through the gate (docs/design.md section 5): every host that pulls or resolves is
+// fronted, in order, before credgate's upstream host and the operator's own hosts.
+
+/// The `n`th fronted host for `mirror` with `caps`, exactly as install writes it.
+fn fronted(n: usize, mirror: &str, caps: &str) -> String {
+    format!(
+        "[host.\"http://127.0.0.1:5008/mirror/{n}\"]\n  capabilities = [{caps}]\n  \
+         [host.\"http://127.0.0.1:5008/mirror/{n}\".header]\n    \
+         X-Credgate-Secret = [\"{SECRET}\"]\n    X-Credgate-Mirror = [\"{mirror}\"]\n"
+    )
+}
+
+const PULL_RESOLVE: &str = "\"pull\", \"resolve\"";
+
+/// The operator's hosts of [`REGISTRY_MIRRORS`], as written: a pull-through cache with its own
+/// CA and client certificate, a Harbor proxy project (`override_path`) with a CA list and a
+/// client pair, a push-only host, a plain-http mirror and a resolve-only P2P mirror that skips
+/// verification.
+const REGISTRY_MIRROR_HOSTS: &str = "# the pull-through cache, with its own CA and client cert\n\
+[host.\"https://mirror.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"mirror-ca.pem\"\n  \
+client = \"/etc/containerd/certs.d/registry.test/client.pem\"\n\n\
+[host.\"https://harbor.test/v2/hub-proxy\"]\n  capabilities = [\"resolve\", \"pull\"]\n  override_path = true\n  \
+ca = [\"/etc/ssl/harbor-root.pem\", \"harbor-intermediate.pem\"]\n  client = [[\"h.crt\", \"h.key\"]]\n\n\
+[host.\"https://push.test\"]\n  capabilities = [\"push\"]\n\n\
+[host.\"http://plain.test:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n\n\
+[host.\"spegel.test:30020\"]\n  capabilities = [\"resolve\"]\n  skip_verify = true\n  \
+[host.\"spegel.test:30020\".header]\n    X-Spegel = [\"1\"]\n";
+
+/// registry.test/hosts.toml as an operator writes it: the upstream with its CA and a header,
+/// then the mirrors.
+fn registry_mirrors() -> String {
+    format!(
+        "# registry.test through its mirrors\nserver = \"https://registry.test\"\n\
+         ca = \"/etc/containerd/certs.d/registry.test/upstream.pem\"\n\n\
+         [header]\n  X-Team = \"kept\"\n\n{REGISTRY_MIRROR_HOSTS}"
+    )
+}
+
+/// [`registry_mirrors`] after install.
+fn registry_mirrors_installed() -> String {
+    format!(
+        "# registry.test through its mirrors\nserver = \"https://registry.test\"\n\
+         ca = \"/etc/containerd/certs.d/registry.test/upstream.pem\"\n\n\
+         [header]\n  X-Team = \"kept\"\n\n{}\n{}\n{}\n{}\n{OURS}\n{REGISTRY_MIRROR_HOSTS}",
+        fronted(1, "https://mirror.test", PULL_RESOLVE),
+        fronted(2, "https://harbor.test/v2/hub-proxy", PULL_RESOLVE),
+        fronted(3, "http://plain.test:5000", PULL_RESOLVE),
+        fronted(4, "spegel.test:30020", "\"resolve\""),
+    )
+}
+
+fn node_with_registry_mirrors() -> Node {
+    let node = Node::new(&v3());
+    let dir = node.hosts_dir().join("registry.test");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&dir.join("hosts.toml"), &registry_mirrors(), 0o644);
+    node
+}
+
+#[test]
+fn mirrors_are_fronted_in_order_with_their_settings_kept_and_uninstall_restores_every_byte() {
+    let node = node_with_registry_mirrors();
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    assert_eq!(stderr(&out), "", "nothing to warn about");
+    let file = node.hosts_dir().join("registry.test/hosts.toml");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        registry_mirrors_installed()
+    );
+    assert_secret_holders_private(std::slice::from_ref(&file));
+    let installed = node.tree();
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
+
+    let out = node.credgate(&["uninstall"]);
+    assert_ok(&out);
+    assert_eq!(node.tree(), before, "{}", stdout(&out));
+}
+
+#[test]
+fn default_hosts_toml_with_mirrors_is_fronted_and_restored() {
+    let node = Node::new(&v2());
+    let default = node.hosts_dir().join("_default");
+    std::fs::create_dir_all(&default).unwrap();
+    let mirrors =
+        "[host.\"https://hub-mirror.test\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n\
+                   [host.\"https://second.test\"]\n  capabilities = [\"pull\"]\n";
+    write(&default.join("hosts.toml"), mirrors, 0o644);
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert_eq!(
+        node.read("containerd/certs.d/_default/hosts.toml"),
+        format!(
+            "{}\n{}\n{OURS}\n{mirrors}",
+            fronted(1, "https://hub-mirror.test", PULL_RESOLVE),
+            fronted(2, "https://second.test", "\"pull\"")
+        )
+    );
+    let installed = node.tree();
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn a_file_with_only_server_gets_credgates_upstream_host_alone_as_before() {
+    let node = Node::new(&v3());
+    let quay = node.hosts_dir().join("quay.io");
+    std::fs::create_dir_all(&quay).unwrap();
+    let server = "server = \"https://quay.io\"\n";
+    write(&quay.join("hosts.toml"), server, 0o644);
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert_eq!(
+        node.read("containerd/certs.d/quay.io/hosts.toml"),
+        format!("{server}\n{OURS}")
+    );
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn a_push_only_host_is_not_fronted() {
+    let node = Node::new(&v3());
+    let dir = node.hosts_dir().join("registry.test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let push = "[host.\"https://push.test\"]\n  capabilities = [\"push\"]\n";
+    write(&dir.join("hosts.toml"), push, 0o600);
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    assert_eq!(
+        node.read("containerd/certs.d/registry.test/hosts.toml"),
+        format!("{OURS}\n{push}")
+    );
+}
+
+#[test]
+fn a_host_containerd_2_would_not_read_as_a_host_is_refused_with_exit_2_and_nothing_written() {
+    let node = Node::new(&v3());
+    let dir = node.hosts_dir().join("registry.test");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(
+        &dir.join("hosts.toml"),
+        "server = \"https://registry.test\"\nhost.\"https://mirror.test\".capabilities = [\"pull\"]\n",
+        0o644,
+    );
+    let before = node.tree();
+    let out = node.with_hosts_dir(&["install"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: host \"https://mirror.test\" is written as dotted keys or an inline table",
+            dir.join("hosts.toml").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(node.tree(), before);
+}
+
+#[test]
+fn a_mirror_added_to_an_installed_file_is_fronted_by_the_next_install_with_a_warning() {
+    let node = node_with_registry_mirrors();
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let file = node.hosts_dir().join("registry.test/hosts.toml");
+    // The operator appends a mirror to the installed file.
+    let added = "\n[host.\"https://added.test\"]\n";
+    let edited = format!("{}{added}", registry_mirrors_installed());
+    write(&file, &edited, 0o600);
+
+    let out = node.with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    let refronted = std::fs::read_to_string(&file).unwrap();
+    let original_plus = format!("{}{added}", registry_mirrors());
+    let node2 = Node::new(&v3());
+    let dir2 = node2.hosts_dir().join("registry.test");
+    std::fs::create_dir_all(&dir2).unwrap();
+    write(&dir2.join("hosts.toml"), &original_plus, 0o600);
+    assert_ok(&node2.with_hosts_dir(&["install"]));
+    assert_eq!(
+        refronted,
+        node2.read("containerd/certs.d/registry.test/hosts.toml"),
+        "the edit is fronted as if it had been made before install"
+    );
+    assert!(refronted.contains(&fronted(5, "https://added.test", PULL_RESOLVE)));
+    let warning = stderr(&out);
+    assert!(
+        warning.contains(&format!(
+            "warning: {} was edited since install; install fronts it as it is now, but uninstall \
+             gives back the file as it was before install ({}.credgate-backup), without those edits",
+            file.display(),
+            file.display()
+        )),
+        "{warning}"
+    );
+    let installed = node.tree();
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
+
+    assert_ok(&node.credgate(&["uninstall"]));
+    assert_eq!(
+        node.tree(),
+        before,
+        "the original from before install, byte for byte"
+    );
+}
+
+#[test]
+fn a_file_rewritten_without_credgates_hosts_is_refronted_and_uninstall_gives_back_the_rewrite() {
+    let node = node_with_registry_mirrors();
+    let before = node.tree();
+    assert_ok(&node.with_hosts_dir(&["install"]));
+    let hosts = node.hosts_dir();
+    // Config management (or Spegel) writes its own version, dropping credgate's hosts;
+    // Spegel also writes _default/hosts.toml, which install had created.
+    let file = hosts.join("registry.test/hosts.toml");
+    let rewrite = "server = \"https://registry.test\"\n\n[host.\"https://new-mirror.test\"]\n";
+    write(&file, rewrite, 0o640);
+    let spegel = "[host.\"http://127.0.0.1:30020\"]\n  capabilities = [\"pull\", \"resolve\"]\n";
+    write(&hosts.join("_default/hosts.toml"), spegel, 0o644);
+    let rewritten = node.tree();
+
+    let dry_run = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_ok(&dry_run);
+    assert_eq!(node.tree(), rewritten);
+    let line = format!(
+        "{} was rewritten since install without credgate's hosts: install keeps this version as \
+         {}.credgate-backup, and uninstall gives it back",
+        file.display(),
+        file.display()
+    );
+    assert!(
+        stdout(&dry_run).lines().any(|l| l == line),
+        "{}",
+        stdout(&dry_run)
+    );
+
+    let out = node.with_hosts_dir(&["install"]);
+    assert_ok(&out);
+    assert_eq!(stderr(&out), "");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!(
+            "server = \"https://registry.test\"\n\n{}\n{OURS}\n[host.\"https://new-mirror.test\"]\n",
+            fronted(1, "https://new-mirror.test", PULL_RESOLVE)
+        )
+    );
+    assert_eq!(
+        node.read("containerd/certs.d/_default/hosts.toml"),
+        format!(
+            "{}\n{OURS}\n{spegel}",
+            fronted(1, "http://127.0.0.1:30020", PULL_RESOLVE)
+        )
+    );
+    assert_secret_holders_private(&[file.clone(), hosts.join("_default/hosts.toml")]);
+    let installed = node.tree();
+    assert_changes_nothing(&node.with_hosts_dir(&["install"]), &node, &installed);
+
+    let out = node.credgate(&["uninstall"]);
+    assert_ok(&out);
+    // Every hosts.toml as the rewrite left it, byte and mode, config.toml as before install,
+    // and no trace of install.
+    let mut expected = rewritten.clone();
+    expected.retain(|path, _| {
+        let name = path.to_string_lossy();
+        !name.ends_with(".credgate-backup") && !name.ends_with(".credgate-install.json")
+    });
+    let config = PathBuf::from("containerd/config.toml");
+    expected.insert(config.clone(), before[&config].clone());
+    assert_eq!(node.tree(), expected, "{}", stdout(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), rewrite);
+    assert_eq!(mode_of(&file), 0o640);
+    assert_eq!(node.read("containerd/certs.d/_default/hosts.toml"), spegel);
+    assert_eq!(mode_of(&hosts.join("_default/hosts.toml")), 0o644);
+    // The directory install created stays: it holds Spegel's file now.
+    let left = format!(
+        "credgate: warning: left {}: ",
+        hosts.join("_default").display()
+    );
+    assert!(stderr(&out).starts_with(&left), "{}", stderr(&out));
+}
+
+#[test]
+fn attack_the_secret_is_read_off_the_diff_of_a_file_with_fronted_mirrors() {
+    let node = node_with_registry_mirrors();
+    let file = node.hosts_dir().join("registry.test/hosts.toml");
+    // A stale install's fronted host with an old secret, in the operator's file.
+    let stale = format!(
+        "{}\n{}",
+        registry_mirrors(),
+        fronted(1, "https://mirror.test", PULL_RESOLVE).replace(SECRET, STALE)
+    );
+    write(&file, &stale, 0o600);
+    let out = node.with_hosts_dir(&["install", "--dry-run"]);
+    assert_ok(&out);
+    let diff = stdout(&out);
+    for stream in [stdout(&out), stderr(&out)] {
+        assert!(
+            !stream.contains(SECRET) && !stream.contains(STALE),
+            "{stream}"
+        );
+    }
+    let ours = format!(
+        "+    X-Credgate-Secret = [\"<redacted: contents of {}>\"]",
+        node.path("credgate/mirror-secret").display()
+    );
+    // Four fronted hosts and the upstream host each set the header, and _default's upstream
+    // host; the stale one goes.
+    let set = diff.lines().filter(|l| *l == ours).count();
+    assert_eq!(set, 6, "{diff}");
+    assert!(
+        diff.lines()
+            .any(|l| l == "-    X-Credgate-Secret = [\"<redacted: value 1>\"]"),
+        "{diff}"
+    );
+    for mirror in [
+        "https://mirror.test",
+        "https://harbor.test/v2/hub-proxy",
+        "http://plain.test:5000",
+        "spegel.test:30020",
+    ] {
+        let line = format!("+    X-Credgate-Mirror = [\"{mirror}\"]");
+        assert!(diff.lines().any(|l| l == line), "{line:?} in:\n{diff}");
+    }
+    for args in [
+        &["install"][..],
+        &["uninstall", "--dry-run"][..],
+        &["uninstall"][..],
+    ] {
+        let out = node.with_hosts_dir(args);
+        assert_ok(&out);
+        for stream in [stdout(&out), stderr(&out)] {
+            assert!(
+                !stream.contains(SECRET) && !stream.contains(STALE),
+                "{args:?}: {stream}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), stale);
 }

@@ -94,6 +94,11 @@ fn the_init_step_and_the_pre_stop_hook_work_on_the_mounted_hosts_dir_only() {
     let pre_stop = serve.pre_stop();
     assert_eq!(pre_stop[1], "uninstall");
     assert_eq!(flag(&pre_stop, "--hosts-dir"), hosts_dir);
+    // The daemon reads the mirrors it may dial from the hosts.toml the init step wrote.
+    assert_eq!(
+        config_map_config(&manifests).containerd.hosts_dir,
+        Path::new(hosts_dir)
+    );
     for container in [init, serve] {
         let hosts = container
             .volume_mounts

@@ -56,11 +56,18 @@ pub enum Command {
         /// Include the secret in the output
         #[arg(long)]
         show_secret: bool,
+        /// The decision for a mirror of REF's registry instead: a host key of its hosts.toml
+        /// (in `[containerd] hosts_dir`), or a bare host[:port] naming exactly one host there
+        #[arg(long, value_name = "MIRROR")]
+        via: Option<String>,
     },
     /// Show every candidate from every source, which one won and why
     Explain {
         #[arg(value_name = "REF")]
         reference: String,
+        /// Explain what a mirror of REF's registry gets (see `lookup --via`)
+        #[arg(long, value_name = "MIRROR")]
+        via: Option<String>,
     },
     /// kubelet credential provider plugin: CredentialProviderRequest on stdin, response on stdout
     KubeletProvider,
@@ -162,13 +169,15 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
                 reference,
                 json,
                 show_secret,
+                via,
             } => {
                 let config = load_config(config_path.as_deref())?;
-                lookup::lookup(&config, &system, &reference, json, show_secret).await
+                let via = via.as_deref();
+                lookup::lookup(&config, &system, &reference, via, json, show_secret).await
             }
-            Command::Explain { reference } => {
+            Command::Explain { reference, via } => {
                 let config = load_config(config_path.as_deref())?;
-                lookup::explain(&config, &system, &reference).await
+                lookup::explain(&config, &system, &reference, via.as_deref()).await
             }
             Command::KubeletProvider => kubelet_provider(config_path.as_deref(), &vars).await,
             Command::Install(args) => {

@@ -16,6 +16,7 @@ use crate::endpoint::{self, EndpointState, HttpServer};
 use crate::health::Health;
 use crate::keychain::Keychain;
 use crate::metrics::{Metrics, Size};
+use crate::mirrors::Mirrors;
 use crate::secret::{MirrorSecret, SecretError, SecretOrigin};
 use crate::service;
 use crate::system::System;
@@ -76,6 +77,7 @@ async fn serve_until_stopped(
     let streaming = streaming_runtime()?;
     let open = PullThrough::open(
         config.listen.clone(),
+        Mirrors::from_config(config),
         daemon.clone(),
         upstream.clone(),
         metrics.clone(),
@@ -161,6 +163,9 @@ impl Running {
             );
         }
         self.pull_through.reload(&config.listen);
+        self.pull_through
+            .state
+            .replace_mirrors(Mirrors::from_config(&config));
         self.upstream
             .set_policy(UpstreamPolicy::from_config(&config));
         self.daemon.reload(
@@ -179,6 +184,8 @@ fn watch_caches(metrics: &Metrics, daemon: &Arc<Daemon>, upstream: &Arc<Upstream
     metrics.watch(Size::TokenCache, move || tokens.cached_tokens());
     let challenges = upstream.clone();
     metrics.watch(Size::Challenges, move || challenges.remembered_challenges());
+    let mirror_clients = upstream.clone();
+    metrics.watch(Size::MirrorClients, move || mirror_clients.mirror_clients());
     let helpers = daemon.clone();
     metrics.watch(Size::HelperCache, move || {
         helpers.keychain().helper_stats().cached_answers
@@ -202,6 +209,7 @@ impl PullThrough {
     /// listeners; any failure stops `serve` with one line.
     async fn open(
         listen: Listen,
+        mirrors: Mirrors,
         daemon: Arc<Daemon>,
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
@@ -216,12 +224,11 @@ impl PullThrough {
             .await
             .map_err(|e| failed(&e))?;
         watch_caches(&metrics, &daemon, &upstream);
-        let state = Arc::new(EndpointState::new(
-            daemon,
-            upstream,
-            secret,
-            metrics.clone(),
-        ));
+        let state = Arc::new(
+            EndpointState::new(daemon, upstream, secret, metrics.clone()).with_mirrors(mirrors),
+        );
+        let files = state.clone();
+        metrics.watch(Size::HostsFiles, move || files.mirrors().cached_files());
         let endpoint = endpoint::serve_endpoint(mirror, state.clone());
         let page = endpoint::serve_metrics_reporting(
             metrics_listener,

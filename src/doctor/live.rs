@@ -10,6 +10,7 @@ use crate::keychain::{Attempt, Keychain};
 use crate::metrics::Metrics;
 use crate::upstream::{Probe, Upstream, UpstreamError, UpstreamPolicy};
 
+use super::hosts::Chain;
 use super::{Check, LIVE_TIMEOUT};
 
 /// Every scope the keychain can name without running a helper.
@@ -110,6 +111,16 @@ async fn one_scope(upstream: &Upstream, keychain: &Keychain, requested: &Target)
         ),
         Ok(Err(e)) => unreachable(&who, registry, &e),
     }
+}
+
+/// Live credential checks of the mirrors credgate fronts, one per [`super::hosts::Link::Fronted`]
+/// of each chain: the seam for the check that tries the credential the keychain gives a mirror
+/// (docs/design.md, "Which credential a mirror gets") against that mirror, dialled with its
+/// hosts.toml settings. That credential is decided by the daemon's mirror lookup
+/// (`credgate lookup --via`), which this build does not have yet, so nothing is checked here
+/// and nothing is claimed: a mirror's credential shows only in pulls.
+pub(super) fn mirrors(_chains: &[Chain]) -> Vec<Check> {
+    Vec::new()
 }
 
 fn unreachable(who: &str, registry: &RegistryHost, error: &UpstreamError) -> Check {

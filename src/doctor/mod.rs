@@ -4,8 +4,8 @@
 //!
 //! The checks follow a pull's path: the daemon's socket ([`daemon`]), containerd and the hosts
 //! directory it reads ([`containerd`]), the hosts.toml files that send pulls to the endpoint and
-//! the secret they carry ([`hosts`]), and each registry's credential against the real registry
-//! ([`live`]).
+//! the secret they carry, and the chain of hosts each of them makes containerd try ([`hosts`]),
+//! and each registry's credential against the real registry ([`live`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -130,12 +130,8 @@ pub async fn run(
         .unwrap_or_else(|| view.hosts_dir());
     let keychain = crate::keychain::Keychain::from_config(config, system);
     let registries = live::registries(&keychain).await;
-    report.checks.extend(hosts::check(
-        &hosts_dir,
-        &config.listen,
-        system,
-        &registries,
-    ));
+    let hosts = hosts::check(&hosts_dir, &config.listen, system, &registries);
+    report.checks.extend(hosts.checks);
     report
         .checks
         .extend(sources::check(config, system.files.as_ref()));
@@ -147,6 +143,7 @@ pub async fn run(
         report
             .checks
             .extend(live::check(config, &keychain, &registries).await);
+        report.checks.extend(live::mirrors(&hosts.chains));
     }
     Ok(report)
 }

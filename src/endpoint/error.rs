@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::route::ALLOWED_METHODS;
 use crate::identity::IdentityError;
+use crate::mirrors::MirrorError;
 use crate::upstream::{UpstreamBody, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,17 @@ pub enum EndpointError {
     InvalidDigest { digest: String },
     #[error("blobs are addressed by digest only")]
     BlobWithoutDigest,
+    #[error("a /mirror/<n> path needs exactly one X-Credgate-Mirror header naming the host it stands for")]
+    MirrorPrefixWithoutHeader,
+    #[error("X-Credgate-Mirror is only for /mirror/<n> paths")]
+    MirrorHeaderWithoutPrefix,
+    #[error("more than one X-Credgate-Mirror value; a fronted host names exactly one mirror")]
+    TwoMirrors,
+    #[error("X-Credgate-Mirror must be a host key from hosts.toml, as visible ASCII")]
+    BadMirrorHeader,
+    /// The mirror named is not one credgate may dial for this registry.
+    #[error("mirror refused: {0}")]
+    Mirror(#[from] MirrorError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -64,6 +76,11 @@ impl EndpointError {
             | InvalidNamespace(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             InvalidTag { .. } => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
             InvalidDigest { .. } | BlobWithoutDigest => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            MirrorPrefixWithoutHeader
+            | MirrorHeaderWithoutPrefix
+            | TwoMirrors
+            | BadMirrorHeader => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            Mirror(_) => (StatusCode::FORBIDDEN, "DENIED"),
             Upstream(e) => upstream_status(e),
         }
     }
@@ -97,6 +114,7 @@ fn upstream_status(error: &UpstreamError) -> (StatusCode, &'static str) {
         | UpstreamError::Protocol { .. }
         | UpstreamError::Token { .. }
         | UpstreamError::CaFile { .. }
+        | UpstreamError::ClientCertificate { .. }
         | UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
     }
 }

@@ -35,6 +35,15 @@
 //!   it, else `other` ([`crate::metrics`]); requests that name none (`/v2/`, refusals before
 //!   a valid `ns` was read, and an `ns` the upstream boundary refused) count under `-`, so
 //!   callers cannot create label values.
+//! - **Mirrors** ([`crate::mirrors`]): a request under `/mirror/<n>` comes from a host
+//!   install fronts and must carry exactly one `X-Credgate-Mirror` (checked after `ns`;
+//!   prefix without header, header without prefix, two values: 400). It goes to that mirror
+//!   only if the hosts.toml containerd uses for `ns` names it as one of the operator's hosts
+//!   (else 403), with the mirror's own settings and the credential it gets, and with
+//!   everything else above (patience, integrity, statuses) as for an upstream. A failure is
+//!   relayed so containerd moves on to its next host, logged and counted as a hand-over
+//!   (`credgate_mirror_handovers_total{mirror,reason}`; requests per mirror in
+//!   `credgate_mirror_requests_total`).
 //! - **Transport.** HTTP/1.1 only (containerd speaks HTTP/1.1 to `http://` mirrors); request
 //!   heads are bounded to [`MAX_HEADERS`] headers and [`MAX_HEADER_BYTES`] bytes (431 beyond).
 //! - **Connections.** At most [`MAX_ENDPOINT_CONNECTIONS`] are open; at the cap the oldest
@@ -50,9 +59,11 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::containerd::files::DEFAULT_HOSTS_DIR;
 use crate::daemon::Daemon;
 use crate::identity::RegistryHost;
 use crate::metrics::{Metrics, NO_REGISTRY};
+use crate::mirrors::Mirrors;
 use crate::secret::MirrorSecret;
 use crate::upstream::{SendUpstream, UpstreamBody, UpstreamError};
 
@@ -70,7 +81,9 @@ pub use connections::Trust;
 pub use error::EndpointError;
 pub use metrics_listener::{serve_metrics, serve_metrics_reporting, serve_metrics_with};
 pub use patience::Patience;
-pub use route::{ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route};
+pub use route::{
+    requested_mirror, ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route,
+};
 pub use server::{
     bind_loopback, HttpServer, Limits, ListenError, MAX_ENDPOINT_CONNECTIONS, MAX_HEADERS,
     MAX_HEADER_BYTES, MAX_METRICS_CONNECTIONS,
@@ -84,6 +97,8 @@ pub struct EndpointState {
     daemon: Arc<Daemon>,
     upstream: Arc<dyn SendUpstream>,
     secret: RwLock<MirrorSecret>,
+    /// The hosts dir and `[[mirror]]` entries in force, swapped on reload.
+    mirrors: RwLock<Arc<Mirrors>>,
     metrics: Arc<Metrics>,
     patience: Patience,
     /// Wrong-secret refusals logged: one line per [`BAD_SECRET_LOG_WINDOW`], so a local
@@ -118,7 +133,8 @@ impl BadSecretLog {
 
 impl EndpointState {
     /// The keychain is taken from `daemon` on every request, so a SIGHUP reload applies to
-    /// the next one.
+    /// the next one. Mirrors are looked up in the default hosts dir with no `[[mirror]]`
+    /// entries until [`EndpointState::with_mirrors`].
     pub fn new(
         daemon: Arc<Daemon>,
         upstream: Arc<dyn SendUpstream>,
@@ -129,6 +145,7 @@ impl EndpointState {
             daemon,
             upstream,
             secret: RwLock::new(secret),
+            mirrors: RwLock::new(Arc::new(Mirrors::new(DEFAULT_HOSTS_DIR, Vec::new()))),
             metrics,
             patience: Patience::default(),
             bad_secret_log: Mutex::default(),
@@ -139,6 +156,25 @@ impl EndpointState {
     pub fn with_patience(mut self, patience: Patience) -> Self {
         self.patience = patience;
         self
+    }
+
+    /// Where fronted requests find their mirrors (`[containerd] hosts_dir`, `[[mirror]]`).
+    pub fn with_mirrors(self, mirrors: Mirrors) -> Self {
+        self.replace_mirrors(mirrors);
+        self
+    }
+
+    /// Swaps in new mirror settings (reload); requests already admitted are not affected.
+    pub fn replace_mirrors(&self, mirrors: Mirrors) {
+        *self.mirrors.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(mirrors);
+    }
+
+    /// The mirror settings in force.
+    pub fn mirrors(&self) -> Arc<Mirrors> {
+        self.mirrors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Swaps in a new secret (reload); requests already admitted are not affected.
@@ -226,11 +262,16 @@ async fn answer(
     if let Some(trust) = request.extensions().get::<Trust>() {
         trust.grant();
     }
-    match Route::parse(request.method(), request.uri())? {
-        Route::ApiVersion => Ok(api_version()),
+    let route = Route::parse(request.method(), request.uri())?;
+    let mirror = route::requested_mirror(&route, request.headers())?;
+    match route {
+        Route::ApiVersion { .. } => Ok(api_version()),
         Route::Content(route) => {
             *registry = Some(route.registry.clone());
-            proxy::forward(state, route, request).await
+            match mirror {
+                None => proxy::forward(state, route, request).await,
+                Some(key) => proxy::forward_to_mirror(state, route, &key, request).await,
+            }
         }
     }
 }
@@ -270,6 +311,8 @@ fn log_refusal(state: &EndpointState, request: &Request<Incoming>, error: &Endpo
         EndpointError::Upstream(_) => {
             tracing::warn!(%method, path, status = error.status().as_u16(), %error, "pull-through request refused")
         }
+        // Logged as a hand-over where it happened.
+        EndpointError::Mirror(_) => {}
         _ => {
             tracing::debug!(%method, path, status = error.status().as_u16(), %error, "pull-through request refused")
         }

@@ -1,6 +1,10 @@
 //! One manifest or blob request forwarded upstream, and its answer relayed back: a few
 //! request headers out, a few response headers and the streamed body in.
 //!
+//! - A request to a mirror (`/mirror/<n>` with `X-Credgate-Mirror`) goes where
+//!   [`crate::mirrors`] says, with the same patience and checks; whatever fails is answered
+//!   with its status (containerd then tries its next host), logged as a hand-over and
+//!   counted per mirror.
 //! - A 429 is waited out and retried within [`super::Patience`] before anything is relayed.
 //! - Every 2xx but 206 is the whole content: for digest-addressed content it is verified as
 //!   it streams, whatever the status says. A 206 is relayed unverified only when the client
@@ -18,6 +22,7 @@ use super::error::full_body;
 use super::patience::Throttled;
 use super::route::{ContentRoute, Digest};
 use super::{EndpointError, EndpointState};
+use crate::metrics::Handover;
 use crate::upstream::{UpstreamBody, UpstreamError, UpstreamRequest};
 
 /// What the client needs back; hop-by-hop and auth headers are dropped with everything else.
@@ -61,6 +66,67 @@ pub(super) async fn forward(
         ranged: request.headers().contains_key(header::RANGE),
     };
     relay(state, &asked, upstream)
+}
+
+/// The request sent to the mirror `key` names instead of the upstream. Every failure is
+/// answered here (not returned), so it is logged once, as a hand-over.
+pub(super) async fn forward_to_mirror(
+    state: &EndpointState,
+    route: ContentRoute,
+    key: &str,
+    request: &Request<Incoming>,
+) -> Result<Response<UpstreamBody>, EndpointError> {
+    let mirrors = state.mirrors();
+    let found = mirrors
+        .find(&route.ns, key)
+        .and_then(|mirror| mirror.request(&route.registry, &route.repository));
+    let mirror_request = match found {
+        Ok(mirror_request) => mirror_request,
+        Err(error) => {
+            state.metrics.mirror_handover(None, Handover::NotNamed);
+            tracing::warn!(registry = %route.registry, repository = %route.repository, %error, status = 403, reason = %Handover::NotNamed, "mirror refused; containerd moves on to its next host");
+            return Ok(EndpointError::from(error).into_response());
+        }
+    };
+    let shown = mirror_request.mirror.shown();
+    let method = request.method().clone();
+    let upstream_request =
+        mirror_request.upstream_request(method.clone(), &route.tail(), request.headers());
+    let asked = Asked {
+        route: &route,
+        method: &method,
+        ranged: request.headers().contains_key(header::RANGE),
+    };
+    let answered = match send_patiently(state, &route, upstream_request).await {
+        Ok(upstream) => relay(state, &asked, upstream),
+        Err(error) => Err(error),
+    };
+    let (status, handover) = match &answered {
+        Ok(response) => (
+            response.status(),
+            Handover::for_status(response.status().as_u16()),
+        ),
+        Err(error) => (error.status(), Some(handover_for(error))),
+    };
+    state.metrics.mirror_request(Some(&shown), status.as_u16());
+    if let Some(reason) = handover {
+        state.metrics.mirror_handover(Some(&shown), reason);
+        let error = answered.as_ref().err().map(ToString::to_string);
+        tracing::warn!(mirror = %shown, registry = %route.registry, repository = %route.repository, credentials = %mirror_request.credential_target, status = status.as_u16(), %reason, error, "mirror failed; containerd moves on to its next host");
+    }
+    Ok(answered.unwrap_or_else(EndpointError::into_response))
+}
+
+/// Why a request the mirror never answered usefully was handed over.
+fn handover_for(error: &EndpointError) -> Handover {
+    match error {
+        EndpointError::Upstream(
+            UpstreamError::NotAllowed { .. } | UpstreamError::RealmNotAllowed { .. },
+        ) => Handover::NotAllowed,
+        EndpointError::Upstream(UpstreamError::TimedOut { .. }) => Handover::TimedOut,
+        EndpointError::Mirror(_) => Handover::NotNamed,
+        _ => Handover::Unreachable,
+    }
 }
 
 /// The upstream's answer, a 429 first waited out and retried as [`super::Patience`] allows.

@@ -1,17 +1,29 @@
 //! What a request asks for, as containerd sends it to a mirror:
-//! `GET|HEAD /v2/<name>/{manifests|blobs}/<ref>?ns=<registry>`. Everything is validated here,
-//! before anything is sent upstream.
+//! `GET|HEAD /v2/<name>/{manifests|blobs}/<ref>?ns=<registry>`, or, from a host install fronts
+//! (docs/design.md, "Mirrors through the gate"), the same under `/mirror/<n>` with exactly one
+//! `X-Credgate-Mirror` header naming the operator's host. Everything is validated here, before
+//! anything is sent upstream; `<n>` is checked for shape and trusted for nothing.
 
-use http::{Method, Uri};
+use http::{HeaderMap, Method, Uri};
 
 use super::EndpointError;
+use crate::containerd::files::MIRROR_PATH_PREFIX;
 use crate::identity::{RegistryHost, Repository};
+
+/// The header a fronted host sends: the operator's host key it stands for (names compare
+/// case-insensitively).
+use crate::containerd::files::MIRROR_HEADER;
+
+/// Most digits of `<n>` in a fronted host's `/mirror/<n>`.
+const MAX_FRONTED_DIGITS: usize = 4;
 
 /// A request the endpoint serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `/v2/`: the API version check, answered locally.
-    ApiVersion,
+    /// `/v2/`: the API version check, answered locally; `fronted` when under `/mirror/<n>`.
+    ApiVersion {
+        fronted: bool,
+    },
     Content(ContentRoute),
 }
 
@@ -19,9 +31,14 @@ pub enum Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentRoute {
     pub registry: RegistryHost,
+    /// `ns` as containerd sent it (decoded, not canonicalised): the hosts dir is searched by
+    /// this spelling, as containerd searches it.
+    pub ns: String,
     pub repository: Repository,
     pub kind: ContentKind,
     pub reference: Reference,
+    /// Under `/mirror/<n>`: a fronted host's request, for the mirror `X-Credgate-Mirror` names.
+    pub fronted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +77,10 @@ impl Route {
         if path.contains('%') {
             return Err(EndpointError::EncodedPath);
         }
+        let (fronted, path) = split_fronted(path)?;
         if path == "/v2/" {
             check_method(method)?;
-            return Ok(Route::ApiVersion);
+            return Ok(Route::ApiVersion { fronted });
         }
         let (name, kind, reference) = split_content_path(path)?;
         check_method(method)?;
@@ -72,7 +90,7 @@ impl Route {
         {
             return Err(EndpointError::DotSegment);
         }
-        let registry = namespace(uri.query())?;
+        let (ns, registry) = namespace(uri.query())?;
         let repository = Repository::parse(name).map_err(EndpointError::InvalidRepository)?;
         let reference = Reference::parse(reference)?;
         if kind == ContentKind::Blob && !matches!(reference, Reference::Digest(_)) {
@@ -80,21 +98,82 @@ impl Route {
         }
         Ok(Route::Content(ContentRoute {
             registry,
+            ns,
             repository,
             kind,
             reference,
+            fronted,
         }))
     }
+
+    /// Whether the request came through a fronted host (`/mirror/<n>`).
+    pub fn fronted(&self) -> bool {
+        match self {
+            Route::ApiVersion { fronted } => *fronted,
+            Route::Content(route) => route.fronted,
+        }
+    }
+}
+
+/// The mirror a request names: exactly one `X-Credgate-Mirror` value, and only under
+/// `/mirror/<n>`; without the prefix, no such header at all. A value with a comma is two
+/// values (HTTP's list syntax), and refused like two headers.
+pub fn requested_mirror(
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<String>, EndpointError> {
+    let mut values = headers.get_all(MIRROR_HEADER).iter();
+    let (first, second) = (values.next(), values.next());
+    match (route.fronted(), first, second) {
+        (false, None, _) => Ok(None),
+        (false, Some(_), _) => Err(EndpointError::MirrorHeaderWithoutPrefix),
+        (true, None, _) => Err(EndpointError::MirrorPrefixWithoutHeader),
+        (true, Some(_), Some(_)) => Err(EndpointError::TwoMirrors),
+        (true, Some(value), None) => {
+            let value = value
+                .to_str()
+                .map_err(|_| EndpointError::BadMirrorHeader)?
+                .trim();
+            if value.contains(',') {
+                return Err(EndpointError::TwoMirrors);
+            }
+            if value.is_empty() {
+                return Err(EndpointError::BadMirrorHeader);
+            }
+            Ok(Some(value.to_string()))
+        }
+    }
+}
+
+/// `path` without a `/mirror/<n>` prefix, and whether it had one.
+fn split_fronted(path: &str) -> Result<(bool, &str), EndpointError> {
+    let Some(rest) = path.strip_prefix(MIRROR_PATH_PREFIX) else {
+        return Ok((false, path));
+    };
+    let digits = rest.find('/').ok_or(EndpointError::NotFound)?;
+    let (number, rest) = rest.split_at(digits);
+    if number.is_empty()
+        || number.len() > MAX_FRONTED_DIGITS
+        || !number.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(EndpointError::NotFound);
+    }
+    Ok((true, rest))
 }
 
 impl ContentRoute {
     /// The distribution API path upstream, without `ns`.
     pub fn upstream_path(&self) -> String {
+        format!("/v2/{}/{}", self.repository, self.tail())
+    }
+
+    /// What follows the repository: `manifests/<ref>` or `blobs/<digest>`.
+    pub fn tail(&self) -> String {
         let kind = match self.kind {
             ContentKind::Manifest => "manifests",
             ContentKind::Blob => "blobs",
         };
-        format!("/v2/{}/{kind}/{}", self.repository, self.reference)
+        format!("{kind}/{}", self.reference)
     }
 
     /// The digest a full body must hash to: content addressed by digest.
@@ -134,10 +213,10 @@ fn split_content_path(path: &str) -> Result<(&str, ContentKind, &str), EndpointE
     Ok((name, kind, reference))
 }
 
-/// The upstream registry from exactly one `ns` parameter. containerd encodes it with Go's
-/// `url.Values`, so `registry.test:5000` arrives as `registry.test%3A5000`. Only a bare
-/// `host[:port]` is accepted: no scheme, no path.
-fn namespace(query: Option<&str>) -> Result<RegistryHost, EndpointError> {
+/// The upstream registry from exactly one `ns` parameter, as sent (decoded) and canonical.
+/// containerd encodes it with Go's `url.Values`, so `registry.test:5000` arrives as
+/// `registry.test%3A5000`. Only a bare `host[:port]` is accepted: no scheme, no path.
+fn namespace(query: Option<&str>) -> Result<(String, RegistryHost), EndpointError> {
     let mut values = query
         .unwrap_or_default()
         .split('&')
@@ -150,10 +229,13 @@ fn namespace(query: Option<&str>) -> Result<RegistryHost, EndpointError> {
     if ns.is_empty() {
         return Err(EndpointError::MissingNamespace);
     }
-    if ns.contains('/') {
+    // Whitespace too: the registry parser trims it, but the hosts dir is searched by `ns`
+    // as sent, and ` r.test` would find `_default` instead of `r.test`'s own file.
+    if ns.contains('/') || ns.chars().any(char::is_whitespace) {
         return Err(EndpointError::NamespaceNotAHost { ns });
     }
-    RegistryHost::parse(&ns).map_err(EndpointError::InvalidNamespace)
+    let registry = RegistryHost::parse(&ns).map_err(EndpointError::InvalidNamespace)?;
+    Ok((ns, registry))
 }
 
 /// Decodes `%XX` (and `+` as space, as in a form); `None` for a broken escape or non-UTF-8.
@@ -300,7 +382,93 @@ mod tests {
 
     #[test]
     fn api_version_needs_no_ns() {
-        assert_eq!(parse(Method::HEAD, "/v2/").unwrap(), Route::ApiVersion);
+        assert_eq!(
+            parse(Method::HEAD, "/v2/").unwrap(),
+            Route::ApiVersion { fronted: false }
+        );
+        assert_eq!(
+            parse(Method::GET, "/mirror/7/v2/").unwrap(),
+            Route::ApiVersion { fronted: true }
+        );
+    }
+
+    #[test]
+    fn fronted_requests_parse_under_their_prefix_with_ns_as_sent() {
+        let route = content("/mirror/12/v2/library/busybox/manifests/v1?ns=Registry.Test%3A443");
+        assert!(route.fronted);
+        assert_eq!(route.ns, "Registry.Test:443");
+        assert_eq!(route.registry.to_string(), "registry.test");
+        assert_eq!(route.repository.as_str(), "library/busybox");
+        assert_eq!(route.tail(), "manifests/v1");
+        let plain = content("/v2/a/manifests/v1?ns=r.test");
+        assert!(!plain.fronted);
+        for uri in [
+            "/mirror/v2/a/manifests/v1?ns=r.test",
+            "/mirror//v2/a/manifests/v1?ns=r.test",
+            "/mirror/x1/v2/a/manifests/v1?ns=r.test",
+            "/mirror/12345/v2/a/manifests/v1?ns=r.test",
+            "/mirror/1",
+            "/mirror/1/mirror/2/v2/a/manifests/v1?ns=r.test",
+            "/mirror/-1/v2/a/manifests/v1?ns=r.test",
+            "/v2/mirror/1/a/manifests",
+        ] {
+            let err = parse(Method::GET, uri).expect_err(uri);
+            assert!(matches!(err, EndpointError::NotFound), "{uri}: {err:?}");
+        }
+        let err = parse(Method::GET, "/mirror/1/v2/a/../b/manifests/v1?ns=r.test").unwrap_err();
+        assert!(matches!(err, EndpointError::DotSegment), "{err:?}");
+    }
+
+    #[test]
+    fn the_mirror_header_must_match_the_prefix_and_carry_one_value() {
+        let fronted = parse(Method::GET, "/mirror/1/v2/a/manifests/v1?ns=r.test").unwrap();
+        let plain = parse(Method::GET, "/v2/a/manifests/v1?ns=r.test").unwrap();
+        let headers = |values: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(MIRROR_HEADER, http::HeaderValue::from_bytes(value).unwrap());
+            }
+            headers
+        };
+        assert_eq!(
+            requested_mirror(&fronted, &headers(&[b"https://m.test"])).unwrap(),
+            Some("https://m.test".to_string())
+        );
+        assert_eq!(requested_mirror(&plain, &headers(&[])).unwrap(), None);
+        let cases: &[(&Route, &[&[u8]], &str)] = &[
+            (&fronted, &[], "MirrorPrefixWithoutHeader"),
+            (&plain, &[b"https://m.test"], "MirrorHeaderWithoutPrefix"),
+            (&plain, &[b""], "MirrorHeaderWithoutPrefix"),
+            (
+                &fronted,
+                &[b"https://m.test", b"https://m.test"],
+                "TwoMirrors",
+            ),
+            (
+                &fronted,
+                &[b"https://m.test,https://evil.test"],
+                "TwoMirrors",
+            ),
+            (&fronted, &[b"https://m.test, "], "TwoMirrors"),
+            (&fronted, &[b""], "BadMirrorHeader"),
+            (&fronted, &[b"  "], "BadMirrorHeader"),
+            (&fronted, &[b"https://m.test/\xff"], "BadMirrorHeader"),
+        ];
+        for (route, values, expected) in cases {
+            let err = requested_mirror(route, &headers(values)).expect_err(expected);
+            assert!(
+                format!("{err:?}").starts_with(expected),
+                "{values:?}: {err:?}"
+            );
+        }
+        // Header names are case-insensitive on the wire: two spellings are two values.
+        let mut mixed = HeaderMap::new();
+        mixed.append("X-Credgate-Mirror", "https://m.test".parse().unwrap());
+        mixed.append("x-CREDGATE-mirror", "https://evil.test".parse().unwrap());
+        assert!(matches!(
+            requested_mirror(&fronted, &mixed),
+            Err(EndpointError::TwoMirrors)
+        ));
     }
 
     #[test]
@@ -322,6 +490,16 @@ mod tests {
                 Method::GET,
                 "/v2/app/manifests/v1?ns=%zz",
                 "BadNamespaceEncoding",
+            ),
+            (
+                Method::GET,
+                "/v2/app/manifests/v1?ns=%20r.test",
+                "NamespaceNotAHost",
+            ),
+            (
+                Method::GET,
+                "/v2/app/manifests/v1?ns=r.test+",
+                "NamespaceNotAHost",
             ),
             (
                 Method::GET,

@@ -159,6 +159,9 @@ pub(crate) struct Change {
     pub before: Option<Found>,
     pub after: Vec<u8>,
     pub access: Access,
+    /// The file found was rewritten without credgate's hosts since install wrote it (by
+    /// Spegel, Dragonfly, config management): it is the original uninstall must give back now.
+    pub rewritten_since_install: bool,
 }
 
 impl Change {
@@ -168,6 +171,7 @@ impl Change {
             before,
             after,
             access,
+            rewritten_since_install: false,
         }
     }
 
@@ -203,6 +207,14 @@ impl Change {
     /// every secret redacted.
     pub fn diff(&self, redactor: &mut Redactor) -> String {
         let mut shown = String::new();
+        if self.rewritten_since_install {
+            shown.push_str(&format!(
+                "{} was rewritten since install without credgate's hosts: install keeps this \
+                 version as {}, and uninstall gives it back\n",
+                self.path.display(),
+                backup_path(&self.path).display()
+            ));
+        }
         if let Some(found) = &self.before {
             if found.mode != self.mode() {
                 shown.push_str(&mode_line(&self.path, found.mode, self.mode(), self.why()));
@@ -230,7 +242,10 @@ impl Change {
     /// Refuses a backup name already taken by a file install did not make (see [`back_up`]),
     /// before anything is written.
     pub fn check_backup(&self, state: &InstallState) -> Result<(), InstallError> {
-        if self.before.is_none() || state.created(&self.path) || state.backed_up(&self.path) {
+        if self.before.is_none() || state.backed_up(&self.path) {
+            return Ok(());
+        }
+        if state.created(&self.path) && !self.rewritten_since_install {
             return Ok(());
         }
         let backup = backup_path(&self.path);
@@ -257,6 +272,17 @@ impl Change {
         };
         let path = &self.path;
         match &self.before {
+            Some(found) if self.rewritten_since_install => {
+                write_atomically(path, &self.after, self.mode()).map_err(write_err(path))?;
+                // After the write: should this fail, uninstall still has the older original.
+                let backup = replace_backup(path, found, state)?;
+                Ok(format!(
+                    "updated {} (rewritten since install without credgate's hosts: that version \
+                     is kept as {}, and uninstall gives it back)",
+                    path.display(),
+                    backup.display()
+                ))
+            }
             Some(found) => {
                 // A file install created has no original to keep, only its own earlier content.
                 let backup = if state.created(path) {
@@ -351,6 +377,30 @@ fn back_up(
     write_atomically(&backup, &found.bytes, mode).map_err(write_err)?;
     state.record_original(path, found.original());
     Ok((backup, Backup::Made))
+}
+
+/// Makes `found` the original of `path`: its backup (replacing install's earlier one, or the
+/// first for a file install created), with its mode, owner and fingerprint recorded.
+fn replace_backup(
+    path: &Path,
+    found: &Found,
+    state: &mut InstallState,
+) -> Result<PathBuf, InstallError> {
+    let backup = backup_path(path);
+    let text = String::from_utf8_lossy(&found.bytes);
+    let mode = if carries_secret(&text) {
+        SECRET_FILE_MODE
+    } else {
+        found.mode
+    };
+    // A rename over the name: whatever is there (ours, checked by `check_backup`) is replaced,
+    // never written through.
+    write_atomically(&backup, &found.bytes, mode).map_err(|source| InstallError::Write {
+        path: backup.clone(),
+        source,
+    })?;
+    state.adopt(path, found.original());
+    Ok(backup)
 }
 
 /// Creates `dir` and its missing ancestors, recording each one install created.

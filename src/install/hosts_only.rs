@@ -70,7 +70,7 @@ fn write_hosts(
         });
     }
     let endpoint = endpoint(config, options.dry_run, &mut report, redactor)?;
-    let mut changes = hosts::plan(&hosts_dir, &endpoint, &mut report.warnings)?;
+    let mut changes = hosts::plan(&hosts_dir, &endpoint, &state, &mut report)?;
     for found in changes.iter().filter_map(|c| c.before.as_ref()) {
         redactor.learn(&found.bytes);
     }

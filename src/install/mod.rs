@@ -1,8 +1,9 @@
 //! `credgate install` and `credgate uninstall`: register the pull-through endpoint with
 //! containerd. The containerd config's `config_path` names one hosts directory, and every
-//! hosts.toml there lists the endpoint first. Every write is atomic and backed up, every file
-//! that carries the secret is 0600, nothing printed shows a secret, and a state file records
-//! what install created and modified so that uninstall can undo exactly that.
+//! hosts.toml there sends each of its hosts, in order, through the endpoint ([`fronting`]).
+//! Every write is atomic and backed up, every file that carries the secret is 0600, nothing
+//! printed shows a secret, and a state file records what install created and modified so that
+//! uninstall can undo exactly that.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use crate::secret::{MirrorSecret, SecretError};
 
 mod containerd_config;
 mod files;
+pub(crate) mod fronting;
 mod hosts;
 mod hosts_only;
 mod redact;
@@ -21,6 +23,7 @@ mod undo;
 use containerd_config::ConfigEdit;
 use files::Change;
 pub use files::NotRegular;
+pub use fronting::FrontingError;
 use hosts::Endpoint;
 pub use hosts_only::{install_hosts_only, HostsOnlyError};
 use redact::Redactor;
@@ -34,6 +37,9 @@ pub enum InstallError {
     ContainerdFile(#[from] ContainerdFileError),
     #[error("{path}: `{key}` is not a table")]
     NotATable { path: PathBuf, key: String },
+    /// A hosts.toml whose hosts credgate cannot front as containerd would read them.
+    #[error(transparent)]
+    Fronting(#[from] FrontingError),
     #[error(
         "{path}: `{key}` has entries ({entries}), and {containerd} refuses it together with \
          config_path (the CRI plugin would not load): write each as <hosts dir>/<registry>/hosts.toml \
@@ -88,6 +94,7 @@ impl InstallError {
             _ => matches!(
                 self,
                 InstallError::NotATable { .. }
+                    | InstallError::Fronting(_)
                     | InstallError::NotAString { .. }
                     | InstallError::RejectedWithConfigPath { .. }
                     | InstallError::State { .. }
@@ -152,11 +159,14 @@ fn install_files(
     report.stdout.extend(edit.notes.iter().cloned());
     report.warnings.extend(edit.warnings.iter().cloned());
     let endpoint = endpoint(config, options.dry_run, &mut report, redactor)?;
+    let state_path = state::path(&edit.hosts_dir);
+    let state = InstallState::load(&state_path)?.unwrap_or_default();
     let mut changes = vec![edit.change.clone()];
     changes.extend(hosts::plan(
         &edit.hosts_dir,
         &endpoint,
-        &mut report.warnings,
+        &state,
+        &mut report,
     )?);
     for found in changes.iter().filter_map(|c| c.before.as_ref()) {
         redactor.learn(&found.bytes);
@@ -170,8 +180,6 @@ fn install_files(
         ));
         return Ok(report);
     }
-    let state_path = state::path(&edit.hosts_dir);
-    let state = InstallState::load(&state_path)?.unwrap_or_default();
     for change in &changes {
         change.check_backup(&state)?;
     }

@@ -121,6 +121,14 @@ impl InstallState {
         self.originals.entry(path.to_path_buf()).or_insert(original);
     }
 
+    /// `path` now has `original` as the file uninstall gives back (it was rewritten since
+    /// install), whether install created it or backed up an earlier original.
+    pub fn adopt(&mut self, path: &Path, original: Original) {
+        self.created_files.retain(|p| p != path);
+        self.record_modified(path);
+        self.originals.insert(path.to_path_buf(), original);
+    }
+
     pub fn record_created_dir(&mut self, dir: &Path) {
         if !self.created_dirs.iter().any(|d| d == dir) {
             self.created_dirs.push(dir.to_path_buf());

@@ -8,7 +8,9 @@
 //! - Basic: the username and secret directly.
 //! - A registry token (`SecretKind::RegistryToken`) is sent as `Bearer <token>`, always.
 //! - The realm must be https and on the upstream's own domain
-//!   ([`super::policy::on_own_domain`]) or listed in `[upstream] allow_realm_hosts`.
+//!   ([`super::policy::on_own_domain`]) or listed in `[upstream] allow_realm_hosts`; for a
+//!   mirror, the mirror is the upstream (and, when it is sent the upstream registry's
+//!   credentials, the upstream registry's domain is allowed too).
 //!
 //! An identity is *rejected* by a 401/403 from the registry after auth, or any 4xx from the
 //! token endpoint (401/403 in practice; a 400 for a grant it does not know is the same
@@ -267,7 +269,7 @@ impl Authorizer<'_> {
             scope,
         };
         let fetcher = TokenFetcher {
-            client: exchange.client.clone(),
+            client: exchange.client_for_realm(&endpoint.realm)?,
             metrics: exchange.metrics.clone(),
             registry: exchange.label.clone(),
         };
@@ -312,7 +314,10 @@ impl Authorizer<'_> {
             .and_then(|a| RegistryHost::parse(a.as_str()).ok())
             .ok_or_else(|| refused("no valid host".into()))?;
         let upstream_host = self.exchange.authority_host();
-        if !self.policy.realm_allowed(upstream_host, &realm_host) {
+        let also = self.exchange.realm_also_on.as_deref();
+        if !self.policy.realm_allowed(upstream_host, &realm_host)
+            && !also.is_some_and(|host| super::policy::on_own_domain(host, realm_host.host()))
+        {
             return Err(refused(format!(
                 "{realm_host} is not on the domain of {upstream_host}; list it in [upstream] \
                  allow_realm_hosts to allow it"

@@ -1,6 +1,7 @@
 //! The pooled HTTPS clients: hyper-util's legacy client over rustls (ring), always verifying
 //! against the system roots plus the registry's `ca_file`, offering HTTP/2 and HTTP/1.1 by
-//! ALPN. Plain `http://` is never used for an upstream: the connector is https-only.
+//! ALPN. Plain `http://` is never used for an upstream: the connector is https-only (a mirror
+//! the operator named in hosts.toml gets a client of its own, `super::mirror`).
 //!
 //! One client (and so one connection pool) per distinct `ca_file` and [`Reach`], the
 //! system-roots-only client included, built on first use and kept until the policy is
@@ -30,7 +31,7 @@ use super::UpstreamError;
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle pooled connections are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub(crate) type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
@@ -62,12 +63,17 @@ impl Clients {
         ca_file: Option<&Path>,
         reach: Reach,
     ) -> Result<HttpClient, UpstreamError> {
-        let key = (ca_file.map(Path::to_path_buf), reach);
+        let key = (ca_file.map(Path::to_path_buf), reach.clone());
         if let Some(client) = self.lock().get(&key) {
             return Ok(client.clone());
         }
         let client = self.build(ca_file, reach)?;
         Ok(self.lock().entry(key).or_insert(client).clone())
+    }
+
+    /// The system roots every client trusts, loaded once.
+    pub(crate) fn system_roots(&self) -> Arc<RootCertStore> {
+        self.system_roots.clone()
     }
 
     /// Drops every client (and its pool), so the next request uses fresh policy and CA files.
@@ -173,7 +179,7 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), UpstreamError> {
+pub(crate) fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), UpstreamError> {
     let error = |reason: String| UpstreamError::CaFile {
         path: path.to_path_buf(),
         reason,

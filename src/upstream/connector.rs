@@ -4,7 +4,8 @@
 //! cannot slip a private address through.
 //!
 //! A connector serves one [`Reach`]: the registry's own connections get the policy's
-//! allow-lists, redirect hops off the registry's host get public addresses only.
+//! allow-lists, redirect hops off the registry's host get public addresses only, and a mirror
+//! the operator named in hosts.toml may be private at exactly its own host and port.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,7 +64,7 @@ impl ConnectError {
 }
 
 /// Which addresses a connection may reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Reach {
     /// The policy in force: the allow-listed hosts may be private (registries, token realms).
     Policy,
@@ -71,6 +72,10 @@ pub(crate) enum Reach {
     /// own host is chosen by the registry, and must not turn the gate against the node's
     /// own network (an internal registry the operator allowed included).
     PublicOnly,
+    /// A mirror named in hosts.toml: this `host:port` (port always compared, 443 and 80
+    /// included) may resolve to any address, since the operator named it; any other host gets
+    /// the policy, as for [`Reach::Policy`].
+    Mirror(RegistryHost),
 }
 
 /// A hyper-util connector (a `tower::Service<Uri>`) that applies the policy in force when
@@ -79,11 +84,24 @@ pub(crate) enum Reach {
 pub(crate) struct GuardedConnector {
     policy: PolicyCell,
     reach: Reach,
+    /// Resolving and connecting together, at most [`CONNECT_TIMEOUT`].
+    connect_timeout: Duration,
 }
 
 impl GuardedConnector {
     pub(crate) fn new(policy: PolicyCell, reach: Reach) -> Self {
-        Self { policy, reach }
+        Self {
+            policy,
+            reach,
+            connect_timeout: CONNECT_TIMEOUT,
+        }
+    }
+
+    /// A shorter bound on resolving and connecting (a hosts.toml `dial_timeout`); a longer
+    /// one is cut to [`CONNECT_TIMEOUT`].
+    pub(crate) fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.min(CONNECT_TIMEOUT);
+        self
     }
 }
 
@@ -100,12 +118,12 @@ impl tower_service::Service<Uri> for GuardedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let policy = self.policy.clone();
-        let reach = self.reach;
+        let reach = self.reach.clone();
+        let timeout = self.connect_timeout;
         Box::pin(async move {
             let (host, port) = host_port(&uri)?;
             let name = display_name(&host, port);
-            let connected =
-                tokio::time::timeout(CONNECT_TIMEOUT, connect(policy, reach, &host, port));
+            let connected = tokio::time::timeout(timeout, connect(policy, reach, &host, port));
             match connected.await {
                 Ok(result) => result.map(TokioIo::new),
                 Err(_) => Err(ConnectError::TimedOut { host: name }),
@@ -138,6 +156,8 @@ async fn connect(
     let checked = match reach {
         Reach::Policy => policy.get().check_addresses(&registry, &addresses),
         Reach::PublicOnly => check_public(&registry, &addresses),
+        Reach::Mirror(named) if named == registry => Ok(()),
+        Reach::Mirror(_) => policy.get().check_addresses(&registry, &addresses),
     };
     checked.map_err(|reason| ConnectError::NotAllowed {
         host: name.clone(),
@@ -169,14 +189,20 @@ async fn connect_first(name: &str, addresses: &[SocketAddr]) -> Result<TcpStream
     })
 }
 
-/// The host without IPv6 brackets (as the resolver wants it) and the port (443 by default).
+/// The host without IPv6 brackets (as the resolver wants it) and the port (443 by default,
+/// 80 for a plain `http://` mirror).
 fn host_port(uri: &Uri) -> Result<(String, u16), ConnectError> {
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
         .ok_or(ConnectError::NoHost)?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((bare.to_string(), uri.port_u16().unwrap_or(443)))
+    let default_port = if uri.scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    Ok((bare.to_string(), uri.port_u16().unwrap_or(default_port)))
 }
 
 /// `host:port`, brackets restored for IPv6, as [`RegistryHost::parse`] reads it.
@@ -233,6 +259,33 @@ mod tests {
             matches!(&error, ConnectError::NotAllowed { reason, .. } if reason.contains("public addresses only")),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_mirror_may_be_private_at_its_own_host_and_port_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let named = RegistryHost::parse(&format!("127.0.0.1:{port}")).unwrap();
+        let policy = PolicyCell::new(UpstreamPolicy::default());
+        let mut mirror = GuardedConnector::new(policy, Reach::Mirror(named));
+        let uri: Uri = format!("http://127.0.0.1:{port}/v2/").parse().unwrap();
+        mirror.call(uri).await.expect("the named mirror connects");
+        let other_port: Uri = format!("http://127.0.0.1:{}/v2/", port.wrapping_add(1).max(1))
+            .parse()
+            .unwrap();
+        let error = mirror.call(other_port).await.unwrap_err();
+        assert!(matches!(&error, ConnectError::NotAllowed { .. }), "{error}");
+        // Plain http without a port is port 80, not 443: not the named host:port either.
+        let named = RegistryHost::parse("127.0.0.1").unwrap();
+        let mut mirror = GuardedConnector::new(
+            PolicyCell::new(UpstreamPolicy::default()),
+            Reach::Mirror(named),
+        );
+        let error = mirror
+            .call("http://127.0.0.1/v2/".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("127.0.0.1:80"), "{error}");
     }
 
     #[tokio::test]

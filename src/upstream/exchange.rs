@@ -5,7 +5,10 @@
 //!
 //! A redirect hop on the registry's own host and port goes through the registry's client
 //! (the allow-lists apply); any other hop goes through a public-only client, so a registry
-//! cannot point the gate at an internal host the operator allowed for something else.
+//! cannot point the gate at an internal host the operator allowed for something else. A token
+//! realm on the registry's own origin is asked through the registry's client, any other
+//! through the realm client (for a mirror: the ordinary one, so a mirror's TLS settings and
+//! private-address allowance stay with the mirror).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,8 +56,12 @@ fn registry_headers(kept: &HeaderMap, auth: Option<&HeaderValue>) -> HeaderMap {
 /// One request's way to the registry, borrowed from the [`super::Upstream`] that serves it.
 pub(crate) struct Exchange<'a> {
     pub request: &'a UpstreamRequest,
-    /// For the registry and its token realms: the policy's allow-lists apply.
+    /// `https`, or `http` for a plain-http mirror.
+    pub scheme: &'static str,
+    /// For the registry (the policy's allow-lists apply), or the mirror's own client.
     pub client: HttpClient,
+    /// For token realms off the registry's origin.
+    pub realm_client: HttpClient,
     /// For redirect hops off the registry's own host and port: public addresses only.
     pub off_host: HttpClient,
     pub metrics: &'a Arc<Metrics>,
@@ -62,6 +69,9 @@ pub(crate) struct Exchange<'a> {
     pub authority: String,
     /// The registry as metrics label it.
     pub label: String,
+    /// Another host whose domain may serve token realms: the upstream's, for a mirror that is
+    /// sent the upstream's credentials.
+    pub realm_also_on: Option<String>,
 }
 
 impl Exchange<'_> {
@@ -134,6 +144,16 @@ impl Exchange<'_> {
         Ok(response)
     }
 
+    /// The client a token request to `realm` goes through: the registry's on its own origin,
+    /// else the realm client.
+    pub fn client_for_realm(&self, realm: &Uri) -> Result<HttpClient, UpstreamError> {
+        Ok(if same_origin(&self.registry_uri()?, realm) {
+            self.client.clone()
+        } else {
+            self.realm_client.clone()
+        })
+    }
+
     /// The host dialled, without the port.
     pub fn authority_host(&self) -> &str {
         match self.authority.rsplit_once(':') {
@@ -175,7 +195,7 @@ impl Exchange<'_> {
     }
 
     fn registry_uri(&self) -> Result<Uri, UpstreamError> {
-        format!("https://{}{}", self.authority, self.request.path)
+        format!("{}://{}{}", self.scheme, self.authority, self.request.path)
             .parse()
             .map_err(|_| self.protocol(format!("invalid path {:?}", self.request.path)))
     }

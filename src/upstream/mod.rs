@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
-use crate::identity::{RegistryHost, Repository};
+use std::sync::Arc;
+
+use crate::identity::{RegistryHost, Repository, Target};
 use crate::keychain::Keychain;
 
 mod address;
@@ -25,6 +27,7 @@ mod exchange;
 #[cfg(test)]
 mod hostile;
 mod lru;
+mod mirror;
 mod policy;
 mod probe;
 mod redirect;
@@ -35,8 +38,10 @@ mod token_cache;
 pub use address::non_public_reason;
 pub use client::RESPONSE_TIMEOUT;
 pub use connector::CONNECT_TIMEOUT;
+pub use mirror::{MirrorDial, MirrorTransport, MIRROR_CLIENTS};
 pub use policy::{on_own_domain, UpstreamPolicy};
 pub use probe::Probe;
+pub(crate) use send::dial_authority;
 pub use send::Upstream;
 // What a registry sends, parsed, for crate::fuzzing.
 pub(crate) use challenge::{parse as parse_challenges, preferred as preferred_challenge};
@@ -50,17 +55,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// One request as the endpoint forwards it: the upstream registry (from `ns`), the
-/// repository (absent for `/v2/`), and the distribution API path without `ns`.
+/// repository (absent for `/v2/`), and the distribution API path without `ns`. Sent
+/// [`UpstreamRequest::through_mirror`], `registry` and `repository` are the mirror's (its
+/// `host:port` and the repository it serves) and `path` is the mirror's request path.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
     pub registry: RegistryHost,
     pub repository: Option<Repository>,
     pub method: http::Method,
-    /// `/v2/`, `/v2/<name>/manifests/<ref>` or `/v2/<name>/blobs/<digest>`.
+    /// `/v2/`, `/v2/<name>/manifests/<ref>` or `/v2/<name>/blobs/<digest>` (a mirror's may
+    /// have a prefix).
     pub path: String,
     /// The client's headers worth forwarding: `Accept`, `Range`, `If-None-Match`,
     /// `User-Agent`. Private, so [`UpstreamRequest::new`]'s filter is the only way in.
     headers: http::HeaderMap,
+    /// Set for a request to a mirror named in hosts.toml.
+    via: Option<Arc<Via>>,
+}
+
+/// A mirror a request goes to, and whose credential the keychain is asked for.
+#[derive(Debug)]
+pub struct Via {
+    pub mirror: MirrorDial,
+    /// The mirror's own host and repository, or the upstream's (`credentials = "upstream"`).
+    pub credentials: Target,
 }
 
 impl UpstreamRequest {
@@ -79,6 +97,30 @@ impl UpstreamRequest {
             method,
             path,
             headers: exchange::forwarded(client_headers),
+            via: None,
+        }
+    }
+
+    /// The same request sent to `mirror` instead, authorized with the keychain's candidates
+    /// for `credentials`.
+    pub fn through_mirror(mut self, mirror: MirrorDial, credentials: Target) -> Self {
+        self.via = Some(Arc::new(Via {
+            mirror,
+            credentials,
+        }));
+        self
+    }
+
+    /// The mirror this request goes to, if any.
+    pub fn via(&self) -> Option<&Via> {
+        self.via.as_deref()
+    }
+
+    /// Whose credentials the keychain is asked for.
+    pub fn credential_target(&self) -> Target {
+        match &self.via {
+            Some(via) => via.credentials.clone(),
+            None => Target::new(self.registry.clone(), self.repository.clone()),
         }
     }
 
@@ -111,6 +153,9 @@ pub enum UpstreamError {
     CaFile { path: PathBuf, reason: String },
     #[error("upstream TLS configuration: {reason}")]
     Tls { reason: String },
+    /// A mirror's `client` certificate or key (hosts.toml) could not be used.
+    #[error("client certificate {path} for a mirror: {reason}")]
+    ClientCertificate { path: PathBuf, reason: String },
 }
 
 /// Sends one request upstream with the keychain's credentials: candidates in ranking

@@ -1,6 +1,6 @@
-//! One credential against one registry, for `credgate doctor`: `GET /v2/` answered with the
-//! candidate alone (no fallback to the next or to anonymous), so a rejection is reported
-//! rather than hidden.
+//! One credential against one registry or mirror, for `credgate doctor`: `GET /v2/` answered
+//! with the candidate alone (no fallback to the next or to anonymous), so a rejection is
+//! reported rather than hidden.
 
 use http::StatusCode;
 
@@ -42,10 +42,24 @@ impl Upstream {
             "/v2/".to_string(),
             &http::HeaderMap::new(),
         );
-        let authorizer = self.authorizer(&request)?;
-        let identity = Identity::Candidate {
-            candidate,
-            credential,
+        self.probe_request(&request, Some((candidate, credential)))
+            .await
+    }
+
+    /// [`Upstream::probe`] for a request made elsewhere (a mirror's API root, through
+    /// [`UpstreamRequest::through_mirror`]), as `credential` or, without one, anonymously.
+    pub async fn probe_request(
+        &self,
+        request: &UpstreamRequest,
+        credential: Option<(&Candidate, &Credential)>,
+    ) -> Result<Probe, UpstreamError> {
+        let authorizer = self.authorizer(request)?;
+        let identity = match credential {
+            Some((candidate, credential)) => Identity::Candidate {
+                candidate,
+                credential,
+            },
+            None => Identity::Anonymous,
         };
         Ok(match authorizer.attempt(&identity).await? {
             Outcome::Accepted { response, auth } => Probe::Accepted {

@@ -14,7 +14,8 @@ pub fn is_redirect(status: StatusCode) -> bool {
     matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
 
-/// Where a redirect from `base` points: absolute, or resolved against `base`. Only https.
+/// Where a redirect from `base` points: absolute, or resolved against `base`. Only https,
+/// except a hop that stays on a plain-http mirror's own origin.
 pub fn location(base: &Uri, headers: &HeaderMap) -> Result<Uri, String> {
     let raw = headers
         .get(LOCATION)
@@ -22,7 +23,7 @@ pub fn location(base: &Uri, headers: &HeaderMap) -> Result<Uri, String> {
         .to_str()
         .map_err(|_| "a Location that is not text")?;
     let target = resolve(base, raw)?;
-    if target.scheme() != Some(&Scheme::HTTPS) {
+    if target.scheme() != Some(&Scheme::HTTPS) && !same_origin(base, &target) {
         return Err(format!(
             "a redirect to {} over {}; only https is followed",
             target.host().unwrap_or("?"),
@@ -114,6 +115,15 @@ mod tests {
         let plain = located(base, "http://cdn.test/x?sig=secret").unwrap_err();
         assert!(plain.contains("only https"), "{plain}");
         assert!(!plain.contains("secret"), "{plain}");
+        // A plain-http mirror may move within its own origin, and nowhere else over http.
+        let mirror = "http://mirror.test:5000/v2/a/blobs/sha256:1";
+        assert_eq!(
+            located(mirror, "/storage/1").unwrap(),
+            uri("http://mirror.test:5000/storage/1")
+        );
+        assert!(located(mirror, "http://mirror.test:5001/x").is_err());
+        assert!(located(mirror, "http://cdn.test/x").is_err());
+        assert!(located(base, "http://registry.test/x").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::Response;
 
-use crate::identity::{RegistryHost, Target};
+use crate::identity::RegistryHost;
 use crate::keychain::Keychain;
 use crate::metrics::Metrics;
 use crate::system::{Clock, SystemClock};
@@ -18,6 +18,7 @@ use super::challenge::Challenges;
 use super::client::Clients;
 use super::connector::Reach;
 use super::exchange::Exchange;
+use super::mirror::MirrorClients;
 use super::policy::{PolicyCell, UpstreamPolicy};
 use super::token_cache::TokenCache;
 use super::{SendUpstream, UpstreamBody, UpstreamError, UpstreamRequest};
@@ -52,9 +53,15 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   hops stay on the same scheme, host and port, and other hops carry only `Accept` and
 ///   `Range`. A hop off the registry's own host and port must resolve to public addresses
 ///   only, whatever the allow-lists say, and is made from a pool of its own.
+/// - **Mirrors** ([`UpstreamRequest::through_mirror`]): dialled with their hosts.toml
+///   settings over a client of their own ([`super::mirror`]), which may reach the mirror's own
+///   `host:port` whatever its address and nothing else privately; the keychain is asked for
+///   the request's credential target; token realms follow the same rules with the mirror as
+///   the registry (and, for a mirror sent the upstream's credentials, the upstream's domain).
 pub struct Upstream {
     policy: PolicyCell,
     clients: Clients,
+    mirrors: MirrorClients,
     tokens: TokenCache,
     challenges: Challenges,
     metrics: Arc<Metrics>,
@@ -72,8 +79,10 @@ impl Upstream {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, UpstreamError> {
         let policy = PolicyCell::new(policy);
+        let clients = Clients::new(policy.clone())?;
         Ok(Self {
-            clients: Clients::new(policy.clone())?,
+            mirrors: MirrorClients::new(policy.clone(), clients.system_roots()),
+            clients,
             policy,
             tokens: TokenCache::new(clock),
             challenges: Challenges::default(),
@@ -86,6 +95,7 @@ impl Upstream {
     pub fn set_policy(&self, policy: UpstreamPolicy) {
         self.policy.set(policy);
         self.clients.clear();
+        self.mirrors.clear();
     }
 
     /// The policy in force.
@@ -96,6 +106,11 @@ impl Upstream {
     /// Tokens cached now (bounded by the token cache's cap), for the metrics page.
     pub fn cached_tokens(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Mirror clients (connection pools) kept now, for the metrics page.
+    pub fn mirror_clients(&self) -> usize {
+        self.mirrors.len()
     }
 
     /// Registries whose auth challenge is remembered now, for the metrics page.
@@ -110,6 +125,25 @@ impl Upstream {
         request: &'a UpstreamRequest,
     ) -> Result<Authorizer<'a>, UpstreamError> {
         let policy = self.policy.get();
+        if let Some(via) = request.via() {
+            let mirror = &via.mirror;
+            return Ok(Authorizer {
+                exchange: Exchange {
+                    request,
+                    scheme: mirror.scheme(),
+                    client: self.mirrors.get(&mirror.transport)?,
+                    off_host: self.clients.get(None, Reach::PublicOnly)?,
+                    realm_client: self.clients.get(None, Reach::Policy)?,
+                    metrics: &self.metrics,
+                    authority: mirror.authority.clone(),
+                    label: request.registry.to_string(),
+                    realm_also_on: mirror.upstream_realm_host.clone(),
+                },
+                policy,
+                tokens: &self.tokens,
+                challenges: &self.challenges,
+            });
+        }
         policy
             .check_literal(&request.registry)
             .map_err(|reason| UpstreamError::NotAllowed {
@@ -122,11 +156,14 @@ impl Upstream {
         Ok(Authorizer {
             exchange: Exchange {
                 request,
+                scheme: "https",
+                realm_client: client.clone(),
                 client,
                 off_host,
                 metrics: &self.metrics,
                 authority: dial_authority(&request.registry),
                 label: request.registry.to_string(),
+                realm_also_on: None,
             },
             policy,
             tokens: &self.tokens,
@@ -143,14 +180,14 @@ impl SendUpstream for Upstream {
         request: UpstreamRequest,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let authorizer = self.authorizer(&request)?;
-        let target = Target::new(request.registry.clone(), request.repository.clone());
-        let ranking = keychain.rank(&target).await;
+        let ranking = keychain.rank(&request.credential_target()).await;
         through_candidates(&authorizer, &ranking).await
     }
 }
 
-/// `host[:port]` to connect to for `registry`.
-fn dial_authority(registry: &RegistryHost) -> String {
+/// `host[:port]` to connect to for `registry`; a mirror sent the upstream's credentials
+/// accepts token realms on this host's domain too.
+pub(crate) fn dial_authority(registry: &RegistryHost) -> String {
     if registry.is_docker_hub() {
         DOCKER_HUB_API.to_string()
     } else {

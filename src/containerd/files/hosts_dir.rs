@@ -42,6 +42,62 @@ pub(crate) fn registry_dirs(hosts_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// The directories containerd looks in for registry `ns` (its `hostPaths`), in its order:
+/// `host_port_` for `host:port`, then `ns` as sent, then `_default`. `ns` is the registry as
+/// containerd names it in requests (`docker.io`, `registry.test:5000`), not canonicalised:
+/// `registry.test:443` has directories of its own.
+pub(crate) fn host_dir_candidates(hosts_dir: &Path, ns: &str) -> Vec<PathBuf> {
+    let mut candidates = Vec::with_capacity(3);
+    if let Some(at) = ns.rfind(':').filter(|at| *at > 0) {
+        candidates.push(hosts_dir.join(format!("{}_{}_", &ns[..at], &ns[at + 1..])));
+    }
+    candidates.push(hosts_dir.join(ns));
+    candidates.push(hosts_dir.join(DEFAULT_HOSTS_SUBDIR));
+    candidates
+}
+
+/// The directory containerd reads for `ns`: the first of [`host_dir_candidates`] that exists,
+/// or `None` (containerd then uses the registry itself). A name that exists but is a symlink
+/// or not a directory is refused: containerd would follow or fail on it, and credgate does
+/// not widen the hosts it dials on the strength of a file it cannot vouch for.
+pub(crate) fn host_dir_for(
+    hosts_dir: &Path,
+    ns: &str,
+) -> Result<Option<PathBuf>, ContainerdFileError> {
+    if ns.is_empty() || ns.contains('/') || ns == "." || ns == ".." || ns == DEFAULT_HOSTS_SUBDIR {
+        return Err(ContainerdFileError::Refused {
+            path: hosts_dir.to_path_buf(),
+            reason: "a registry name that is no directory name",
+        });
+    }
+    for candidate in host_dir_candidates(hosts_dir, ns) {
+        let meta = match std::fs::symlink_metadata(&candidate) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(ContainerdFileError::Read {
+                    path: candidate,
+                    source,
+                })
+            }
+        };
+        if meta.file_type().is_symlink() {
+            return Err(ContainerdFileError::Refused {
+                path: candidate,
+                reason: "a symlink; replace it with the directory itself",
+            });
+        }
+        if !meta.is_dir() {
+            return Err(ContainerdFileError::Refused {
+                path: candidate,
+                reason: "not a directory",
+            });
+        }
+        return Ok(Some(candidate));
+    }
+    Ok(None)
+}
+
 /// One `[host."url"]` of a hosts.toml.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HostEntry {
@@ -219,5 +275,60 @@ mod tests {
             [dir.path().join("a.test"), dir.path().join("b.test")]
         );
         assert!(registry_dirs(&dir.path().join("none")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_registry_with_a_port_looks_in_containerds_directories_in_its_order() {
+        let root = Path::new("/h");
+        assert_eq!(
+            host_dir_candidates(root, "registry.test:5000"),
+            [
+                root.join("registry.test_5000_"),
+                root.join("registry.test:5000"),
+                root.join("_default")
+            ]
+        );
+        assert_eq!(
+            host_dir_candidates(root, "docker.io"),
+            [root.join("docker.io"), root.join("_default")]
+        );
+        assert_eq!(
+            host_dir_candidates(root, "[::1]:5000")[0],
+            root.join("[::1]_5000_")
+        );
+    }
+
+    #[test]
+    fn the_registry_directory_shadows_default_and_odd_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(host_dir_for(root, "r.test").unwrap(), None);
+        std::fs::create_dir(root.join("_default")).unwrap();
+        assert_eq!(
+            host_dir_for(root, "r.test").unwrap(),
+            Some(root.join("_default"))
+        );
+        std::fs::create_dir(root.join("r.test:5000")).unwrap();
+        assert_eq!(
+            host_dir_for(root, "r.test:5000").unwrap(),
+            Some(root.join("r.test:5000"))
+        );
+        std::fs::create_dir(root.join("r.test_5000_")).unwrap();
+        assert_eq!(
+            host_dir_for(root, "r.test:5000").unwrap(),
+            Some(root.join("r.test_5000_"))
+        );
+        std::os::unix::fs::symlink(root.join("_default"), root.join("link.test")).unwrap();
+        let err = host_dir_for(root, "link.test").unwrap_err().to_string();
+        assert!(
+            err.contains("link.test") && err.contains("symlink"),
+            "{err}"
+        );
+        std::fs::write(root.join("file.test"), "").unwrap();
+        let err = host_dir_for(root, "file.test").unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        for ns in ["", "..", ".", "a/b", "_default"] {
+            assert!(host_dir_for(root, ns).is_err(), "{ns}");
+        }
     }
 }

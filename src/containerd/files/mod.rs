@@ -1,7 +1,9 @@
 //! containerd's files, read-only: what its config.toml says about the CRI's registry
-//! ([`config_file`]) and what the hosts directory holds ([`hosts_dir`]). `credgate install`
-//! plans its edits on top of this reading and `credgate doctor` checks it; neither reads
-//! these files any other way.
+//! ([`config_file`]), what the hosts directory holds ([`hosts_dir`]) and what one hosts.toml
+//! tells containerd about each host ([`host_settings`]). `credgate install` plans its edits on
+//! top of this reading, `credgate doctor` checks it, and the daemon's mirror resolution
+//! (`crate::mirrors`) learns from it which hosts it may dial and how; none of them reads these
+//! files any other way.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,7 @@ use toml_edit::DocumentMut;
 use crate::text_position::line_column;
 
 mod config_file;
+mod host_settings;
 mod hosts_dir;
 mod routing;
 
@@ -19,8 +22,11 @@ pub(crate) use config_file::{
     LOCAL_PULL_TABLES, MIRRORS_TABLE,
 };
 pub use config_file::{DEFAULT_CONTAINERD_CONFIG, DEFAULT_HOSTS_DIR};
+pub(crate) use host_settings::{
+    read_hosts_file, shown_key, Capabilities, HostScheme, HostSettings, HostsFile,
+};
 pub(crate) use hosts_dir::{
-    carries_secret, host_entry, read_hosts, registry_dirs, visit_secret_headers,
+    carries_secret, host_dir_for, host_entry, read_hosts, registry_dirs, visit_secret_headers,
     DEFAULT_HOSTS_SUBDIR, MIRROR_HEADER, MIRROR_PATH_PREFIX, SECRET_HEADER,
 };
 pub use routing::HostsRouting;
@@ -50,6 +56,8 @@ pub enum ContainerdFileError {
     UnsupportedVersion { path: PathBuf, version: String },
     #[error("{path}: `{key}` is not a string")]
     NotAString { path: PathBuf, key: String },
+    #[error("{path}: refused: {reason}")]
+    Refused { path: PathBuf, reason: &'static str },
 }
 
 impl ContainerdFileError {
