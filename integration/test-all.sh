@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real parts the tests drive: docker-credential-pass (with pass and gpg behind it), the
-# distribution registry and skopeo (bookworm), and mount/unshare/ip for the node tests.
+# distribution registry and skopeo (bookworm), and mount/unshare/ip for the node tests; for
+# the fleet artifacts (packaging/build.sh, node_fleet.rs): runc under containerd's `ctr run`,
+# debhelper and lintian for the .deb, mmdebstrap for the throwaway root it installs into, and
+# python3-venv for kubernetes-validate (deploy/validate.sh).
 need_packages=()
 command -v docker-credential-pass >/dev/null || need_packages+=(golang-docker-credential-helpers)
 command -v pass >/dev/null || need_packages+=(pass)
@@ -14,6 +17,12 @@ command -v docker-registry >/dev/null || need_packages+=(docker-registry)
 command -v skopeo >/dev/null || need_packages+=(skopeo)
 command -v unshare >/dev/null || need_packages+=(util-linux)
 command -v ip >/dev/null || need_packages+=(iproute2)
+command -v runc >/dev/null || need_packages+=(runc)
+command -v dpkg-buildpackage >/dev/null || need_packages+=(dpkg-dev)
+command -v dh >/dev/null || need_packages+=(debhelper)
+command -v lintian >/dev/null || need_packages+=(lintian)
+command -v mmdebstrap >/dev/null || need_packages+=(mmdebstrap)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_packages+=(python3-venv)
 if ((${#need_packages[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "integration/test-all.sh: missing ${need_packages[*]}; run as root or install them: apt-get install -t bookworm ${need_packages[*]}" >&2
@@ -83,6 +92,31 @@ for tool in crane oras; do
   }
 done
 
+# kustomize (trixie; bookworm has none) renders deploy/kubernetes for deploy/validate.sh.
+if [[ ! -x $TOOL_CACHE/root/usr/bin/kustomize ]]; then
+  need_root_for kustomize
+  echo "==> fetching kustomize from Debian trixie into $TOOL_CACHE/root"
+  fetch_unpacked trixie kustomize "$TOOL_CACHE/root"
+  "$TOOL_CACHE/root/usr/bin/kustomize" version >/dev/null || {
+    echo "integration/test-all.sh: $TOOL_CACHE/root/usr/bin/kustomize does not run" >&2
+    exit 1
+  }
+fi
+
+# The throwaway Debian root node_fleet.rs installs the .deb into (dpkg --root): bookworm's
+# essential packages, made once by mmdebstrap and kept until mmdebstrap or the recipe change.
+debian_root=$TOOL_CACHE/debian-root/bookworm-essential.tar
+debian_root_key="mmdebstrap $(mmdebstrap --version 2>/dev/null) --variant=essential bookworm"
+if [[ ! -f $debian_root || $(cat "$debian_root.key" 2>/dev/null) != "$debian_root_key" ]]; then
+  need_root_for "the Debian root $debian_root"
+  echo "==> making a throwaway Debian bookworm root with mmdebstrap into $debian_root"
+  mkdir -p "$(dirname "$debian_root")"
+  rm -f "$debian_root" "$debian_root.key"
+  mmdebstrap --quiet --variant=essential bookworm "$debian_root.new.tar" http://deb.debian.org/debian
+  mv "$debian_root.new.tar" "$debian_root"
+  echo "$debian_root_key" >"$debian_root.key"
+fi
+
 # containerd 1.6 (bookworm), 1.7 (trixie) and 2.1 (sid), each unpacked into its own tree:
 # $TOOL_CACHE/containerd/<minor>/usr/bin/{containerd,ctr,containerd-shim-runc-v2}. The node
 # tests run each of them (integration/src/containerd.rs).
@@ -100,6 +134,9 @@ for entry in 1.6:bookworm 1.7:trixie 2.1:sid; do
     exit 1
   }
 done
+
+echo "==> Kubernetes manifests (deploy/validate.sh)"
+bash deploy/validate.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -140,6 +177,26 @@ if ((${#node_tests[@]})); then
     echo "integration/test-all.sh: node tests need root (unshare --mount --net)" >&2
     exit 1
   fi
+  # The fleet artifacts node_fleet.rs runs, from the release build: reused while nothing that
+  # goes into them changed (the key hashes those files), with the release build's own
+  # artifacts kept under $TOOL_CACHE so a rebuild compiles credgate alone.
+  fleet_key=$(git ls-files -z -- Cargo.toml Cargo.lock build.rs .cargo build-support src protos \
+    packaging config-examples README.md docs/design.md | LC_ALL=C sort -z | xargs -0 sha256sum |
+    sha256sum | cut -c1-16)
+  fleet_cache=$TOOL_CACHE/dist/$fleet_key
+  if compgen -G "$fleet_cache/credgate_*_amd64.deb" >/dev/null && [[ -f $fleet_cache/credgate-image.tar ]]; then
+    echo "==> the fleet artifacts: unchanged since they were built ($fleet_cache)"
+    mkdir -p dist
+    cp "$fleet_cache"/credgate_*_amd64.deb "$fleet_cache/credgate-image.tar" dist/
+  else
+    echo "==> the fleet artifacts (bash packaging/build.sh)"
+    CARGO_TARGET_DIR=$TOOL_CACHE/target-release CREDGATE_APT_DIR=$TOOL_CACHE/apt/bookworm \
+      bash packaging/build.sh
+    rm -rf "$TOOL_CACHE/dist"
+    mkdir -p "$fleet_cache"
+    cp dist/credgate_*_amd64.deb dist/credgate-image.tar "$fleet_cache/"
+  fi
+
   echo "==> cargo test (node tests, in a private mount and network namespace)"
   cargo build --locked --bin credgate
   cargo test -p credgate-integration --locked --no-run "${node_tests[@]}"

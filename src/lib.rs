@@ -20,6 +20,7 @@ pub mod duration;
 pub mod endpoint;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod hex;
 pub mod identity;
 pub mod install;

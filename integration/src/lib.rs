@@ -24,7 +24,8 @@
 //! writes; [`daemon::CredgateDaemon`] runs `credgate serve` and gives clients
 //! `docker-credential-credgate` pointed at it; [`containerd::Containerd`] runs a real
 //! containerd (1.6, 1.7, 2.1) with its own config and hosts dir, and [`cri::CriClient`] asks
-//! it for pulls and pod sandboxes as kubelet would.
+//! it for pulls and pod sandboxes as kubelet would; [`fleet`] runs the DaemonSet's pod from
+//! `deploy/kubernetes` on it with `ctr run`, from the image `packaging/build.sh` built.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod clients;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod fleet;
 pub mod gitlab;
 pub mod https;
 pub mod images;

@@ -44,7 +44,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon
-    Serve,
+    Serve(serve::ServeArgs),
     /// Resolve REF offline from the config and print the decision
     Lookup {
         /// An image reference (busybox, registry.test:443/group/app:v1) or a bare registry
@@ -72,13 +72,24 @@ pub enum Command {
     /// kubelet credential provider plugin: CredentialProviderRequest on stdin, response on stdout
     KubeletProvider,
     /// Route containerd's pulls through credgate: config.toml's config_path and hosts.toml
-    Install(ContainerdFiles),
+    Install(InstallArgs),
     /// Undo `credgate install`: restore modified files, remove created ones
     Uninstall(ContainerdFiles),
     /// Pull an image through containerd's transfer service with credentials from credgate
     Pull(pull::PullArgs),
     /// Check that every pull goes through credgate and its credentials work; each problem with its fix
     Doctor(doctor::DoctorArgs),
+}
+
+/// `credgate install` flags.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    files: ContainerdFiles,
+    /// Write hosts.toml files only, never containerd's config (a pod's init step: it cannot
+    /// restart containerd); say loudly when config_path does not send pulls to them
+    #[arg(long)]
+    hosts_only: bool,
 }
 
 /// The containerd files `install` and `uninstall` work on.
@@ -110,7 +121,7 @@ impl Command {
     /// commands only warn.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Serve => "info",
+            Command::Serve(_) => "info",
             _ => "warn",
         }
     }
@@ -153,7 +164,7 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
     let config_path = cli.config.clone();
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve::serve(config_path, system).await,
+            Command::Serve(args) => serve::serve(config_path, system, args).await,
             Command::Lookup {
                 reference,
                 json,
@@ -169,9 +180,12 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
                 lookup::explain(&config, &system, &reference, via.as_deref()).await
             }
             Command::KubeletProvider => kubelet_provider(config_path.as_deref(), &vars).await,
-            Command::Install(files) => {
+            Command::Install(args) => {
                 let config = load_config(config_path.as_deref())?;
-                report_install(crate::install::install(&config, &files.into()))
+                if args.hosts_only {
+                    return install_hosts_only(&config, args.files);
+                }
+                report_install(crate::install::install(&config, &args.files.into()))
             }
             Command::Uninstall(files) => report_install(crate::install::uninstall(&files.into())),
             Command::Pull(args) => pull::pull(args, config_path.as_deref(), system, &vars).await,
@@ -192,6 +206,15 @@ async fn kubelet_provider(
             println!("{response}");
             Ok(())
         }
+        Err(e) if e.is_bad_input() => Err(CliError::BadInput(e.to_string())),
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
+/// `credgate install --hosts-only`, reported as install is.
+fn install_hosts_only(config: &Config, files: ContainerdFiles) -> Result<(), CliError> {
+    match crate::install::install_hosts_only(config, &files.into()) {
+        Ok(report) => report_install(Ok(report)),
         Err(e) if e.is_bad_input() => Err(CliError::BadInput(e.to_string())),
         Err(e) => Err(CliError::Failed(e.to_string())),
     }

@@ -13,6 +13,7 @@ use super::{load_config, CliError};
 use crate::config::{Config, Listen};
 use crate::daemon::{bump, Daemon};
 use crate::endpoint::{self, EndpointState, HttpServer};
+use crate::health::Health;
 use crate::keychain::Keychain;
 use crate::metrics::{Metrics, Size};
 use crate::mirrors::Mirrors;
@@ -25,8 +26,22 @@ use crate::upstream::{Upstream, UpstreamPolicy};
 /// between reloads: docker configs change without one (`docker login`).
 const LABEL_REFRESH: Duration = Duration::from_secs(60);
 
-pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), CliError> {
+/// `credgate serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// containerd's config file: report in the log and on /healthz whether its config_path
+    /// sends pulls to credgate (a DaemonSet's pod, which cannot fix it, passes this)
+    #[arg(long, value_name = "PATH")]
+    containerd_config: Option<PathBuf>,
+}
+
+pub async fn serve(
+    config_path: Option<PathBuf>,
+    system: System,
+    args: ServeArgs,
+) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
+    let health = Arc::new(Health::watching(args.containerd_config));
     let socket_path = config.listen.socket.clone();
     let daemon = Arc::new(Daemon::new(
         keychain(&config, &system),
@@ -39,7 +54,7 @@ pub async fn serve(config_path: Option<PathBuf>, system: System) -> Result<(), C
         .await
         .map_err(failed)?;
     // One way out once the socket is open, so it is always closed and its file removed.
-    let served = serve_until_stopped(&config, config_path, system, daemon).await;
+    let served = serve_until_stopped(&config, config_path, system, daemon, health).await;
     socket.shutdown().await;
     served?;
     tracing::info!("credgate stopped");
@@ -53,6 +68,7 @@ async fn serve_until_stopped(
     config_path: Option<PathBuf>,
     system: System,
     daemon: Arc<Daemon>,
+    health: Arc<Health>,
 ) -> Result<(), CliError> {
     let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::new(UpstreamPolicy::from_config(config), metrics.clone())
@@ -65,6 +81,7 @@ async fn serve_until_stopped(
         daemon.clone(),
         upstream.clone(),
         metrics.clone(),
+        health.clone(),
     );
     let pull_through = streaming.spawn(open).await.unwrap_or_else(|e| {
         Err(CliError::Failed(format!(
@@ -78,6 +95,7 @@ async fn serve_until_stopped(
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let socket_path = config.listen.socket.clone();
     tracing::info!(socket = %socket_path.display(), "credgate is up; serving the Credentials API");
+    health.check();
     let running = Running {
         config_path,
         system,
@@ -86,6 +104,7 @@ async fn serve_until_stopped(
         pull_through,
         upstream,
         metrics,
+        health,
     };
     // The first tick is at once: the labels of the config just loaded.
     let mut relabel = tokio::time::interval(LABEL_REFRESH);
@@ -114,6 +133,7 @@ struct Running {
     pull_through: PullThrough,
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 impl Running {
@@ -126,6 +146,7 @@ impl Running {
     }
 
     fn reload(&self) {
+        self.health.check();
         let config = match load_config(self.config_path.as_deref()) {
             Ok(config) => config,
             Err(e) => {
@@ -192,6 +213,7 @@ impl PullThrough {
         daemon: Arc<Daemon>,
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Result<PullThrough, CliError> {
         let failed = |e: &dyn std::fmt::Display| CliError::Failed(e.to_string());
         let secret = start_secret(&listen.mirror_secret_file).map_err(|e| failed(&e))?;
@@ -208,7 +230,12 @@ impl PullThrough {
         let files = state.clone();
         metrics.watch(Size::HostsFiles, move || files.mirrors().cached_files());
         let endpoint = endpoint::serve_endpoint(mirror, state.clone());
-        let page = endpoint::serve_metrics(metrics_listener, metrics.clone());
+        let page = endpoint::serve_metrics_reporting(
+            metrics_listener,
+            metrics.clone(),
+            health,
+            endpoint::Limits::METRICS,
+        );
         metrics.watch(Size::EndpointConnections, endpoint.open_connections());
         metrics.watch(Size::MetricsConnections, page.open_connections());
         tracing::info!(address = %endpoint.local_addr(), "pull-through endpoint listening");

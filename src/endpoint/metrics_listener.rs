@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::error::full_body;
 use super::server::{self, HttpServer, Limits};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamBody;
 
@@ -27,16 +28,26 @@ pub fn serve_metrics_with(
     metrics: Arc<Metrics>,
     limits: Limits,
 ) -> HttpServer {
+    serve_metrics_reporting(listener, metrics, Arc::new(Health::plain()), limits)
+}
+
+/// [`serve_metrics`] whose `/healthz` also reports what `health` knows of the node.
+pub fn serve_metrics_reporting(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    limits: Limits,
+) -> HttpServer {
     server::spawn(listener, "metrics", limits, move |request| {
-        let response = page(&metrics, &request);
+        let response = page(&metrics, &health, &request);
         async move { response }
     })
 }
 
-fn page(metrics: &Metrics, request: &Request<Incoming>) -> Response<UpstreamBody> {
+fn page(metrics: &Metrics, health: &Health, request: &Request<Incoming>) -> Response<UpstreamBody> {
     let found = match request.uri().path() {
         "/metrics" => Some((OPENMETRICS, metrics.render())),
-        "/healthz" => Some((TEXT, "ok\n".to_string())),
+        "/healthz" => Some((TEXT, health.page())),
         _ => None,
     };
     let method_ok = matches!(*request.method(), Method::GET | Method::HEAD);

@@ -80,7 +80,7 @@ mod server;
 pub use body::BodyError;
 pub use connections::Trust;
 pub use error::EndpointError;
-pub use metrics_listener::{serve_metrics, serve_metrics_with};
+pub use metrics_listener::{serve_metrics, serve_metrics_reporting, serve_metrics_with};
 pub use patience::Patience;
 pub use route::{
     requested_mirror, ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route,

@@ -15,6 +15,7 @@ mod containerd_config;
 mod files;
 pub(crate) mod fronting;
 mod hosts;
+mod hosts_only;
 mod redact;
 mod state;
 mod undo;
@@ -24,6 +25,7 @@ use files::Change;
 pub use files::NotRegular;
 pub use fronting::FrontingError;
 use hosts::Endpoint;
+pub use hosts_only::{install_hosts_only, HostsOnlyError};
 use redact::Redactor;
 use state::InstallState;
 

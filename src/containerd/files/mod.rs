@@ -15,6 +15,7 @@ mod config_file;
 mod credgate_hosts;
 mod host_settings;
 mod hosts_dir;
+mod routing;
 
 pub(crate) use config_file::{
     config_path, config_text, first_hosts_dir, read_registry_settings, registry_keys,
@@ -31,6 +32,7 @@ pub(crate) use host_settings::{
     MAX_HOSTS,
 };
 pub(crate) use hosts_dir::{host_dir_for, registry_dirs, registry_of_dir, DEFAULT_HOSTS_SUBDIR};
+pub use routing::HostsRouting;
 
 /// Why one of containerd's files could not be read as containerd would; every variant names
 /// the file.
