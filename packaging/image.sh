@@ -79,7 +79,9 @@ fi
   --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" -- *)
 
 # crane's own registry, in memory on a loopback port, for the few seconds of the build.
-"$crane" registry serve --address 127.0.0.1:0 >"$work/registry.log" 2>&1 &
+# The log exists before the poll reads it: the background job opens it only once it runs.
+: >"$work/registry.log"
+"$crane" registry serve --address 127.0.0.1:0 >>"$work/registry.log" 2>&1 &
 registry_pid=$!
 trap 'kill $registry_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
