@@ -24,7 +24,8 @@
 //! writes; [`daemon::CredgateDaemon`] runs `credgate serve` and gives clients
 //! `docker-credential-credgate` pointed at it; [`containerd::Containerd`] runs a real
 //! containerd (1.6, 1.7, 2.1) with its own config and hosts dir, and [`cri::CriClient`] asks
-//! it for pulls and pod sandboxes as kubelet would.
+//! it for pulls and pod sandboxes as kubelet would. [`pull_through::Mirror`] runs the
+//! mirrors (pull-through caches) a hosts.toml lists ahead of the GitLab stand-in.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod node;
 pub mod pass_store;
 pub mod pki;
 pub mod process;
+pub mod pull_through;
 pub mod registry;
 pub mod token_server;
 
