@@ -433,10 +433,11 @@ fn installed_credgate_pulls_through_the_mirror_with_the_mirrors_own_credential()
 fn a_stopped_or_refusing_mirror_hands_over_to_the_upstream_with_its_credential() {
     let up = Upstream::start();
     for version in VERSIONS {
-        // Stopped: it served once, then went down; nothing listens on mirror.test:443.
+        // Stopped: it ran when credgate was installed, then went down; nothing listens on
+        // mirror.test:443.
         let mirror = Mirror::pull_through_cache();
         let entry = mirror.hosts_entry(None);
-        let (containerd, daemon) = installed(version, &up, &[entry.clone()], MIRROR_PW);
+        let (containerd, daemon) = installed(version, &up, std::slice::from_ref(&entry), MIRROR_PW);
         let stopped_url = mirror.url();
         drop(mirror);
         let before = daemon.served_ok(REGISTRY_HOST);
@@ -583,29 +584,38 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Entry> {
     found
 }
 
-/// The host keys of a hosts.toml in file order, each with its `X-Credgate-Mirror` values.
-fn hosts_in_order(text: &str) -> Vec<(String, Vec<String>)> {
+/// A hosts.toml's hosts in file order: each key, its capabilities and its
+/// `X-Credgate-Mirror` values, each list joined by commas.
+fn hosts_in_order(text: &str) -> Vec<(String, String, String)> {
     let document: toml_edit::DocumentMut = text.parse().expect("installed hosts.toml parses");
     let Some(hosts) = document.get("host").and_then(|h| h.as_table_like()) else {
         return Vec::new();
     };
+    let joined = |item: Option<&toml_edit::Item>| {
+        item.and_then(|v| v.as_array())
+            .map(|values| {
+                let strings: Vec<&str> = values.iter().filter_map(|v| v.as_str()).collect();
+                strings.join(",")
+            })
+            .unwrap_or_default()
+    };
     hosts
         .iter()
         .map(|(key, host)| {
-            let mirror = host
-                .get("header")
-                .and_then(|h| h.get("X-Credgate-Mirror"))
-                .and_then(|v| v.as_array())
-                .map(|values| {
-                    values
-                        .iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (key.to_string(), mirror)
+            let capabilities = joined(host.get("capabilities"));
+            let mirror = joined(host.get("header").and_then(|h| h.get("X-Credgate-Mirror")));
+            (key.to_string(), capabilities, mirror)
         })
         .collect()
+}
+
+/// `(key, capabilities, X-Credgate-Mirror)` as [`hosts_in_order`] lists a host.
+fn host(key: &str, capabilities: &str, mirror: &str) -> (String, String, String) {
+    (
+        key.to_string(),
+        capabilities.to_string(),
+        mirror.to_string(),
+    )
 }
 
 /// Test 5: install fronts every host of every hosts.toml in order (docs/design.md's
@@ -644,18 +654,19 @@ fn install_fronts_every_mirror_in_order_and_uninstall_restores_every_file_byte_f
         let endpoint = format!("http://{}", daemon.mirror);
         let fronted = |n: usize| format!("{endpoint}/mirror/{n}");
         let installed = std::fs::read_to_string(&registry_file).unwrap();
-        let expected: Vec<(String, Vec<String>)> = vec![
-            (fronted(1), vec![format!("https://{MIRROR_HOST}")]),
-            (
-                fronted(2),
-                vec!["http://plain-mirror.test:5000".to_string()],
-            ),
-            (fronted(3), vec![format!("https://{CA_MIRROR_HOST}")]),
-            (endpoint.clone(), vec![]),
-            (format!("https://{MIRROR_HOST}"), vec![]),
-            ("http://plain-mirror.test:5000".to_string(), vec![]),
-            (format!("https://{CA_MIRROR_HOST}"), vec![]),
-            ("https://push.test".to_string(), vec![]),
+        let (both, pull) = ("pull,resolve", "pull");
+        let cache = format!("https://{MIRROR_HOST}");
+        let plain = "http://plain-mirror.test:5000";
+        let own_ca = format!("https://{CA_MIRROR_HOST}");
+        let expected = vec![
+            host(&fronted(1), both, &cache),
+            host(&fronted(2), both, plain),
+            host(&fronted(3), pull, &own_ca),
+            host(&endpoint, both, ""),
+            host(&cache, both, ""),
+            host(plain, both, ""),
+            host(&own_ca, pull, ""),
+            host("https://push.test", "push", ""),
         ];
         assert_eq!(
             hosts_in_order(&installed),
@@ -663,15 +674,13 @@ fn install_fronts_every_mirror_in_order_and_uninstall_restores_every_file_byte_f
             "containerd {version}: registry.test/hosts.toml after install:\n{installed}"
         );
         let hub_installed = std::fs::read_to_string(&hub_file).unwrap();
+        let hub_cache = "https://hub-cache.test/v2/hub";
         assert_eq!(
             hosts_in_order(&hub_installed),
             vec![
-                (
-                    fronted(1),
-                    vec!["https://hub-cache.test/v2/hub".to_string()]
-                ),
-                (endpoint.clone(), vec![]),
-                ("https://hub-cache.test/v2/hub".to_string(), vec![]),
+                host(&fronted(1), both, hub_cache),
+                host(&endpoint, both, ""),
+                host(hub_cache, both, ""),
             ],
             "containerd {version}: docker.io/hosts.toml after install:\n{hub_installed}"
         );
@@ -681,7 +690,7 @@ fn install_fronts_every_mirror_in_order_and_uninstall_restores_every_file_byte_f
                 text.matches(MIRROR_SECRET).count(),
                 hosts_in_order(text)
                     .iter()
-                    .filter(|(k, _)| k.starts_with(&endpoint))
+                    .filter(|(key, _, _)| key.starts_with(&endpoint))
                     .count(),
                 "containerd {version}: every credgate host carries the secret:\n{text}"
             );
