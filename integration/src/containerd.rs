@@ -65,6 +65,20 @@ impl Containerd {
     /// image, and an empty hosts dir that the config does not name yet (`credgate install`
     /// points `config_path` at it). Nothing runs until [`Containerd::start`].
     pub fn configure(version: &'static str, sandbox_image: &str) -> Containerd {
+        Self::configure_naming(version, sandbox_image, false)
+    }
+
+    /// Like [`Containerd::configure`], with the CRI's registry `config_path` already naming
+    /// the hosts dir, as on a node that pulls through mirrors before credgate comes.
+    pub fn configure_with_hosts_dir(version: &'static str, sandbox_image: &str) -> Containerd {
+        Self::configure_naming(version, sandbox_image, true)
+    }
+
+    fn configure_naming(
+        version: &'static str,
+        sandbox_image: &str,
+        name_hosts_dir: bool,
+    ) -> Containerd {
         for program in ["containerd", "ctr", "containerd-shim-runc-v2"] {
             binary(version, program);
         }
@@ -76,7 +90,13 @@ impl Containerd {
             child: None,
         };
         std::fs::create_dir_all(containerd.hosts_dir()).expect("mkdir hosts dir");
-        let config = config_text(version, containerd.dir.path(), sandbox_image);
+        let hosts_dir = name_hosts_dir.then(|| containerd.hosts_dir());
+        let config = config_text(
+            version,
+            containerd.dir.path(),
+            sandbox_image,
+            hosts_dir.as_deref(),
+        );
         std::fs::write(containerd.config_path(), config).expect("write containerd config");
         containerd
     }
@@ -306,6 +326,19 @@ impl Containerd {
         }
     }
 
+    /// Writes `<hosts dir>/<registry>/hosts.toml` (mode 0644, as an operator's files are)
+    /// and returns its path.
+    pub fn write_hosts_toml(&self, registry: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.hosts_dir().join(registry);
+        std::fs::create_dir_all(&dir).expect("mkdir registry hosts dir");
+        let path = dir.join("hosts.toml");
+        std::fs::write(&path, text).expect("write hosts.toml");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod hosts.toml");
+        path
+    }
+
     /// The hosts.toml install wrote for every registry (`<hosts dir>/_default/hosts.toml`).
     pub fn default_hosts_toml(&self) -> String {
         std::fs::read_to_string(self.hosts_dir().join("_default/hosts.toml")).unwrap_or_default()
@@ -329,8 +362,9 @@ impl Drop for Containerd {
     }
 }
 
-/// The config for `version`, everything under `dir`.
-fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
+/// The config for `version`, everything under `dir`; the CRI's registry `config_path` is
+/// `hosts_dir` when given.
+fn config_text(version: &str, dir: &Path, sandbox_image: &str, hosts_dir: Option<&Path>) -> String {
     let path = |name: &str| format!("{:?}", dir.join(name).display().to_string());
     let (root, state, socket, opt) = (
         path("root"),
@@ -344,6 +378,15 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
     // The CRI's runtime named "absent" needs `containerd-shim-credgate-absent-v1`, which
     // nobody has: RunPodSandbox pulls the pause image, then fails before any shim starts.
     const ABSENT_RUNTIME: &str = "io.containerd.credgate-absent.v1";
+    let registry = hosts_dir.map_or(String::new(), |hosts_dir| {
+        let table = if version.starts_with("1.") {
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry]"
+        } else {
+            "[plugins.'io.containerd.cri.v1.images'.registry]"
+        };
+        let config_path = format!("{:?}", hosts_dir.display().to_string());
+        format!("  {table}\n    config_path = {config_path}\n")
+    });
     if version.starts_with("1.") {
         format!(
             "version = 2\n{common}\n\
@@ -357,7 +400,7 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
              \x20 [plugins.\"io.containerd.internal.v1.opt\"]\n\
              \x20   path = {opt}\n\
              \x20 [plugins.\"io.containerd.nri.v1.nri\"]\n\
-             \x20   disable = true\n"
+             \x20   disable = true\n{registry}"
         )
     } else {
         format!(
@@ -372,7 +415,7 @@ fn config_text(version: &str, dir: &Path, sandbox_image: &str) -> String {
              \x20 [plugins.'io.containerd.internal.v1.opt']\n\
              \x20   path = {opt}\n\
              \x20 [plugins.'io.containerd.nri.v1.nri']\n\
-             \x20   disable = true\n"
+             \x20   disable = true\n{registry}"
         )
     }
 }

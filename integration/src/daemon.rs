@@ -2,6 +2,7 @@
 //! file, killed and reaped on drop; and client environments that reach it through
 //! `docker-credential-credgate`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,21 @@ impl CredgateDaemon {
             .map_or(0, |count| count.trim().parse().expect("a counter value"))
     }
 
+    /// The metrics listener's `/metrics` page now.
+    pub fn metrics_page(&self) -> String {
+        crate::https::plain_get(self.metrics, "/metrics")
+    }
+
+    /// The sum of the `family` series (a counter such as `credgate_mirror_handovers_total`)
+    /// whose labels `keep` accepts, on the page now.
+    pub fn metric_sum(&self, family: &str, keep: impl Fn(&MetricLabels) -> bool) -> f64 {
+        metric_series(&self.metrics_page(), family)
+            .iter()
+            .filter(|(labels, _)| keep(labels))
+            .map(|(_, value)| value)
+            .sum()
+    }
+
     /// Sends SIGHUP and waits until the log says `outcome` once more than before
     /// (`"config reloaded"`, or `"reload failed"` for a bad config).
     pub fn reload_expecting(&self, outcome: &str) {
@@ -200,6 +216,56 @@ impl CredgateDaemon {
     }
 }
 
+/// One series' labels, name to (unescaped) value.
+pub type MetricLabels = BTreeMap<String, String>;
+
+/// Every series of `family` on a Prometheus text page: `family{k="v",…} value` (or without
+/// labels), with its labels and value. Lines it cannot read are skipped.
+pub fn metric_series(page: &str, family: &str) -> Vec<(MetricLabels, f64)> {
+    page.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(family)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(rest) => {
+                    let (labels, rest) = split_labels(rest)?;
+                    (labels, rest)
+                }
+                None => (MetricLabels::new(), rest),
+            };
+            let value = value.strip_prefix(' ')?.split(' ').next()?.parse().ok()?;
+            Some((labels, value))
+        })
+        .collect()
+}
+
+/// `k="v",…}` and what follows the `}`.
+fn split_labels(text: &str) -> Option<(MetricLabels, &str)> {
+    let mut labels = MetricLabels::new();
+    let mut rest = text;
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((labels, after));
+        }
+        let (name, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(name.to_string(), value);
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+}
+
 /// `credgate serve --config <config>` logging to `log` (appended) at `level`, with `path`.
 fn spawn(config: &Path, log: &Path, level: &str, path: &str) -> ChildGuard {
     let mut command = Command::new(crate::credgate_binary());
@@ -211,4 +277,26 @@ fn spawn(config: &Path, log: &Path, level: &str, path: &str) -> ChildGuard {
         .env("PATH", path)
         .env("CREDGATE_LOG", level);
     spawn_logged(&mut command, log, "credgate serve")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_series;
+
+    #[test]
+    fn series_of_one_family_are_read_with_their_labels() {
+        let page = "# HELP credgate_mirror_handovers_total Hand-overs.\n\
+            credgate_mirror_handovers_total{mirror=\"https://mirror.test\",reason=\"unreachable\"} 3\n\
+            credgate_mirror_handovers_total{mirror=\"a \\\"q\\\"\",reason=\"refused\"} 1\n\
+            credgate_mirror_handovers_totally{mirror=\"x\"} 9\n\
+            credgate_endpoint_connections 2\n";
+        let series = metric_series(page, "credgate_mirror_handovers_total");
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert_eq!(series[0].0["mirror"], "https://mirror.test");
+        assert_eq!(series[0].0["reason"], "unreachable");
+        assert_eq!(series[0].1, 3.0);
+        assert_eq!(series[1].0["mirror"], "a \"q\"");
+        let gauge = metric_series(page, "credgate_endpoint_connections");
+        assert_eq!(gauge, vec![(Default::default(), 2.0)]);
+    }
 }

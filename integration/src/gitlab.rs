@@ -5,6 +5,10 @@
 //! - `deploy` (password [`DEPLOY_PW`], identity token [`DEPLOY_IDENTITY_TOKEN`]) may pull and
 //!   push under `group/sub` and `public`;
 //! - `other` (password [`OTHER_PW`]) under `other`;
+//! - `cache` (password [`CACHE_PW`]) may pull and push under `group/sub`: a second deploy
+//!   token of that project, the one a pull-through cache logs in with
+//!   ([`crate::pull_through`]), so the registry's logs tell the cache's requests from
+//!   `deploy`'s;
 //! - anyone may pull under `public`; an anonymous request for anything else gets 403.
 
 use crate::registry::Registry;
@@ -21,6 +25,10 @@ pub const DEPLOY_PW: &str = "deploy-pw-4e1";
 pub const DEPLOY_IDENTITY_TOKEN: &str = "deploy-idt-0d3";
 /// `other`'s password.
 pub const OTHER_PW: &str = "other-pw-17b";
+/// The user a pull-through cache of this registry logs in as.
+pub const CACHE_USER: &str = "cache";
+/// [`CACHE_USER`]'s password.
+pub const CACHE_PW: &str = "cache-pw-5a2";
 
 /// The token server alone, for tests that ask it directly.
 pub fn token_server() -> TokenServer {
@@ -30,6 +38,7 @@ pub fn token_server() -> TokenServer {
                 .with_identity_token(DEPLOY_IDENTITY_TOKEN),
         )
         .user(TokenUser::new("other", OTHER_PW, &["other"]))
+        .user(TokenUser::new(CACHE_USER, CACHE_PW, &["group/sub"]))
         .public("public")
         .start()
 }
@@ -38,5 +47,15 @@ pub fn token_server() -> TokenServer {
 pub fn start() -> (TokenServer, Registry) {
     let tokens = token_server();
     let registry = Registry::start(tokens.registry_auth(), REGISTRY_HOST);
+    (tokens, registry)
+}
+
+/// [`start`] with the registry naming the user of every manifest and blob request
+/// ([`Registry::content_requests`]): who fetched what.
+pub fn start_logging_users() -> (TokenServer, Registry) {
+    let tokens = token_server();
+    let registry = Registry::builder(REGISTRY_HOST, tokens.registry_auth())
+        .log_users()
+        .start();
     (tokens, registry)
 }

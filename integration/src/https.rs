@@ -266,7 +266,14 @@ pub fn get(
 /// resolved through the node's /etc/hosts. Safe to call from sync or async code (it runs on
 /// a thread of its own).
 pub fn request(request: ClientRequest) -> Result<ClientResponse, String> {
-    let tls = client_config(node().ca().cert_pem());
+    request_trusting(node().ca().cert_pem(), request)
+}
+
+/// [`request`] trusting only the PEM certificates in `ca_pem` (a server whose own CA the
+/// node does not trust).
+pub fn request_trusting(ca_pem: &str, request: ClientRequest) -> Result<ClientResponse, String> {
+    node();
+    let tls = client_config(ca_pem);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -26,6 +26,8 @@
 //! containerd (1.6, 1.7, 2.1) with its own config and hosts dir, and [`cri::CriClient`] asks
 //! it for pulls and pod sandboxes as kubelet would; [`fleet`] runs the DaemonSet's pod from
 //! `deploy/kubernetes` on it with `ctr run`, from the image `packaging/build.sh` built.
+//! [`pull_through::Mirror`] runs the mirrors (pull-through caches) a hosts.toml lists ahead
+//! of the GitLab stand-in.
 
 #![forbid(unsafe_code)]
 
@@ -44,6 +46,7 @@ pub mod node;
 pub mod pass_store;
 pub mod pki;
 pub mod process;
+pub mod pull_through;
 pub mod registry;
 pub mod token_server;
 

@@ -27,6 +27,11 @@ pub const NODE_HOSTS: &[(&str, [u8; 4])] = &[
     ("a.glob.test", [127, 0, 0, 15]),
     ("b.glob.test", [127, 0, 0, 16]),
     ("registry-1.docker.io", [127, 0, 0, 17]),
+    // Mirrors of registry.test (crate::pull_through): a pull-through cache, a plain-HTTP
+    // mirror and one whose certificate only its own CA vouches for.
+    ("mirror.test", [127, 0, 0, 18]),
+    ("plain-mirror.test", [127, 0, 0, 19]),
+    ("ca-mirror.test", [127, 0, 0, 20]),
     // A blob CDN must look public to credgate: a redirect off a registry's own host may reach
     // public addresses only. This one lies outside every special-purpose range and lives on the
     // namespace's own `lo`, which has no route out of the namespace.
@@ -44,7 +49,9 @@ pub const NODE_ALIASES: &[(&str, &str)] = &[
 /// (crane, oras, skopeo) read it, and so does anything using the system trust store.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const HOSTS_FILE: &str = "/etc/hosts";
-const LEASE_WAIT: Duration = Duration::from_secs(120);
+/// Tests of one binary start together and take turns on a shared host (registry.test): the
+/// last may wait for all the others' pulls.
+const LEASE_WAIT: Duration = Duration::from_secs(300);
 
 /// The node this test process runs in.
 pub struct Node {
