@@ -215,13 +215,23 @@ fn assert_pulled(containerd: &Containerd, daemon: &CredgateDaemon, up: &Upstream
     }
 }
 
-/// Whether a metric's `mirror` label names `mirror` (its URL as hosts.toml writes it, or its
-/// host).
+/// Whether a metric's `mirror` label names `mirror`: its origin, `scheme://host:port` with
+/// the port always written (the endpoint never labels by path).
 fn names_mirror(labels: &MetricLabels, mirror: &Mirror) -> bool {
-    let host = mirror.registry().host();
-    labels.get("mirror").is_some_and(|label| {
-        label == &mirror.url() || label == host || label.strip_suffix(":443") == Some(host)
-    })
+    labels_origin(labels, &mirror.url())
+}
+
+/// Whether a metric's `mirror` label is the origin of the mirror at `url`.
+fn labels_origin(labels: &MetricLabels, url: &str) -> bool {
+    let (scheme, authority) = url.split_once("://").expect("a mirror URL has a scheme");
+    let authority = authority.split('/').next().unwrap_or_default();
+    let origin = if authority.contains(':') {
+        format!("{scheme}://{authority}")
+    } else {
+        let port = if scheme == "http" { 80 } else { 443 };
+        format!("{scheme}://{authority}:{port}")
+    };
+    labels.get("mirror").is_some_and(|label| *label == origin)
 }
 
 /// `credgate_mirror_handovers_total` for `mirror` and `reason` (every reason when `None`).
@@ -438,7 +448,7 @@ fn a_stopped_or_refusing_mirror_hands_over_to_the_upstream_with_its_credential()
         let mirror = Mirror::pull_through_cache();
         let entry = mirror.hosts_entry(None);
         let (containerd, daemon) = installed(version, &up, std::slice::from_ref(&entry), MIRROR_PW);
-        let stopped_url = mirror.url();
+        let stopped = mirror.url();
         drop(mirror);
         let before = daemon.served_ok(REGISTRY_HOST);
         let mark = up.mark();
@@ -453,9 +463,7 @@ fn a_stopped_or_refusing_mirror_hands_over_to_the_upstream_with_its_credential()
             &format!("containerd {version}, mirror.test stopped"),
         );
         let unreachable = daemon.metric_sum(HANDOVERS, |labels| {
-            labels
-                .get("mirror")
-                .is_some_and(|m| m == &stopped_url || m == MIRROR_HOST)
+            labels_origin(labels, &stopped)
                 && labels.get("reason").is_some_and(|r| r == "unreachable")
         });
         assert!(
