@@ -1007,13 +1007,12 @@ async fn an_upstream_that_stalls_mid_body_aborts_the_clients_transfer() {
         .get(&format!("/v2/group/stream/blobs/{digest}?ns=registry.test"))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    // The gate's sender stays with the fake: the upstream never sends the rest nor ends.
-    let started = Instant::now();
+    // The gate's sender stays with the fake: the upstream never sends the rest nor ends. No
+    // timing is asserted (tests stay free of timing): cut off with an error, not left hanging.
     let outcome = tokio::time::timeout(Duration::from_secs(10), read_to_end(response))
         .await
         .expect("the stalled transfer was cut off, not left hanging");
     assert!(outcome.is_err(), "a complete 200 of {outcome:?} bytes");
-    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 // ---------------------------------------------------------------- throttling (429)

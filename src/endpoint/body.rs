@@ -313,7 +313,6 @@ mod tests {
         let mut body = StreamedBody::new(inner, tally(), expect(Some(11), None), idle);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), &b"hello "[..]);
-        let started = Instant::now();
         let error = tokio::time::timeout(Duration::from_secs(10), body.frame())
             .await
             .expect("the stall was cut off")
@@ -321,7 +320,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("stalled: no data for 50ms"), "{error}");
-        assert!(started.elapsed() >= idle);
         assert!(body.frame().await.is_none());
     }
 
