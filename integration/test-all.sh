@@ -178,11 +178,14 @@ if ((${#node_tests[@]})); then
     exit 1
   fi
   # The fleet artifacts node_fleet.rs runs, from the release build: reused while nothing that
-  # goes into them changed (the key hashes those files), with the release build's own
-  # artifacts kept under $TOOL_CACHE so a rebuild compiles credgate alone.
-  fleet_key=$(git ls-files -z -- Cargo.toml Cargo.lock build.rs .cargo build-support src protos \
-    packaging config-examples README.md docs/design.md | LC_ALL=C sort -z | xargs -0 sha256sum |
-    sha256sum | cut -c1-16)
+  # goes into them changed (the key hashes those files and the commit, which the image's
+  # revision label and the timestamps come from), with the release build's own artifacts kept
+  # under $TOOL_CACHE so a rebuild compiles credgate alone.
+  fleet_key=$({
+    git rev-parse HEAD
+    git ls-files -z -- Cargo.toml Cargo.lock build.rs .cargo build-support src protos \
+      packaging config-examples README.md docs/design.md | LC_ALL=C sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-16)
   fleet_cache=$TOOL_CACHE/dist/$fleet_key
   if compgen -G "$fleet_cache/credgate_*_amd64.deb" >/dev/null && [[ -f $fleet_cache/credgate-image.tar ]]; then
     echo "==> the fleet artifacts: unchanged since they were built ($fleet_cache)"

@@ -7,8 +7,10 @@
 #                                       (packaging/image.sh)
 #
 # On Debian bookworm, as root, with debhelper and lintian installed (apt-get install -t
-# bookworm debhelper lintian) and crane (integration/test-all.sh unpacks it). The same commit
-# builds the same artifacts: timestamps come from its commit time (SOURCE_DATE_EPOCH).
+# bookworm debhelper lintian) and crane (integration/test-all.sh unpacks it). Timestamps come
+# from the commit's time (SOURCE_DATE_EPOCH), but image.sh takes bookworm's current libc6,
+# libgcc-s1 and ca-certificates: the same commit with the same Debian package versions builds
+# the same bytes, and the image's dev.credgate.debian-packages label records those versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dist=dist

@@ -524,3 +524,70 @@ fn a_refused_uid_holding_hundreds_of_connections_neither_starves_allowed_callers
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+/// `serve --install-hosts` (the DaemonSet's container) writes hosts.toml as `install
+/// --hosts-only` does, so it refuses what that refuses before it opens anything: a node where
+/// `credgate install` itself set config_path. Without `--containerd-config` it is a usage error.
+#[test]
+fn serve_install_hosts_refuses_a_node_install_before_serving() {
+    use credgate_integration::process::run_bounded;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts_dir = dir.path().join("certs.d");
+    let containerd_config = dir.path().join("containerd.toml");
+    std::fs::write(&containerd_config, "version = 2\n").unwrap();
+    let socket = dir.path().join("credgate.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nsocket = {:?}\n{}\n[containerd]\nhosts_dir = {:?}\n",
+            socket.display().to_string(),
+            credgate_integration::daemon::private_listeners(dir.path()),
+            hosts_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let credgate = |args: &[&std::ffi::OsStr]| {
+        let mut command = Command::new(credgate_integration::credgate_binary());
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("CREDGATE_CONFIG");
+        run_bounded(&mut command, dir.path(), Duration::from_secs(30))
+    };
+
+    let usage = credgate(&["serve".as_ref(), "--install-hosts".as_ref()]);
+    assert_eq!(usage.status.code(), Some(2), "{usage}");
+    assert!(usage.stderr.contains("--containerd-config"), "{usage}");
+
+    credgate(&[
+        "install".as_ref(),
+        "--containerd-config".as_ref(),
+        containerd_config.as_os_str(),
+        "--hosts-dir".as_ref(),
+        hosts_dir.as_os_str(),
+    ])
+    .assert_success();
+    let hosts_toml = hosts_dir.join("_default/hosts.toml");
+    let installed = std::fs::read(&hosts_toml).unwrap();
+    let refused = credgate(&[
+        "serve".as_ref(),
+        "--containerd-config".as_ref(),
+        containerd_config.as_os_str(),
+        "--install-hosts".as_ref(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{refused}");
+    let error = refused
+        .stderr
+        .lines()
+        .find(|line| line.contains("--install-hosts"))
+        .unwrap_or_else(|| panic!("no --install-hosts error: {refused}"));
+    assert!(
+        error.contains(".credgate-install.json") && error.contains("credgate uninstall"),
+        "{error}"
+    );
+    assert!(!socket.exists(), "serve opened its socket");
+    assert_eq!(std::fs::read(&hosts_toml).unwrap(), installed);
+}

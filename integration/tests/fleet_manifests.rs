@@ -1,13 +1,18 @@
 //! The fleet's files agree with each other and with credgate (no node needed): the
 //! DaemonSet's paths, ports and probes against the ConfigMap's config.toml, the image tag
 //! against the crate's version, and the Debian package's config against credgate's built-in
-//! defaults. `deploy/validate.sh` checks the same manifests against the Kubernetes API
-//! schemas; `node_fleet.rs` runs them.
+//! defaults, and what kustomize renders grants no API access. `deploy/validate.sh` checks the
+//! same manifests against the Kubernetes API schemas; `node_fleet.rs` runs them.
 
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use credgate::config::{Config, SourceEntry};
 use credgate_integration::fleet::{repo_root, ContainerSpec, Manifests, PodSpec};
+use credgate_integration::process::run_bounded;
+use credgate_integration::tool;
+use serde::Deserialize;
 
 fn config_map_config(manifests: &Manifests) -> Config {
     let volume = manifests
@@ -87,6 +92,11 @@ fn the_init_step_and_the_pre_stop_hook_work_on_the_mounted_hosts_dir_only() {
     let serve = &pod.containers[0];
     let serve_process = serve.process();
     assert_eq!(serve_process[1], "serve");
+    // The preStop hook runs before every container restart too, which the init step does not.
+    assert!(
+        serve_process.iter().any(|a| a == "--install-hosts"),
+        "serve does not rewrite hosts.toml when it starts: {serve_process:?}"
+    );
     assert_eq!(
         flag(&serve_process, "--containerd-config"),
         containerd_config
@@ -187,4 +197,54 @@ fn the_packaged_config_does_what_no_config_does() {
             .collect()
     };
     assert_eq!(paths(&packaged), paths(&builtin));
+}
+
+/// `kustomize build deploy/kubernetes` (the kustomize integration/test-all.sh unpacks), one
+/// value per object.
+fn rendered_objects() -> Vec<serde_yaml_ng::Value> {
+    let scratch = tempfile::tempdir().unwrap();
+    let rendered = run_bounded(
+        Command::new(tool("kustomize"))
+            .arg("build")
+            .arg(repo_root().join("deploy/kubernetes")),
+        scratch.path(),
+        Duration::from_secs(60),
+    );
+    rendered.assert_success();
+    serde_yaml_ng::Deserializer::from_str(&rendered.stdout)
+        .map(|document| {
+            serde_yaml_ng::Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("kustomize's output: {e}"))
+        })
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+#[test]
+fn the_rendered_manifests_grant_no_api_access() {
+    let objects = rendered_objects();
+    let kind = |object: &serde_yaml_ng::Value| object["kind"].as_str().unwrap_or("").to_string();
+    let kinds: Vec<String> = objects.iter().map(kind).collect();
+    assert!(kinds.iter().any(|k| k == "DaemonSet"), "{kinds:?}");
+    for rbac in ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"] {
+        assert!(
+            !kinds.iter().any(|k| k == rbac),
+            "a {rbac} is rendered: {kinds:?}"
+        );
+    }
+    let accounts: Vec<&serde_yaml_ng::Value> = objects
+        .iter()
+        .filter(|o| kind(o) == "ServiceAccount")
+        .collect();
+    assert_eq!(accounts.len(), 1, "{kinds:?}");
+    // Absent means true: the field must be there and false.
+    assert_eq!(
+        accounts[0]["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "the ServiceAccount automounts a token"
+    );
+    let daemonset = objects.iter().find(|o| kind(o) == "DaemonSet").unwrap();
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], accounts[0]["metadata"]["name"]);
+    assert_ne!(pod["automountServiceAccountToken"].as_bool(), Some(true));
 }

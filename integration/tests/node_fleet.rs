@@ -10,7 +10,10 @@
 //!   credential of a mounted `dockerconfigjson` file;
 //! - swapping that file as kubelet does (`..data` symlink) changes the credential the next
 //!   pull uses, with no restart;
-//! - stopping the container (preStop then SIGTERM, or a SIGKILL) leaves public pulls working.
+//! - stopping the container (preStop then SIGTERM, or a SIGKILL) leaves public pulls working;
+//! - the container started again without the init step (a liveness-probe restart: kubelet
+//!   runs preStop, then starts the container alone) writes `_default/hosts.toml` again, and a
+//!   private pull goes through it.
 //!
 //! And the Debian package installs, upgrades, is removed and purged in a throwaway Debian root
 //! (`dpkg --root`, a bookworm root integration/test-all.sh makes with mmdebstrap).
@@ -72,6 +75,8 @@ struct Registries {
     credgate_image: String,
     one: String,
     two: String,
+    /// A tag of `team/two` no pull has resolved before the restart.
+    two_later: String,
     public: String,
     public_later: String,
 }
@@ -86,6 +91,7 @@ impl Registries {
         let open = Registry::start(RegistryAuth::Anonymous, "open.test");
         let one = push_image("registry.test", "team/one", "v1", "alice", ALICE_PW).reference;
         let two = push_image("registry.test", "team/two", "v1", "bob", BOB_PW).reference;
+        let two_later = push_image("registry.test", "team/two", "v2", "bob", BOB_PW).reference;
         let public = push_image("open.test", "public/app", "v1", "anyone", "x").reference;
         let public_later = push_image("open.test", "public/app", "v2", "anyone", "x").reference;
         let credgate_image = format!("open.test/credgate/credgate:{}", credgate::VERSION);
@@ -109,6 +115,7 @@ impl Registries {
             credgate_image,
             one,
             two,
+            two_later,
             public,
             public_later,
         }
@@ -417,13 +424,55 @@ fn the_image_runs_the_daemonset_pod_on_containerd_2_1_and_serves_a_rotating_secr
     cri.pull_image(&registries.public, None)
         .unwrap_or_else(|e| panic!("public pull with credgate stopped: {e:?}"));
 
+    // Restarted as kubelet restarts a container that failed its liveness probe: preStop
+    // (above) took hosts.toml out, and the init step does not run again. The container's own
+    // command writes it back, and pulls go through credgate again.
+    let mut restarted = pod.start(&manifests.pod.containers[0].name);
+    let health = restarted.wait_ready();
+    assert!(
+        health.starts_with(&format!(
+            "ok\ncontainerd reads hosts.toml from {HOSTS_DIR} "
+        )),
+        "{health}"
+    );
+    let hosts_toml = std::fs::read_to_string(&default_hosts).unwrap_or_else(|e| {
+        panic!(
+            "{} after a restart without the init step: {e}\n{}",
+            default_hosts.display(),
+            restarted.log()
+        )
+    });
+    assert!(
+        hosts_toml.contains(&format!(
+            "[host.\"{}\"]",
+            volumes.parsed.listen.mirror_url()
+        )),
+        "{hosts_toml}"
+    );
+    registries.tokens.clear_requests();
+    cri.pull_image(&registries.two_later, None)
+        .unwrap_or_else(|e| {
+            panic!(
+                "CRI pull of {} after the restart: {e:?}\n{}",
+                registries.two_later,
+                restarted.log()
+            )
+        });
+    assert!(served_ok(&volumes, "registry.test") > 0);
+    assert_eq!(
+        scopes_issued_to(&registries.tokens, "bob"),
+        ["repository:team/two:pull"]
+    );
+    let mirror_secret = std::fs::read_to_string(&volumes.parsed.listen.mirror_secret_file)
+        .expect("the mirror secret on the node");
+    let log = restarted.log();
+    for secret in [ALICE_PW, BOB_PW, mirror_secret.trim()] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+    }
+
     // Crashed, or the DaemonSet deleted without its hook: hosts.toml still names the dead
     // endpoint, and containerd falls back to the registry itself.
-    pod.run_init(&manifests.pod.init_containers[0].name)
-        .assert_success();
-    let mut crashed = pod.start(&manifests.pod.containers[0].name);
-    crashed.wait_ready();
-    crashed.stop("SIGKILL");
+    restarted.stop("SIGKILL");
     assert!(default_hosts.exists());
     cri.pull_image(&registries.public_later, None)
         .unwrap_or_else(|e| panic!("public pull with credgate killed: {e:?}"));

@@ -1,7 +1,8 @@
 //! `credgate serve`: the daemon's lifecycle. It loads the config, opens the ttrpc socket, the
 //! pull-through endpoint and the metrics listener, reloads on SIGHUP (a bad new config is
 //! reported and the old one keeps serving) and stops cleanly on SIGTERM or SIGINT, removing
-//! its socket. It also keeps the metrics' registry labels following the keychain's scopes.
+//! its socket. It also keeps the metrics' registry labels following the keychain's scopes,
+//! and with `--install-hosts` writes the hosts.toml files before it serves.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,11 @@ pub struct ServeArgs {
     /// sends pulls to credgate (a DaemonSet's pod, which cannot fix it, passes this)
     #[arg(long, value_name = "PATH")]
     containerd_config: Option<PathBuf>,
+    /// Before serving, write the hosts.toml files into [containerd] hosts_dir as
+    /// `credgate install --hosts-only` does (a DaemonSet's container: its preStop hook took
+    /// them out, and a container restart does not re-run the init step)
+    #[arg(long, requires = "containerd_config")]
+    install_hosts: bool,
 }
 
 pub async fn serve(
@@ -41,7 +47,18 @@ pub async fn serve(
     args: ServeArgs,
 ) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
-    let health = Arc::new(Health::watching(args.containerd_config));
+    let health = Arc::new(Health::watching(
+        args.containerd_config.clone(),
+        &config.containerd.hosts_dir,
+    ));
+    // Before /healthz answers, so a ready daemon always has hosts.toml naming it.
+    let install_hosts = args
+        .containerd_config
+        .as_deref()
+        .filter(|_| args.install_hosts);
+    if let Some(containerd_config) = install_hosts {
+        write_hosts_files(&config, containerd_config)?;
+    }
     let socket_path = config.listen.socket.clone();
     let daemon = Arc::new(Daemon::new(
         keychain(&config, &system),
@@ -146,15 +163,17 @@ impl Running {
     }
 
     fn reload(&self) {
-        self.health.check();
         let config = match load_config(self.config_path.as_deref()) {
             Ok(config) => config,
             Err(e) => {
+                self.health.check();
                 bump(&self.daemon.counters.failed_reloads);
                 tracing::error!(error = %e, "reload failed; still serving the previous config");
                 return;
             }
         };
+        self.health.follow_hosts_dir(&config.containerd.hosts_dir);
+        self.health.check();
         if config.listen.socket != self.socket_path {
             tracing::warn!(
                 new = %config.listen.socket.display(),
@@ -306,6 +325,36 @@ impl Drop for StreamingRuntime {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
+        }
+    }
+}
+
+/// `credgate install --hosts-only` into the daemon's own `[containerd] hosts_dir` (where the
+/// endpoint reads its mirrors), reported in the log; a failure stops `serve`, since a daemon
+/// that answers /healthz while no hosts.toml names it hides the fault.
+fn write_hosts_files(config: &Config, containerd_config: &Path) -> Result<(), CliError> {
+    let options = crate::install::Options {
+        containerd_config: containerd_config.to_path_buf(),
+        hosts_dir: Some(config.containerd.hosts_dir.clone()),
+        dry_run: false,
+    };
+    match crate::install::install_hosts_only(config, &options) {
+        Ok(report) => {
+            for warning in &report.warnings {
+                tracing::warn!("{warning}");
+            }
+            for line in &report.stdout {
+                tracing::info!("{}", line.trim_end());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let message = format!("--install-hosts: {e}");
+            Err(if e.is_bad_input() {
+                CliError::BadInput(message)
+            } else {
+                CliError::Failed(message)
+            })
         }
     }
 }
