@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use crate::config::MirrorCredentials;
-use crate::containerd::files::{HostScheme, HostSettings};
+use crate::containerd::files::{clean_path, HostScheme, HostSettings};
 use crate::identity::{RegistryHost, Repository, Target};
 use crate::upstream::{dial_authority, MirrorDial, MirrorTransport, UpstreamRequest};
 
@@ -205,17 +205,7 @@ impl MirrorRequest {
 
 /// Go's `path.Join("/", parts...)`: one clean absolute path.
 fn join_clean(parts: &[&str]) -> String {
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in parts.iter().flat_map(|p| p.split('/')) {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
-        }
-    }
-    format!("/{}", segments.join("/"))
+    clean_path(&parts.join("/"))
 }
 
 /// A mirror's `host:port` in canonical form, its credential scope; for plain http the port

@@ -97,16 +97,21 @@ impl Clients {
             .enable_http1()
             .enable_http2()
             .wrap_connector(GuardedConnector::new(self.policy.clone(), reach));
-        Ok(Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // Blobs are large single streams: let the HTTP/2 window grow with the bandwidth
-            // and take big frames, rather than stall on the 64 KiB-per-frame defaults.
-            .http2_adaptive_window(true)
-            .http2_max_frame_size(1 << 20)
-            .build(https))
+        Ok(pooled(https))
     }
+}
+
+/// The pooled client over `https`, as every upstream and mirror client is built.
+pub(crate) fn pooled(https: HttpsConnector<GuardedConnector>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        // Blobs are large single streams: let the HTTP/2 window grow with the bandwidth
+        // and take big frames, rather than stall on the 64 KiB-per-frame defaults.
+        .http2_adaptive_window(true)
+        .http2_max_frame_size(1 << 20)
+        .build(https)
 }
 
 /// `credgate/<version>`, for requests credgate makes on its own behalf.

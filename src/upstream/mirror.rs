@@ -21,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
@@ -33,7 +31,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::identity::RegistryHost;
 
-use super::client::{add_ca_file, HttpClient, POOL_IDLE_TIMEOUT};
+use super::client::{add_ca_file, pooled, HttpClient};
 use super::connector::{GuardedConnector, Reach};
 use super::lru::Lru;
 use super::policy::PolicyCell;
@@ -145,13 +143,7 @@ impl MirrorClients {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
-        Ok(Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http2_adaptive_window(true)
-            .http2_max_frame_size(1 << 20)
-            .build(https))
+        Ok(pooled(https))
     }
 
     /// System roots plus the `ca` files (read even with `skip_verify`, as containerd reads

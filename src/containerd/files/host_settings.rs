@@ -238,15 +238,7 @@ fn one_line(text: &str) -> String {
 /// Reads a hosts.toml's text; `path` names it in errors and its directory anchors relative
 /// `ca` and `client` paths.
 pub(crate) fn read_hosts_file(path: &Path, text: &str) -> Result<HostsFile, ContainerdFileError> {
-    let doc = ImDocument::parse(text).map_err(|e| {
-        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
-        ContainerdFileError::Parse {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message: e.message().trim_end().replace('\n', "; "),
-        }
-    })?;
+    let doc = ImDocument::parse(text).map_err(|e| super::parse_error(path, text, &e))?;
     let reader = Reader {
         path,
         text,
@@ -584,7 +576,7 @@ fn parse_url(url: &str, override_path: bool) -> Result<(HostScheme, String, Stri
 
 /// Go's `path.Clean` for an absolute path: no empty, `.` or `..` segments, no trailing `/`
 /// (`/` stays `/`).
-fn clean_path(path: &str) -> String {
+pub(crate) fn clean_path(path: &str) -> String {
     let mut segments: Vec<&str> = Vec::new();
     for segment in path.split('/') {
         match segment {

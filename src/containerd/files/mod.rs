@@ -28,8 +28,8 @@ pub(crate) use credgate_hosts::{
     MIRROR_PATH_PREFIX, SECRET_HEADER,
 };
 pub(crate) use host_settings::{
-    host_position, read_hosts_file, shown_key, Capabilities, HostScheme, HostSettings, HostsFile,
-    MAX_HOSTS,
+    clean_path, host_position, read_hosts_file, shown_key, Capabilities, HostScheme, HostSettings,
+    HostsFile, MAX_HOSTS,
 };
 pub(crate) use hosts_dir::{host_dir_for, registry_dirs, registry_of_dir, DEFAULT_HOSTS_SUBDIR};
 pub use routing::HostsRouting;
@@ -84,14 +84,22 @@ pub(crate) fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, Containerd
 
 /// Parses TOML with toml_edit, naming the file, line and column on failure.
 pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<DocumentMut, ContainerdFileError> {
-    text.parse().map_err(|e: toml_edit::TomlError| {
-        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
-        ContainerdFileError::Parse {
-            path: path.to_path_buf(),
-            line,
-            column,
-            // One line: toml_edit puts its expectations on a second one.
-            message: e.message().trim_end().replace('\n', "; "),
-        }
-    })
+    text.parse()
+        .map_err(|e: toml_edit::TomlError| parse_error(path, text, &e))
+}
+
+/// `error` in `text` as the one-line error naming the file, line and column.
+pub(crate) fn parse_error(
+    path: &Path,
+    text: &str,
+    error: &toml_edit::TomlError,
+) -> ContainerdFileError {
+    let (line, column) = line_column(text, error.span().map_or(0, |s| s.start));
+    ContainerdFileError::Parse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        // One line: toml_edit puts its expectations on a second one.
+        message: error.message().trim_end().replace('\n', "; "),
+    }
 }
