@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::containerd::files::{HostsRouting, DEFAULT_HOSTS_DIR};
 
-use super::files::{self, Change};
 use super::redact::Redactor;
 use super::state::{self, InstallState};
-use super::{endpoint, hosts, show_dry_run, InstallError, Options, Report};
+use super::{endpoint, hosts, InstallError, Options, Plan, Report};
 
 /// Why `install --hosts-only` did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -70,26 +69,18 @@ fn write_hosts(
         });
     }
     let endpoint = endpoint(config, options.dry_run, &mut report, redactor)?;
-    let mut changes = hosts::plan(&hosts_dir, &endpoint, &state, &mut report)?;
-    for found in changes.iter().filter_map(|c| c.before.as_ref()) {
-        redactor.learn(&found.bytes);
-    }
-    changes.retain(Change::changes_anything);
-    if changes.is_empty() {
-        report.stdout.push(format!(
+    let changes = hosts::plan(&hosts_dir, &endpoint, &state, &mut report)?;
+    let plan = Plan {
+        hosts_dir: &hosts_dir,
+        containerd_config: None,
+        changes,
+        state,
+        already_installed: format!(
             "already installed: the hosts.toml files in {} need no change",
             hosts_dir.display()
-        ));
-        return Ok(report);
-    }
-    for change in &changes {
-        change.check_backup(&state)?;
-    }
-    if options.dry_run {
-        show_dry_run(&changes, &mut report, redactor);
-        return Ok(report);
-    }
-    apply(&hosts_dir, &changes, state, &state_path, &mut report)?;
+        ),
+    };
+    plan.carry_out(options.dry_run, redactor, &mut report)?;
     Ok(report)
 }
 
@@ -114,28 +105,6 @@ fn report_routing(routing: &HostsRouting, config: &Path, report: &mut Report) {
             config.display()
         ));
     }
-}
-
-/// Writes every change, saving the install state after each, as install does.
-fn apply(
-    hosts_dir: &Path,
-    changes: &[Change],
-    mut state: InstallState,
-    state_path: &Path,
-    report: &mut Report,
-) -> Result<(), InstallError> {
-    files::create_dirs(hosts_dir, &mut state).map_err(|source| InstallError::Write {
-        path: hosts_dir.to_path_buf(),
-        source,
-    })?;
-    for change in changes {
-        report.stdout.push(change.apply(&mut state)?);
-        state.save(state_path)?;
-    }
-    report
-        .stdout
-        .push("hosts.toml files are read at each pull: no containerd restart needed".to_string());
-    Ok(())
 }
 
 #[cfg(test)]

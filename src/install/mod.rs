@@ -20,7 +20,6 @@ mod redact;
 mod state;
 mod undo;
 
-use containerd_config::ConfigEdit;
 use files::Change;
 pub use files::NotRegular;
 pub use fronting::FrontingError;
@@ -168,26 +167,19 @@ fn install_files(
         &state,
         &mut report,
     )?);
-    for found in changes.iter().filter_map(|c| c.before.as_ref()) {
-        redactor.learn(&found.bytes);
-    }
-    changes.retain(Change::changes_anything);
-    if changes.is_empty() {
-        report.stdout.push(format!(
-            "already installed: {} and the hosts.toml files in {} need no change",
-            options.containerd_config.display(),
-            edit.hosts_dir.display()
-        ));
-        return Ok(report);
-    }
-    for change in &changes {
-        change.check_backup(&state)?;
-    }
-    if options.dry_run {
-        show_dry_run(&changes, &mut report, redactor);
-        return Ok(report);
-    }
-    apply(&edit, &changes, state, &mut report)?;
+    let already_installed = format!(
+        "already installed: {} and the hosts.toml files in {} need no change",
+        options.containerd_config.display(),
+        edit.hosts_dir.display()
+    );
+    let plan = Plan {
+        hosts_dir: &edit.hosts_dir,
+        containerd_config: Some(&edit.change.path),
+        changes,
+        state,
+        already_installed,
+    };
+    plan.carry_out(options.dry_run, redactor, &mut report)?;
     Ok(report)
 }
 
@@ -258,36 +250,72 @@ fn show_dry_run(changes: &[Change], report: &mut Report, redactor: &mut Redactor
 }
 
 /// Backs up and writes every change, recording each in the install state.
-fn apply(
-    edit: &ConfigEdit,
-    changes: &[Change],
-    mut state: InstallState,
-    report: &mut Report,
-) -> Result<(), InstallError> {
-    let state_path = state::path(&edit.hosts_dir);
-    files::create_dirs(&edit.hosts_dir, &mut state).map_err(|source| InstallError::Write {
-        path: edit.hosts_dir.clone(),
-        source,
-    })?;
-    for change in changes {
-        let line = change.apply(&mut state)?;
-        if change.path == edit.change.path {
-            state.containerd_config = Some(change.path.clone());
+/// What install (or `--hosts-only`) found to change, and how to carry it out: the common end
+/// of both, so they learn the secret's context, skip no-ops, check backups, show a dry run and
+/// write (saving the state after each file) the same way.
+pub(super) struct Plan<'a> {
+    pub hosts_dir: &'a Path,
+    /// containerd's config.toml when this run may edit it (`--hosts-only` never does).
+    pub containerd_config: Option<&'a Path>,
+    pub changes: Vec<Change>,
+    pub state: InstallState,
+    /// The line when nothing needs changing.
+    pub already_installed: String,
+}
+
+impl Plan<'_> {
+    pub(super) fn carry_out(
+        mut self,
+        dry_run: bool,
+        redactor: &mut Redactor,
+        report: &mut Report,
+    ) -> Result<(), InstallError> {
+        for found in self.changes.iter().filter_map(|c| c.before.as_ref()) {
+            redactor.learn(&found.bytes);
         }
-        report.stdout.push(line);
-        // Saved after each file, so a failure midway still leaves uninstall a full record.
-        state.save(&state_path)?;
+        self.changes.retain(Change::changes_anything);
+        if self.changes.is_empty() {
+            report.stdout.push(self.already_installed);
+            return Ok(());
+        }
+        for change in &self.changes {
+            change.check_backup(&self.state)?;
+        }
+        if dry_run {
+            show_dry_run(&self.changes, report, redactor);
+            return Ok(());
+        }
+        self.apply(report)
     }
-    if changes.iter().any(|c| c.path == edit.change.path) {
-        report.stdout.push(format!(
-            "restart containerd (systemctl restart containerd): it reads {} only at start; \
-             hosts.toml files are read at each pull",
-            edit.change.path.display()
-        ));
-    } else {
-        report.stdout.push(
-            "hosts.toml files are read at each pull: no containerd restart needed".to_string(),
-        );
+
+    fn apply(mut self, report: &mut Report) -> Result<(), InstallError> {
+        let state_path = state::path(self.hosts_dir);
+        files::create_dirs(self.hosts_dir, &mut self.state).map_err(|source| {
+            InstallError::Write {
+                path: self.hosts_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        let is_config = |change: &Change| Some(change.path.as_path()) == self.containerd_config;
+        for change in &self.changes {
+            let line = change.apply(&mut self.state)?;
+            if is_config(change) {
+                self.state.containerd_config = Some(change.path.clone());
+            }
+            report.stdout.push(line);
+            // Saved after each file, so a failure midway still leaves uninstall a full record.
+            self.state.save(&state_path)?;
+        }
+        match self.changes.iter().find(|c| is_config(c)) {
+            Some(config) => report.stdout.push(format!(
+                "restart containerd (systemctl restart containerd): it reads {} only at start; \
+                 hosts.toml files are read at each pull",
+                config.path.display()
+            )),
+            None => report.stdout.push(
+                "hosts.toml files are read at each pull: no containerd restart needed".to_string(),
+            ),
+        }
+        Ok(())
     }
-    Ok(())
 }
