@@ -39,7 +39,9 @@ impl Daemon {
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::symlink(
+        // A copy, not a link to the build tree: other uids run it, and a checkout under a
+        // private directory (`mktemp -d`, mode 0700) is not theirs to reach.
+        std::fs::copy(
             credgate_integration::credgate_binary(),
             dir.path().join("docker-credential-credgate"),
         )
