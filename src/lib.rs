@@ -8,6 +8,7 @@
 /// The credgate version, as `Status` and `docker-credential-credgate version` report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub mod activation;
 pub mod api;
 pub mod atomic_file;
 pub mod cli;

@@ -2,11 +2,13 @@
 //! become exit codes (0 ok, 1 operation failed, 2 bad usage or input).
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::activation::ActivationError;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::identity::IdentityError;
 
@@ -151,8 +153,13 @@ impl CliError {
     }
 }
 
-/// Runs a parsed command line; `vars` is the process environment, captured by `main`.
-pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
+/// Runs a parsed command line; `vars` is the process environment, captured by `main`, and
+/// `inherited` the listening sockets systemd passed (only `serve` uses them).
+pub fn run(
+    cli: Cli,
+    vars: Vec<(OsString, OsString)>,
+    inherited: Result<Vec<(OwnedFd, String)>, ActivationError>,
+) -> Result<(), CliError> {
     let system = crate::system::System::real(vars.clone());
     // One thread: a lookup is microseconds of work, and hand-offs between worker threads
     // dominated its latency (the credentials benchmark: Lookup p50 105 → 91 µs, throughput
@@ -164,7 +171,7 @@ pub fn run(cli: Cli, vars: Vec<(OsString, OsString)>) -> Result<(), CliError> {
     let config_path = cli.config.clone();
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::serve(config_path, system, args).await,
+            Command::Serve(args) => serve::serve(config_path, system, args, inherited).await,
             Command::Lookup {
                 reference,
                 json,

@@ -2,8 +2,10 @@
 //! pull-through endpoint and the metrics listener, reloads on SIGHUP (a bad new config is
 //! reported and the old one keeps serving) and stops cleanly on SIGTERM or SIGINT, removing
 //! its socket. It also keeps the metrics' registry labels following the keychain's scopes,
-//! and with `--install-hosts` writes the hosts.toml files before it serves.
+//! and with `--install-hosts` writes the hosts.toml files before it serves. Under systemd's
+//! socket activation it serves on the listeners `credgate.socket` passed ([`activation`]).
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{load_config, CliError};
+use crate::activation::{self, ActivationError};
 use crate::config::{Config, Listen};
 use crate::daemon::{bump, Daemon};
 use crate::endpoint::{self, EndpointState, HttpServer};
@@ -45,8 +48,24 @@ pub async fn serve(
     config_path: Option<PathBuf>,
     system: System,
     args: ServeArgs,
+    inherited: Result<Vec<(OwnedFd, String)>, ActivationError>,
 ) -> Result<(), CliError> {
     let config = load_config(config_path.as_deref())?;
+    let wanted = activation::Wanted {
+        socket: config.listen.socket.clone(),
+        mirror: config.listen.mirror,
+        metrics: config.listen.metrics,
+    };
+    let bad = |e: ActivationError| CliError::BadInput(e.to_string());
+    let mut passed = activation::sort(inherited.map_err(bad)?, &wanted).map_err(bad)?;
+    if passed.any() {
+        tracing::info!(
+            socket = passed.socket.is_some(),
+            mirror = passed.mirror.is_some(),
+            metrics = passed.metrics.is_some(),
+            "socket activation: serving on the listeners systemd passed"
+        );
+    }
     let health = Arc::new(Health::watching(
         args.containerd_config.clone(),
         &config.containerd.hosts_dir,
@@ -66,12 +85,23 @@ pub async fn serve(
     ));
     let failed = |e: service::SocketError| CliError::Failed(e.to_string());
     let open_to_others = service::opens_to_others(&config.listen.allowed_uids);
-    let listener = service::bind(&socket_path, open_to_others).map_err(failed)?;
+    let from_systemd = passed.socket.take();
+    let activated = from_systemd.is_some();
+    let listener = match from_systemd {
+        Some(listener) => service::adopt(listener, &socket_path, open_to_others),
+        None => service::bind(&socket_path, open_to_others),
+    }
+    .map_err(failed)?;
     let socket = service::serve_socket(listener, &socket_path, daemon.clone())
         .await
         .map_err(failed)?;
+    let socket = if activated {
+        socket.keeping_file()
+    } else {
+        socket
+    };
     // One way out once the socket is open, so it is always closed and its file removed.
-    let served = serve_until_stopped(&config, config_path, system, daemon, health).await;
+    let served = serve_until_stopped(&config, config_path, system, daemon, health, passed).await;
     socket.shutdown().await;
     served?;
     tracing::info!("credgate stopped");
@@ -86,6 +116,7 @@ async fn serve_until_stopped(
     system: System,
     daemon: Arc<Daemon>,
     health: Arc<Health>,
+    passed: activation::Listeners,
 ) -> Result<(), CliError> {
     let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::new(UpstreamPolicy::from_config(config), metrics.clone())
@@ -99,6 +130,7 @@ async fn serve_until_stopped(
         upstream.clone(),
         metrics.clone(),
         health.clone(),
+        passed,
     );
     let pull_through = streaming.spawn(open).await.unwrap_or_else(|e| {
         Err(CliError::Failed(format!(
@@ -233,13 +265,14 @@ impl PullThrough {
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        passed: activation::Listeners,
     ) -> Result<PullThrough, CliError> {
         let failed = |e: &dyn std::fmt::Display| CliError::Failed(e.to_string());
         let secret = start_secret(&listen.mirror_secret_file).map_err(|e| failed(&e))?;
-        let mirror = endpoint::bind_loopback("listen.mirror", listen.mirror)
+        let mirror = listener("listen.mirror", listen.mirror, passed.mirror)
             .await
             .map_err(|e| failed(&e))?;
-        let metrics_listener = endpoint::bind_loopback("listen.metrics", listen.metrics)
+        let metrics_listener = listener("listen.metrics", listen.metrics, passed.metrics)
             .await
             .map_err(|e| failed(&e))?;
         watch_caches(&metrics, &daemon, &upstream);
@@ -288,6 +321,18 @@ impl PullThrough {
 
     async fn shutdown(self) {
         tokio::join!(self.endpoint.shutdown(), self.metrics.shutdown());
+    }
+}
+
+/// systemd's listener for `key` when it passed one, else a fresh bind of `addr`.
+async fn listener(
+    key: &'static str,
+    addr: std::net::SocketAddr,
+    from_systemd: Option<std::net::TcpListener>,
+) -> Result<tokio::net::TcpListener, endpoint::ListenError> {
+    match from_systemd {
+        Some(listener) => endpoint::adopt_loopback(key, listener),
+        None => endpoint::bind_loopback(key, addr).await,
     }
 }
 

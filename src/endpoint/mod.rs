@@ -86,8 +86,8 @@ pub use route::{
     requested_mirror, ContentKind, ContentRoute, Digest, DigestAlgorithm, Reference, Route,
 };
 pub use server::{
-    bind_loopback, HttpServer, Limits, ListenError, MAX_ENDPOINT_CONNECTIONS, MAX_HEADERS,
-    MAX_HEADER_BYTES, MAX_METRICS_CONNECTIONS,
+    adopt_loopback, bind_loopback, HttpServer, Limits, ListenError, MAX_ENDPOINT_CONNECTIONS,
+    MAX_HEADERS, MAX_HEADER_BYTES, MAX_METRICS_CONNECTIONS,
 };
 
 /// The header hosts.toml sends with the install's secret.

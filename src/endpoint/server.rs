@@ -48,6 +48,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub enum ListenError {
     #[error("{key} = {addr} is not a loopback address; credgate listens on loopback only (127.0.0.1 or [::1])")]
     NotLoopback { key: &'static str, addr: SocketAddr },
+    #[error("cannot take systemd's socket for {key}: {source}")]
+    Adopt {
+        key: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {key} = {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -67,6 +72,21 @@ pub async fn bind_loopback(
     TcpListener::bind(addr)
         .await
         .map_err(|source| ListenError::Bind { key, addr, source })
+}
+
+/// Takes a listener systemd bound for `key` (socket activation); like [`bind_loopback`], it
+/// must be on a loopback address. Call it inside the runtime that will serve it.
+pub fn adopt_loopback(
+    key: &'static str,
+    listener: std::net::TcpListener,
+) -> Result<TcpListener, ListenError> {
+    let adopt_err = |source| ListenError::Adopt { key, source };
+    let addr = listener.local_addr().map_err(adopt_err)?;
+    if !addr.ip().is_loopback() {
+        return Err(ListenError::NotLoopback { key, addr });
+    }
+    listener.set_nonblocking(true).map_err(adopt_err)?;
+    TcpListener::from_std(listener).map_err(adopt_err)
 }
 
 /// How many connections a listener keeps, and how long a request head may take.

@@ -16,7 +16,7 @@ mod caller;
 mod limits;
 mod socket;
 
-pub use socket::{bind, opens_to_others, serve_socket, socket_mode, SocketError};
+pub use socket::{adopt, bind, opens_to_others, serve_socket, socket_mode, SocketError};
 
 /// Why a request could not be answered; [`to_status`] is the only mapping to ttrpc codes.
 #[derive(Debug, thiserror::Error)]

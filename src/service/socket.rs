@@ -34,6 +34,8 @@ pub enum SocketError {
     NotASocket { path: PathBuf },
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error("{path}: systemd's socket is owned by uid {owner}, not by credgate's uid {me}; set credgate.socket's SocketUser= to credgate's user")]
+    Owner { path: PathBuf, owner: u32, me: u32 },
     #[error("cannot start the ttrpc server on {path}: {message}")]
     Server { path: PathBuf, message: String },
 }
@@ -88,6 +90,42 @@ pub fn bind(path: &Path, open_to_others: bool) -> Result<UnixListener, SocketErr
     UnixListener::from_std(listener).map_err(bind_err)
 }
 
+/// Takes the socket systemd bound at `path` (`credgate.socket`): the file must be a socket
+/// owned by credgate's own uid, and gets the mode [`bind`] would give it, so the same callers
+/// can connect whichever of the two opened it.
+pub fn adopt(
+    listener: std::os::unix::net::UnixListener,
+    path: &Path,
+    open_to_others: bool,
+) -> Result<UnixListener, SocketError> {
+    use std::os::unix::fs::MetadataExt;
+    let bind_err = |source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(bind_err)?;
+    if !meta.file_type().is_socket() {
+        return Err(SocketError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(SocketError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(socket_mode(open_to_others)),
+    )
+    .and_then(|()| listener.set_nonblocking(true))
+    .map_err(bind_err)?;
+    UnixListener::from_std(listener).map_err(bind_err)
+}
+
 fn remove_stale(path: &Path) -> Result<(), SocketError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
@@ -116,17 +154,28 @@ pub struct SocketService {
     accept: tokio::task::JoinHandle<()>,
     path: PathBuf,
     connections: ConnectionTable,
+    /// systemd's socket file outlives this process: it keeps queueing connections.
+    keep_file: bool,
 }
 
 impl SocketService {
-    /// Stops accepting, closes connections, and removes the socket file.
+    /// Leaves the socket file in place at shutdown (it is systemd's, see [`adopt`]).
+    pub fn keeping_file(mut self) -> Self {
+        self.keep_file = true;
+        self
+    }
+
+    /// Stops accepting, closes connections, and removes the socket file unless it is
+    /// systemd's.
     pub async fn shutdown(mut self) {
         // ttrpc's shutdown expects its listener stream to be alive, so the accept loop
         // (which feeds it) stops last.
         let _ = self.served.shutdown().await;
         let _ = self.refused.shutdown().await;
         self.accept.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep_file {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 
     /// How many connections are open on the socket now.
@@ -179,6 +228,7 @@ async fn serve_socket_within(
         accept,
         path: path.to_path_buf(),
         connections,
+        keep_file: false,
     })
 }
 
