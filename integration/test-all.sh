@@ -210,3 +210,10 @@ if ((${#node_tests[@]})); then
       cargo test -p credgate-integration --locked --test "${node_tests[i]}"
   done
 fi
+
+# The VM harness (issue 13): the .deb under real systemd in a qemu guest (KVM when /dev/kvm
+# works, else TCG), across crashes, reboots and upgrades. Its guest image is cached under
+# $TOOL_CACHE/vm, keyed by its inputs, so later runs only boot.
+echo "==> the VM suite (bash integration/vm/run.sh)"
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target} CREDGATE_RELEASE_TARGET=$TOOL_CACHE/target-release \
+  bash integration/vm/run.sh

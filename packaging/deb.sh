@@ -32,6 +32,8 @@ grep -q '^ExecStart=/usr/bin/credgate serve$' "$tree/debian/credgate.service" ||
   echo "packaging/deb.sh: config-examples/credgate.service no longer runs /usr/local/bin/credgate serve; update this script" >&2
   exit 1
 }
+# The sockets systemd holds across restarts and upgrades (debian/rules: never restarted).
+cp config-examples/credgate.socket "$tree/debian/credgate.socket"
 cat >"$tree/debian/changelog" <<CHANGELOG
 credgate ($version) unstable; urgency=medium
 

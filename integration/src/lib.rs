@@ -27,7 +27,8 @@
 //! it for pulls and pod sandboxes as kubelet would; [`fleet`] runs the DaemonSet's pod from
 //! `deploy/kubernetes` on it with `ctr run`, from the image `packaging/build.sh` built.
 //! [`pull_through::Mirror`] runs the mirrors (pull-through caches) a hosts.toml lists ahead
-//! of the GitLab stand-in.
+//! of the GitLab stand-in. [`vm::Vm`] boots a Debian guest under qemu where credgate runs
+//! under real systemd (`integration/vm/`, run by `integration/vm/run.sh`).
 
 #![forbid(unsafe_code)]
 
@@ -49,6 +50,7 @@ pub mod process;
 pub mod pull_through;
 pub mod registry;
 pub mod token_server;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 
