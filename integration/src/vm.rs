@@ -156,7 +156,7 @@ impl Vm {
             "-no-user-config",
             "-nographic",
         ])
-        .args(["-m", "2048", "-smp", "2"])
+        .args(["-m", "1536", "-smp", "2"])
         .arg("-kernel")
         .arg(image.join("vmlinuz"))
         .arg("-initrd")
@@ -164,7 +164,7 @@ impl Vm {
         .args([
             "-append",
             // no_timer_check: under TCG on a busy host the IO-APIC timer check fails and panics.
-                "root=/dev/vda rw console=ttyS0 net.ifnames=0 no_timer_check",
+            "root=/dev/vda rw console=ttyS0 net.ifnames=0 no_timer_check",
         ])
         .arg("-drive")
         .arg(format!(
@@ -225,12 +225,14 @@ impl Vm {
             hosts.push_str(&format!("{} {}\n", guest_ip(host), names.join(" ")));
         }
         self.write("/etc/hosts", hosts.as_bytes(), 0o644);
+        // Appended to the bundle Go and rustls read: update-ca-certificates takes minutes
+        // under TCG.
         self.write(
             "/usr/local/share/ca-certificates/credgate-test.crt",
             node().ca().cert_pem().as_bytes(),
             0o644,
         );
-        self.ok("update-ca-certificates >/dev/null");
+        self.ok("cat /usr/local/share/ca-certificates/credgate-test.crt >>/etc/ssl/certs/ca-certificates.crt");
         self.put(cri, "/usr/local/bin/vm-cri", 0o755);
     }
 
@@ -240,8 +242,21 @@ impl Vm {
             .arg(&self.key)
             .args(["-p", &self.ssh_port.to_string()])
             .args(ssh_options())
+            .args(self.multiplexing())
             .arg("root@127.0.0.1");
         ssh
+    }
+
+    /// One ssh connection for every command: a key exchange costs seconds under TCG.
+    fn multiplexing(&self) -> [String; 6] {
+        [
+            "-o".into(),
+            "ControlMaster=auto".into(),
+            "-o".into(),
+            format!("ControlPath={}/ssh-%C", self.scratch.path().display()),
+            "-o".into(),
+            "ControlPersist=120".into(),
+        ]
     }
 
     /// Runs `script` with bash in the guest (`set -e`), recording it and its output.
@@ -294,16 +309,19 @@ impl Vm {
     /// Copies `local` to `remote` in the guest with mode `mode`, making its directory.
     #[track_caller]
     pub fn put(&self, local: &Path, remote: &str, mode: u32) {
-        self.ok(&format!("mkdir -p \"$(dirname {remote})\""));
+        let staged = format!("/run/vm-put-{}", self.step.load(Ordering::Relaxed));
         let mut scp = Command::new("scp");
         scp.arg("-i")
             .arg(&self.key)
             .args(["-P", &self.ssh_port.to_string()])
             .args(ssh_options())
+            .args(self.multiplexing())
             .arg(local)
-            .arg(format!("root@127.0.0.1:{remote}"));
+            .arg(format!("root@127.0.0.1:{staged}"));
         run_bounded(&mut scp, self.scratch.path(), COMMAND_TIMEOUT).assert_success();
-        self.ok(&format!("chmod {mode:o} {remote}"));
+        self.ok(&format!(
+            "mkdir -p \"$(dirname {remote})\"\ninstall -m {mode:o} {staged} {remote}\nrm -f {staged}"
+        ));
     }
 
     /// Writes `contents` to `remote` in the guest with mode `mode`.

@@ -49,10 +49,18 @@ fn activate(dir: &Path, listen: &[String], config: &Path) -> ChildGuard {
         .arg("--config")
         .arg(config)
         .arg("serve");
-    let child = spawn_logged(&mut command, &dir.join("serve.log"), "systemd-socket-activate");
+    let child = spawn_logged(
+        &mut command,
+        &dir.join("serve.log"),
+        "systemd-socket-activate",
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !read_lossy(&dir.join("serve.log")).contains("Listening on") {
-        assert!(Instant::now() < deadline, "{}", read_lossy(&dir.join("serve.log")));
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            read_lossy(&dir.join("serve.log"))
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child
@@ -89,10 +97,16 @@ fn a_connection_made_before_credgate_runs_is_served_on_systemds_sockets() {
     );
     // credgate is not running yet: this connection starts it and waits for its answer.
     let answer = status_line(mirror);
-    assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}\n{}", read_lossy(&dir.path().join("serve.log")));
+    assert!(
+        answer.starts_with("HTTP/1.1 "),
+        "{answer:?}\n{}",
+        read_lossy(&dir.path().join("serve.log"))
+    );
     let log = read_lossy(&dir.path().join("serve.log"));
     assert!(
-        log.contains("socket activation") && log.contains("socket=true") && log.contains("mirror=true"),
+        log.contains("socket activation")
+            && log.contains("socket=true")
+            && log.contains("mirror=true"),
         "{log}"
     );
 
@@ -106,7 +120,8 @@ fn a_connection_made_before_credgate_runs_is_served_on_systemds_sockets() {
     runtime.block_on(async {
         use credgate::api::{CredentialsClient, StatusRequest};
         let address = format!("unix://{}", socket.display());
-        let client = CredentialsClient::new(ttrpc::r#async::Client::connect(&address).await.unwrap());
+        let client =
+            CredentialsClient::new(ttrpc::r#async::Client::connect(&address).await.unwrap());
         let ctx = ttrpc::context::with_timeout(5_000_000_000);
         let status = client.status(ctx, &StatusRequest::default()).await.unwrap();
         assert_eq!(status.version, credgate::VERSION);
@@ -115,7 +130,11 @@ fn a_connection_made_before_credgate_runs_is_served_on_systemds_sockets() {
     // A clean stop leaves systemd's socket file in place for the next start.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let (status, timed_out) = child.wait_until(Instant::now() + Duration::from_secs(30));
-    assert!(!timed_out && status.success(), "{status:?}\n{}", read_lossy(&dir.path().join("serve.log")));
+    assert!(
+        !timed_out && status.success(),
+        "{status:?}\n{}",
+        read_lossy(&dir.path().join("serve.log"))
+    );
     let kept = std::fs::symlink_metadata(&socket).unwrap();
     assert!(kept.file_type().is_socket());
 }
@@ -139,7 +158,8 @@ fn a_socket_the_config_does_not_name_stops_serve_with_one_line() {
         .find(|l| l.starts_with("credgate: "))
         .unwrap_or_else(|| panic!("no error line: {log}"));
     assert!(
-        line.contains(&passed.to_string()) && line.contains(&format!("listen.mirror = {configured}")),
+        line.contains(&passed.to_string())
+            && line.contains(&format!("listen.mirror = {configured}")),
         "{line}"
     );
 }

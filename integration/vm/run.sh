@@ -5,7 +5,7 @@
 # integration/test-all.sh runs it last. It installs qemu-system-x86, socat and openssh-client
 # from bookworm when missing, builds (or reuses) the guest image (integration/vm/image.sh), the
 # current .deb and the previous build's, and the guest's CRI client, then runs the tests in a
-# node namespace (unshare --mount --net), one at a time. A failed test's guest commands,
+# node namespace (unshare --mount --net), four guests at a time (each is slow under TCG). A failed test's guest commands,
 # journal and console log are under $CARGO_TARGET_DIR/vm-artifacts/<test>/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -79,5 +79,5 @@ export CREDGATE_VM_IMAGE CREDGATE_VM_DEB CREDGATE_VM_PREV_DEB CREDGATE_VM_CRI
 echo "==> the VM scenarios (in a node namespace)"
 tests_started=$SECONDS
 CARGO_NET_OFFLINE=true unshare --mount --net -- \
-  cargo test --locked -p credgate-integration --test vm -- --test-threads=1 "$@"
+  cargo test --locked -p credgate-integration --test vm -- --test-threads=4 "$@"
 echo "==> VM suite: $((SECONDS - tests_started)) s of scenarios, $((SECONDS - started)) s in all"

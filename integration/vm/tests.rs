@@ -8,6 +8,7 @@
 //! Every test ends by reading `journalctl -u credgate -u containerd` for the secrets.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use credgate_integration::gitlab::{self, DEPLOY_PW};
 use credgate_integration::images::{push_image, PushedImage};
@@ -25,12 +26,17 @@ struct Registries {
 }
 
 impl Registries {
-    fn start() -> Registries {
-        let (tokens, registry) = gitlab::start();
-        Registries {
-            tokens,
-            _registry: registry,
-        }
+    /// The one GitLab stand-in every test of this binary shares: tests run side by side (each
+    /// guest is slow under TCG), and a node host serves one test at a time.
+    fn start() -> &'static Mutex<Registries> {
+        static SHARED: OnceLock<Mutex<Registries>> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let (tokens, registry) = gitlab::start();
+            Mutex::new(Registries {
+                tokens,
+                _registry: registry,
+            })
+        })
     }
 }
 
@@ -164,7 +170,11 @@ fn fresh_node_pulls_every_way(version: &str) {
         "{doctor}"
     );
     assert!(doctor.stdout.contains("accepted"), "{doctor}");
-    assert!(registries.tokens.issued_to("deploy"));
+    assert!(registries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .tokens
+        .issued_to("deploy"));
     assert_no_secret_in_journal(&vm);
 }
 

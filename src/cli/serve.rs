@@ -100,7 +100,8 @@ pub async fn serve(
     } else {
         socket
     };
-    // One way out once the socket is open, so it is always closed and its file removed.
+    // One way out once the socket is open, so it is always closed (and its file removed
+    // unless it is systemd's).
     let served = serve_until_stopped(&config, config_path, system, daemon, health, passed).await;
     socket.shutdown().await;
     served?;
