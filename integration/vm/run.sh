@@ -69,7 +69,6 @@ CREDGATE_VM_PREV_DEB=$debs/credgate_${version}~prev_amd64.deb
 # musl target is not installed here).
 echo "==> the guest's CRI client (vm-cri) and the tests"
 cargo build --locked -p credgate-integration --bin vm-cri
-cargo build --locked --bin credgate
 cargo test --locked -p credgate-integration --test vm --no-run
 # Stripped: the debug build is over 100 MB, copied into every guest.
 CREDGATE_VM_CRI=$CARGO_TARGET_DIR/vm-cri
