@@ -27,7 +27,9 @@
 //! it for pulls and pod sandboxes as kubelet would; [`fleet`] runs the DaemonSet's pod from
 //! `deploy/kubernetes` on it with `ctr run`, from the image `packaging/build.sh` built.
 //! [`pull_through::Mirror`] runs the mirrors (pull-through caches) a hosts.toml lists ahead
-//! of the GitLab stand-in.
+//! of the GitLab stand-in. [`soak`] runs all of it at once, 64 pullers for minutes
+//! (`bash integration/soak.sh`), and integration/tests/node_faults.rs breaks one part at a
+//! time while pulls run.
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +50,7 @@ pub mod pki;
 pub mod process;
 pub mod pull_through;
 pub mod registry;
+pub mod soak;
 pub mod token_server;
 
 use std::path::{Path, PathBuf};

@@ -38,6 +38,7 @@ pub(crate) async fn through_candidates(
             Outcome::Rejected(reply) => reply,
         };
         let Some(winner) = winner else {
+            exchange.metrics.pull_refused(&exchange.label);
             tracing::info!(registry = %exchange.request.registry, repository = ?exchange.request.repository.as_ref().map(|r| r.as_str()), status = %reply.status(), "anonymous access refused; handing back the upstream's answer");
             return Ok(handed_back(reply));
         };
