@@ -42,6 +42,8 @@ const HELPER_USER: &str = "helper-user";
 const HELPER_PW: &str = "soak-helper-pw-8e2";
 /// Most failure messages kept for the report; the count is kept whatever the number.
 const KEPT_FAILURES: usize = 20;
+/// How far apart the pullers start.
+const RAMP_STEP: Duration = Duration::from_millis(100);
 /// How many [`Images::cold`] images a rig pushes.
 pub const COLD_IMAGES: usize = 8;
 /// How long, after the pulls stop, descriptors and tasks may take to return to baseline
@@ -437,6 +439,13 @@ impl Rig {
         } else {
             "[[registry]]\nmatch = \"second.test\"\nhelper = \"soak\"\n".to_string()
         };
+        // A kubelet provider names no host to credgate, so the loopback test host must be
+        // allowed by name.
+        let allow_private = if options.kubelet_provider {
+            "allow_private = [\"second.test\"]\n"
+        } else {
+            ""
+        };
         let helpers = options
             .helper_timeout
             .map_or(String::new(), |t| format!("[helpers]\ntimeout = {t:?}\n\n"));
@@ -447,7 +456,7 @@ impl Rig {
             .collect();
         let daemon = CredgateDaemon::start_with_env(
             &format!(
-                "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n{helpers}\
+                "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n{allow_private}\n{helpers}\
                  [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n\n\
                  [[registry]]\nmatch = \"basic.test\"\nusername = \"alice\"\npassword = \"{ALICE_PW}\"\n\n\
                  {second_source}\n\
@@ -555,6 +564,10 @@ impl Rig {
         let (repository, tag) = rest.rsplit_once(':').expect("repo:tag");
         let get = |path: String| -> Result<bytes::Bytes, String> {
             let mirror = self.daemon.mirror;
+            // A refused connection is an answer too (credgate down), without a panic.
+            if let Err(e) = std::net::TcpStream::connect(mirror) {
+                return Err(format!("GET {path}: connect {mirror}: {e}"));
+            }
             let path = format!("{path}?ns={host}");
             let response = std::panic::catch_unwind(|| {
                 crate::mirror::get(mirror, crate::daemon::MIRROR_SECRET, &path)
@@ -684,7 +697,7 @@ pub fn one_line(text: &str) -> String {
         .find(|l| !l.trim().is_empty() && !l.starts_with("---"))
         .unwrap_or("(no output)")
         .chars()
-        .take(300)
+        .take(600)
         .collect()
 }
 
@@ -869,6 +882,8 @@ pub fn run(minutes: f64) -> Report {
                     _ => rig.images.all(),
                 };
                 let mut round = index;
+                // Pullers come in over 6.4 s, as a node's pulls do, not all in one instant.
+                std::thread::sleep(RAMP_STEP * index as u32);
                 while !stop.load(Ordering::Relaxed) {
                     let image = images[round % images.len()];
                     let began = Instant::now();
@@ -919,6 +934,12 @@ pub fn run(minutes: f64) -> Report {
         end = Sample::read(&page(), started.elapsed().as_secs_f64(), done, failed);
     }
     samples.push(end);
+    if end.open_fds > baseline.open_fds || end.tasks > baseline.tasks {
+        eprintln!(
+            "--- connections credgate still holds ---\n{}",
+            held_connections(&rig)
+        );
+    }
     if tally.failed.load(Ordering::Relaxed) > 0 {
         // What containerd and credgate said about the failures, for whoever reads the run.
         for (name, log) in [
@@ -927,7 +948,9 @@ pub fn run(minutes: f64) -> Report {
         ] {
             let errors: Vec<&str> = log
                 .lines()
-                .filter(|l| l.contains("level=error") || l.contains("ERROR") || l.contains("WARN"))
+                .filter(|l| {
+                    l.contains("level=error") || l.contains(" ERROR ") || l.contains(" WARN ")
+                })
                 .collect();
             eprintln!(
                 "--- {name}: {} error and warning lines, the first 30 ---",
@@ -973,6 +996,20 @@ pub fn run(minutes: f64) -> Report {
     }
 }
 
+/// The TCP connections `credgate serve` holds, from `ss -tanp`.
+fn held_connections(rig: &Rig) -> String {
+    let pid = format!("pid={},", rig.daemon.pid());
+    let mut command = Command::new(crate::require_program("ss", "iproute2"));
+    command.args(["-tanp"]);
+    let output = run_bounded(&mut command, rig.daemon.dir(), Duration::from_secs(10));
+    output
+        .stdout
+        .lines()
+        .filter(|l| l.contains(&pid))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Writes `soak.md` (the table), `soak.csv` and `soak.svg` into `dir`.
 pub fn write_report(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
@@ -989,6 +1026,9 @@ pub fn write_report(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>
     }
     Ok(written)
 }
+
+/// One panel of the plot: its title, its points (seconds, value) and its colour.
+type Panel = (&'static str, Vec<(f64, f64)>, &'static str);
 
 /// An SVG of RSS, open fds and throughput (pulls per minute) over time, one panel each.
 pub fn plot(samples: &[Sample]) -> String {
@@ -1011,7 +1051,7 @@ pub fn plot(samples: &[Sample]) -> String {
             .map(|s| (s.seconds, f(s)))
             .collect()
     };
-    let panels: [(&str, Vec<(f64, f64)>, &str); 3] = [
+    let panels: [Panel; 3] = [
         ("RSS (MiB)", series(|s| s.rss_bytes / 1048576.0), "#1f77b4"),
         ("open fds", series(|s| s.open_fds), "#d62728"),
         ("pulls per minute", throughput, "#2ca02c"),

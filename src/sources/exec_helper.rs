@@ -957,7 +957,8 @@ mod tests {
             p.runs.stats(),
             HelperStats {
                 cached_answers: 10,
-                running: 0
+                running: 0,
+                timeouts: 0
             }
         );
     }
