@@ -1,6 +1,8 @@
 //! One request through the upstream: candidates in ranking order until the registry accepts
 //! one (then anonymous), redirects followed after the accepted one, and the response handed
-//! back streaming; a rejected candidate is logged without secrets and counted.
+//! back streaming; a rejected candidate is logged without secrets and counted. Decides what
+//! a refusal says when a source failed on the way: the source and its failure, not the
+//! registry's "authentication required".
 
 use http::header::CONTENT_TYPE;
 use http::{Response, StatusCode};
