@@ -17,6 +17,8 @@ command -v docker-registry >/dev/null || need_packages+=(docker-registry)
 command -v skopeo >/dev/null || need_packages+=(skopeo)
 command -v unshare >/dev/null || need_packages+=(util-linux)
 command -v ip >/dev/null || need_packages+=(iproute2)
+# libfaketime: node_faults.rs slows credgate's clocks with it (the clock-jump fault).
+[[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need_packages+=(faketime)
 command -v runc >/dev/null || need_packages+=(runc)
 command -v dpkg-buildpackage >/dev/null || need_packages+=(dpkg-dev)
 command -v dh >/dev/null || need_packages+=(debhelper)
@@ -102,6 +104,20 @@ if [[ ! -x $TOOL_CACHE/root/usr/bin/kustomize ]]; then
     exit 1
   }
 fi
+
+# promtool checks config-examples/alerts.yml: bookworm's prometheus package, unpacked and never
+# installed (installing it starts a Prometheus server).
+if [[ ! -x $TOOL_CACHE/root/usr/bin/promtool ]]; then
+  need_root_for promtool
+  echo "==> fetching promtool (prometheus) from Debian bookworm into $TOOL_CACHE/root"
+  fetch_unpacked bookworm prometheus "$TOOL_CACHE/root"
+  "$TOOL_CACHE/root/usr/bin/promtool" --version >/dev/null || {
+    echo "integration/test-all.sh: $TOOL_CACHE/root/usr/bin/promtool does not run" >&2
+    exit 1
+  }
+fi
+echo "==> Prometheus alerting rules (promtool check rules config-examples/alerts.yml)"
+"$TOOL_CACHE/root/usr/bin/promtool" check rules config-examples/alerts.yml
 
 # The throwaway Debian root node_fleet.rs installs the .deb into (dpkg --root): bookworm's
 # essential packages, made once by mmdebstrap and kept until mmdebstrap or the recipe change.
@@ -205,10 +221,21 @@ if ((${#node_tests[@]})); then
   cargo test -p credgate-integration --locked --no-run "${node_tests[@]}"
   # One fresh namespace per test binary: each sets up its own /etc/hosts and CA bundle
   # with bind mounts over files the previous binary's mounts would still shadow.
+  # node_faults.rs appends one row per fault to this file: the fault matrix of this run.
+  export CREDGATE_FAULT_MATRIX=$PWD/target/fault-matrix.md
+  mkdir -p target
+  : >"$CREDGATE_FAULT_MATRIX"
   for ((i = 1; i < ${#node_tests[@]}; i += 2)); do
     CARGO_NET_OFFLINE=true unshare --mount --net -- \
       cargo test -p credgate-integration --locked --test "${node_tests[i]}"
   done
+  echo "==> the fault matrix of this run ($CREDGATE_FAULT_MATRIX)"
+  cat "$CREDGATE_FAULT_MATRIX"
+
+  # The 2-minute soak (README, "Reliability"): 64 pullers through containerd 2.1; fails on a
+  # failed pull, RSS growth of 5 % or more, or descriptors and tasks not back at baseline.
+  echo "==> the soak, 2 minutes (bash integration/soak.sh --minutes 2)"
+  bash integration/soak.sh --minutes 2 --out target/soak
 fi
 
 # The VM harness (issue 13): the .deb under real systemd in a qemu guest (KVM when /dev/kvm

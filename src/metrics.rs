@@ -12,8 +12,13 @@
 //! mirror nobody named under [`NO_REGISTRY`]. A label value holds only what a
 //! `scheme://host:port` can (prometheus-client does not escape label values); anything else
 //! counts under [`OTHER_MIRROR`] too. Hand-over reasons are a fixed set
-//! ([`Handover`]). Sizes owned elsewhere (caches, running helpers, open connections) are
-//! read on each scrape through [`Metrics::watch`].
+//! ([`Handover`]). Sizes owned elsewhere (caches, running helpers, open connections, tasks)
+//! are read on each scrape through [`Metrics::watch`], and so are totals kept elsewhere
+//! (helper timeouts) through [`Metrics::watch_total`].
+//!
+//! Also decides what an operator alerts on (config-examples/alerts.yml): upstream 5xx and
+//! pulls refused for want of a credential, by registry label; helper timeouts; upstream
+//! requests in flight.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -22,9 +27,10 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -172,6 +178,8 @@ pub enum Size {
     MirrorClients,
     /// hosts.toml files kept parsed for mirror lookups.
     HostsFiles,
+    /// Tokio tasks alive in the daemon's runtimes (a leak shows as growth at rest).
+    Tasks,
 }
 
 impl Size {
@@ -187,6 +195,7 @@ impl Size {
             Size::OpenFds => "process_open_fds",
             Size::MirrorClients => "mirror_clients",
             Size::HostsFiles => "hosts_files_cached",
+            Size::Tasks => "tasks_alive",
         }
     }
 
@@ -202,11 +211,73 @@ impl Size {
             Size::OpenFds => "Open file descriptors of the credgate process",
             Size::MirrorClients => "Mirror clients (connection pools) kept",
             Size::HostsFiles => "hosts.toml files kept parsed for mirror lookups",
+            Size::Tasks => "Tokio tasks alive in the daemon's runtimes",
+        }
+    }
+}
+
+/// A total counted where it happens, outside the metrics (read on every scrape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Total {
+    /// Credential helper runs killed at the helper timeout (since the keychain in force was
+    /// built: a reload starts it anew, which Prometheus reads as a counter reset).
+    HelperTimeouts,
+}
+
+impl Total {
+    fn name(self) -> &'static str {
+        match self {
+            Total::HelperTimeouts => "helper_timeouts",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Total::HelperTimeouts => "Credential helper runs killed at the helper timeout",
         }
     }
 }
 
 type ReadSize = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// The watched totals, encoded as counters on each scrape.
+#[derive(Clone, Default)]
+struct Totals(Arc<RwLock<BTreeMap<Total, ReadSize>>>);
+
+impl fmt::Debug for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watched = self.0.read().expect("totals lock");
+        f.debug_list().entries(watched.keys()).finish()
+    }
+}
+
+impl Collector for Totals {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let watched = self.0.read().expect("totals lock");
+        for (total, read) in watched.iter() {
+            let Some(value) = read() else { continue };
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(
+                total.name(),
+                total.help(),
+                None,
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// One upstream request awaiting its answer's headers; dropping it ends it.
+#[must_use = "the request counts as in flight while this lives"]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// The watched sizes, encoded on each scrape (a collector, so nothing is stored between).
 #[derive(Clone, Default)]
@@ -291,7 +362,11 @@ pub struct Metrics {
     registry: Registry,
     labels: RwLock<RegistryLabels>,
     sizes: Sizes,
+    totals: Totals,
     requests: Family<RequestLabels, Counter>,
+    upstream_in_flight: Gauge,
+    upstream_server_errors: Family<RegistryLabel, Counter>,
+    pulls_refused: Family<RegistryLabel, Counter>,
     upstream_latency: Family<RegistryLabel, Histogram, fn() -> Histogram>,
     token_fetches: Family<RegistryLabel, Counter>,
     token_cache_hits: Family<RegistryLabel, Counter>,
@@ -364,12 +439,37 @@ impl Metrics {
             "Credentials an upstream rejected, by source",
             auth_failures.clone(),
         );
+        let upstream_in_flight = Gauge::default();
+        registry.register(
+            "upstream_in_flight",
+            "Requests to registries and mirrors awaiting the upstream's response headers now",
+            upstream_in_flight.clone(),
+        );
+        let upstream_server_errors = Family::<RegistryLabel, Counter>::default();
+        registry.register(
+            "upstream_server_errors",
+            "Upstream answers with a 5xx status, by registry",
+            upstream_server_errors.clone(),
+        );
+        let pulls_refused = Family::<RegistryLabel, Counter>::default();
+        registry.register(
+            "pulls_refused",
+            "Requests the upstream refused (401/403) after every credential and anonymous: \
+             pulls that lack a credential, by registry",
+            pulls_refused.clone(),
+        );
         let sizes = Sizes::default();
         registry.register_collector(Box::new(sizes.clone()));
+        let totals = Totals::default();
+        registry.register_collector(Box::new(totals.clone()));
         let metrics = Self {
             registry,
             labels: RwLock::new(RegistryLabels::default()),
             sizes,
+            totals,
+            upstream_in_flight,
+            upstream_server_errors,
+            pulls_refused,
             requests,
             upstream_latency,
             token_fetches,
@@ -395,6 +495,38 @@ impl Metrics {
     /// the reader. `read` runs on the scrape, so it must be cheap and must not block.
     pub fn watch(&self, size: Size, read: impl Fn() -> usize + Send + Sync + 'static) {
         self.watch_optional(size, move || u64::try_from(read()).ok());
+    }
+
+    /// Reports `read()` as the counter `total` on every scrape (it must only grow, save
+    /// across a reload); watching it again replaces the reader.
+    pub fn watch_total(&self, total: Total, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.totals
+            .0
+            .write()
+            .expect("totals lock")
+            .insert(total, Box::new(move || Some(read())));
+    }
+
+    /// Counts one upstream request as in flight until the guard drops.
+    pub fn upstream_request(&self) -> InFlight {
+        self.upstream_in_flight.inc();
+        InFlight(self.upstream_in_flight.clone())
+    }
+
+    /// The upstream answered `status`; a 5xx is counted against `registry`.
+    pub fn upstream_status(&self, registry: &str, status: u16) {
+        if (500..=599).contains(&status) {
+            self.upstream_server_errors
+                .get_or_create(&self.registry_label(registry))
+                .inc();
+        }
+    }
+
+    /// Every credential, and anonymous, was refused for `registry`.
+    pub fn pull_refused(&self, registry: &str) {
+        self.pulls_refused
+            .get_or_create(&self.registry_label(registry))
+            .inc();
     }
 
     fn watch_optional(&self, size: Size, read: impl Fn() -> Option<u64> + Send + Sync + 'static) {
@@ -782,6 +914,48 @@ mod tests {
         assert!(!text.contains("credgate_helpers_running"), "{text}");
         open.store(5, std::sync::atomic::Ordering::Relaxed);
         assert!(m.render().contains("credgate_endpoint_connections 5"));
+    }
+
+    #[test]
+    fn alert_counters_follow_the_registry_labels_and_in_flight_returns_to_zero() {
+        let m = Metrics::new();
+        m.label_registries(scopes(&["registry.test"]));
+        m.upstream_status("registry.test", 503);
+        m.upstream_status("registry.test", 200);
+        m.upstream_status("registry.test", 429);
+        for i in 0..500 {
+            m.upstream_status(&format!("attacker-{i}.example"), 500);
+            m.pull_refused(&format!("attacker-{i}.example"));
+        }
+        m.pull_refused("registry.test");
+        let timeouts = Arc::new(std::sync::atomic::AtomicU64::new(2));
+        let read = timeouts.clone();
+        m.watch_total(Total::HelperTimeouts, move || {
+            read.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let first = m.upstream_request();
+        let second = m.upstream_request();
+        let text = m.render();
+        for line in [
+            r#"credgate_upstream_server_errors_total{registry="registry.test"} 1"#,
+            r#"credgate_upstream_server_errors_total{registry="other"} 500"#,
+            r#"credgate_pulls_refused_total{registry="registry.test"} 1"#,
+            r#"credgate_pulls_refused_total{registry="other"} 500"#,
+            "credgate_helper_timeouts_total 2",
+            "credgate_upstream_in_flight 2",
+        ] {
+            assert!(text.contains(line), "no {line} in:\n{text}");
+        }
+        assert!(!text.contains("attacker-"), "{text}");
+        drop((first, second));
+        timeouts.store(3, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("credgate_upstream_in_flight 0"), "{text}");
+        assert!(text.contains("credgate_helper_timeouts_total 3"), "{text}");
+        assert!(
+            text.contains("# TYPE credgate_helper_timeouts counter"),
+            "{text}"
+        );
     }
 
     #[test]

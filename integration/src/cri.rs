@@ -10,7 +10,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     AuthConfig, Image, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PullImageRequest, RunPodSandboxRequest, StatusRequest, StatusResponse,
+    PodSandboxMetadata, PullImageRequest, RemoveImageRequest, RunPodSandboxRequest, StatusRequest,
+    StatusResponse,
 };
 use tonic::transport::Channel;
 
@@ -78,6 +79,18 @@ impl CriClient {
             self.images().image_status(timed(request, CALL_TIMEOUT)),
         )?;
         Ok(reply.image)
+    }
+
+    /// `RemoveImage(image)`; removing an image containerd does not have is no error.
+    pub fn remove_image(&self, image: &str) -> Result<(), tonic::Status> {
+        let request = RemoveImageRequest {
+            image: Some(image_spec(image)),
+        };
+        self.call(
+            CALL_TIMEOUT,
+            self.images().remove_image(timed(request, CALL_TIMEOUT)),
+        )?;
+        Ok(())
     }
 
     /// `RunPodSandbox` of a pod named `name` on the host network (no CNI needed), which pulls

@@ -44,6 +44,8 @@ pub struct CredgateDaemon {
     level: String,
     /// The daemon's PATH (where it finds `docker-credential-*` helpers).
     path: String,
+    /// More environment for the daemon (kept across restarts).
+    env: Vec<(String, String)>,
     dir: TempDir,
     /// None between [`CredgateDaemon::kill`] and [`CredgateDaemon::restart`].
     child: Option<ChildGuard>,
@@ -70,7 +72,31 @@ impl CredgateDaemon {
         Self::start_with(sources, "debug", &path)
     }
 
+    /// Like [`CredgateDaemon::start_with_helper_dir`] with `env` added to the daemon's
+    /// environment (`LD_PRELOAD` of a fault, say), at every start.
+    pub fn start_with_env(
+        sources: &str,
+        helper_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> CredgateDaemon {
+        let path = format!("{}:{DAEMON_PATH}", helper_dir.display());
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_with_all(sources, "debug", &path, env)
+    }
+
     fn start_with(sources: &str, level: &str, path: &str) -> CredgateDaemon {
+        Self::start_with_all(sources, level, path, Vec::new())
+    }
+
+    fn start_with_all(
+        sources: &str,
+        level: &str,
+        path: &str,
+        env: Vec<(String, String)>,
+    ) -> CredgateDaemon {
         let dir = tempfile::tempdir().expect("daemon temp dir");
         let socket = dir.path().join("credgate.sock");
         let secret_file = dir.path().join("mirror-secret");
@@ -87,12 +113,19 @@ impl CredgateDaemon {
         std::fs::write(&config_path, config).expect("write config.toml");
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
             .expect("chmod config.toml");
-        let child = spawn(&config_path, &dir.path().join("serve.log"), level, path);
+        let child = spawn(
+            &config_path,
+            &dir.path().join("serve.log"),
+            level,
+            path,
+            &env,
+        );
         let mut daemon = CredgateDaemon {
             mirror,
             metrics,
             level: level.to_string(),
             path: path.to_string(),
+            env,
             dir,
             child: Some(child),
         };
@@ -116,6 +149,7 @@ impl CredgateDaemon {
             &self.dir.path().join("serve.log"),
             &self.level,
             &self.path,
+            &self.env,
         ));
         self.wait_for_socket();
     }
@@ -266,8 +300,15 @@ fn split_labels(text: &str) -> Option<(MetricLabels, &str)> {
     }
 }
 
-/// `credgate serve --config <config>` logging to `log` (appended) at `level`, with `path`.
-fn spawn(config: &Path, log: &Path, level: &str, path: &str) -> ChildGuard {
+/// `credgate serve --config <config>` logging to `log` (appended) at `level`, with `path`
+/// and `env`.
+fn spawn(
+    config: &Path,
+    log: &Path,
+    level: &str,
+    path: &str,
+    env: &[(String, String)],
+) -> ChildGuard {
     let mut command = Command::new(crate::credgate_binary());
     command
         .arg("serve")
@@ -275,7 +316,8 @@ fn spawn(config: &Path, log: &Path, level: &str, path: &str) -> ChildGuard {
         .arg(config)
         .env_clear()
         .env("PATH", path)
-        .env("CREDGATE_LOG", level);
+        .env("CREDGATE_LOG", level)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     spawn_logged(&mut command, log, "credgate serve")
 }
 

@@ -12,7 +12,7 @@
 //! - anyone may pull under `public`; an anonymous request for anything else gets 403.
 
 use crate::registry::Registry;
-use crate::token_server::{TokenServer, TokenUser};
+use crate::token_server::{TokenServer, TokenServerBuilder, TokenUser};
 
 /// The registry's host name in the node.
 pub const REGISTRY_HOST: &str = "registry.test";
@@ -32,6 +32,11 @@ pub const CACHE_PW: &str = "cache-pw-5a2";
 
 /// The token server alone, for tests that ask it directly.
 pub fn token_server() -> TokenServer {
+    token_server_builder().start()
+}
+
+/// The token server with GitLab's users, not started yet (for a test that changes more).
+pub fn token_server_builder() -> TokenServerBuilder {
     TokenServer::builder(AUTH_HOST)
         .user(
             TokenUser::new("deploy", DEPLOY_PW, &["group/sub", "public"])
@@ -40,7 +45,6 @@ pub fn token_server() -> TokenServer {
         .user(TokenUser::new("other", OTHER_PW, &["other"]))
         .user(TokenUser::new(CACHE_USER, CACHE_PW, &["group/sub"]))
         .public("public")
-        .start()
 }
 
 /// The token server and the registry that trusts it; both stop when dropped.

@@ -29,6 +29,9 @@
 //! [`pull_through::Mirror`] runs the mirrors (pull-through caches) a hosts.toml lists ahead
 //! of the GitLab stand-in. [`vm::Vm`] boots a Debian guest under qemu where credgate runs
 //! under real systemd (`integration/vm/`, run by `integration/vm/run.sh`).
+//! [`soak`] runs all of it at once, 64 pullers for minutes
+//! (`bash integration/soak.sh`), and integration/tests/node_faults.rs breaks one part at a
+//! time while pulls run.
 
 #![forbid(unsafe_code)]
 
@@ -49,6 +52,7 @@ pub mod pki;
 pub mod process;
 pub mod pull_through;
 pub mod registry;
+pub mod soak;
 pub mod token_server;
 pub mod vm;
 

@@ -25,6 +25,16 @@ pub const REALM_PATH: &str = "/jwt/auth";
 /// Seconds a token is valid.
 pub const TOKEN_LIFETIME: u64 = 300;
 
+/// A fault the token server answers every request with until it is cleared
+/// ([`TokenServer::set_fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFault {
+    /// This status, with a JSON error body.
+    Status(u16),
+    /// No answer at all: the connection stays open and silent.
+    Hang,
+}
+
 /// A user of the token server.
 #[derive(Clone, Debug)]
 pub struct TokenUser {
@@ -91,9 +101,17 @@ pub struct TokenServerBuilder {
     issuer: String,
     users: Vec<TokenUser>,
     public_prefixes: Vec<String>,
+    lifetime: u64,
 }
 
 impl TokenServerBuilder {
+    /// Seconds its tokens are valid (default [`TOKEN_LIFETIME`]), said in `expires_in` and
+    /// signed into `exp`.
+    pub fn lifetime(mut self, seconds: u64) -> Self {
+        self.lifetime = seconds;
+        self
+    }
+
     pub fn user(mut self, user: TokenUser) -> Self {
         self.users.push(user);
         self
@@ -126,12 +144,25 @@ impl TokenServerBuilder {
             issuer: self.issuer.clone(),
             users: self.users,
             public_prefixes: self.public_prefixes,
+            lifetime: self.lifetime,
             log: Mutex::new(Vec::new()),
+            fault: Mutex::new(None),
         });
         let handler_state = state.clone();
         let server = HttpsServer::start(&self.host, move |request| {
             let state = handler_state.clone();
-            async move { state.handle(request) }
+            async move {
+                let fault = *state.fault.lock().unwrap_or_else(|e| e.into_inner());
+                match fault {
+                    None => state.handle(request),
+                    Some(TokenFault::Status(code)) => response(
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        "application/json",
+                        error_body("UNAVAILABLE", "injected fault"),
+                    ),
+                    Some(TokenFault::Hang) => std::future::pending().await,
+                }
+            }
         });
         TokenServer {
             server,
@@ -157,7 +188,14 @@ impl TokenServer {
             issuer: "credgate-test-issuer".to_string(),
             users: Vec::new(),
             public_prefixes: Vec::new(),
+            lifetime: TOKEN_LIFETIME,
         }
+    }
+
+    /// Answers every request with `fault` from now on (`None`: serves again). Requests left
+    /// hanging by [`TokenFault::Hang`] stay so until their client gives up.
+    pub fn set_fault(&self, fault: Option<TokenFault>) {
+        *self.state.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
     }
 
     pub fn host(&self) -> &str {
@@ -227,7 +265,9 @@ struct State {
     issuer: String,
     users: Vec<TokenUser>,
     public_prefixes: Vec<String>,
+    lifetime: u64,
     log: Mutex<Vec<TokenRequest>>,
+    fault: Mutex<Option<TokenFault>>,
 }
 
 /// A parsed request before the decision.
@@ -315,7 +355,7 @@ impl State {
         let body = json!({
             "token": token,
             "access_token": token,
-            "expires_in": TOKEN_LIFETIME,
+            "expires_in": self.lifetime,
             "issued_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         });
         (StatusCode::OK, body.to_string(), name, granted_scopes)
@@ -355,7 +395,7 @@ impl State {
             "iss": self.issuer,
             "sub": subject,
             "aud": self.service,
-            "exp": now + TOKEN_LIFETIME,
+            "exp": now + self.lifetime,
             "nbf": now - 10,
             "iat": now,
             "jti": random_hex(),

@@ -19,7 +19,7 @@ use crate::daemon::{bump, Daemon};
 use crate::endpoint::{self, EndpointState, HttpServer};
 use crate::health::Health;
 use crate::keychain::Keychain;
-use crate::metrics::{Metrics, Size};
+use crate::metrics::{Metrics, Size, Total};
 use crate::mirrors::Mirrors;
 use crate::secret::{MirrorSecret, SecretError, SecretOrigin};
 use crate::service;
@@ -124,6 +124,10 @@ async fn serve_until_stopped(
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let upstream = Arc::new(upstream);
     let streaming = streaming_runtime()?;
+    let runtimes = [tokio::runtime::Handle::current(), streaming.handle()];
+    metrics.watch(Size::Tasks, move || {
+        runtimes.iter().map(|r| r.metrics().num_alive_tasks()).sum()
+    });
     let open = PullThrough::open(
         config.listen.clone(),
         Mirrors::from_config(config),
@@ -246,6 +250,10 @@ fn watch_caches(metrics: &Metrics, daemon: &Arc<Daemon>, upstream: &Arc<Upstream
     metrics.watch(Size::RunningHelpers, move || {
         running.keychain().helper_stats().running
     });
+    let timeouts = daemon.clone();
+    metrics.watch_total(Total::HelperTimeouts, move || {
+        timeouts.keychain().helper_stats().timeouts
+    });
 }
 
 /// The pull-through endpoint and the metrics listener, and what they were opened with.
@@ -364,6 +372,14 @@ impl StreamingRuntime {
             .as_ref()
             .expect("running until dropped")
             .spawn(future)
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone()
     }
 }
 

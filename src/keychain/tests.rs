@@ -216,7 +216,8 @@ async fn helper_stats_count_the_answers_the_keychains_helpers_gave() {
         k.helper_stats(),
         HelperStats {
             cached_answers: 1,
-            running: 0
+            running: 0,
+            timeouts: 0
         }
     );
     assert_eq!(

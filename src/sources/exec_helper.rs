@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,8 @@ pub fn check_helper_name(name: &str) -> Result<(), &'static str> {
 pub struct HelperRuns {
     timeout: Duration,
     slots: Semaphore,
+    /// Runs killed at the timeout, for metrics.
+    timeouts: AtomicU64,
     gets: AnswerCache<(PathBuf, String), Result<Option<Credential>, HelperError>>,
     lists: AnswerCache<PathBuf, Result<BTreeMap<String, String>, HelperError>>,
 }
@@ -141,6 +144,8 @@ pub struct HelperStats {
     pub cached_answers: usize,
     /// Helper processes running now.
     pub running: usize,
+    /// Runs killed at the timeout so far.
+    pub timeouts: u64,
 }
 
 impl HelperRuns {
@@ -149,6 +154,7 @@ impl HelperRuns {
         Arc::new(Self {
             timeout,
             slots: Semaphore::new(MAX_RUNNING),
+            timeouts: AtomicU64::new(0),
             gets: AnswerCache::new(clock.clone(), MAX_ANSWERS),
             lists: AnswerCache::new(clock, MAX_ANSWERS),
         })
@@ -162,6 +168,7 @@ impl HelperRuns {
         HelperStats {
             cached_answers: self.gets.len() + self.lists.len(),
             running: MAX_RUNNING.saturating_sub(self.slots.available_permits()),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -364,7 +371,10 @@ impl CredentialHelper {
                 helper,
                 source: Arc::new(source),
             },
-            ProcessError::TimedOut { timeout, .. } => HelperError::TimedOut { helper, timeout },
+            ProcessError::TimedOut { timeout, .. } => {
+                self.runs.timeouts.fetch_add(1, Ordering::Relaxed);
+                HelperError::TimedOut { helper, timeout }
+            }
             ProcessError::OutputTooLarge { .. } => HelperError::OutputTooLarge { helper, action },
             ProcessError::Io { source, .. } => HelperError::Io {
                 helper,
@@ -947,7 +957,8 @@ mod tests {
             p.runs.stats(),
             HelperStats {
                 cached_answers: 10,
-                running: 0
+                running: 0,
+                timeouts: 0
             }
         );
     }

@@ -1,13 +1,15 @@
 //! One request through the upstream: candidates in ranking order until the registry accepts
 //! one (then anonymous), redirects followed after the accepted one, and the response handed
-//! back streaming; a rejected candidate is logged without secrets and counted.
+//! back streaming; a rejected candidate is logged without secrets and counted. Decides what
+//! a refusal says when a source failed on the way: the source and its failure, not the
+//! registry's "authentication required".
 
 use http::header::CONTENT_TYPE;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::keychain::{Candidate, Ranking};
+use crate::keychain::{Attempt, Candidate, Ranking};
 use crate::sources::Credential;
 
 use super::auth::{Authorizer, Identity, Outcome, Reply};
@@ -22,8 +24,14 @@ pub(crate) async fn through_candidates(
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let exchange = &authorizer.exchange;
     let mut start = 0;
+    let mut failed_sources = Vec::new();
     loop {
-        let (winner, _attempts) = ranking.resolve_from(start).await;
+        let (winner, attempts) = ranking.resolve_from(start).await;
+        for (rank, attempt) in attempts {
+            if let Attempt::Failed(message) = attempt {
+                failed_sources.push((ranking.candidates[rank].source.to_string(), message));
+            }
+        }
         let identity = match &winner {
             Some(w) => Identity::Candidate {
                 candidate: &ranking.candidates[w.rank],
@@ -38,6 +46,15 @@ pub(crate) async fn through_candidates(
             Outcome::Rejected(reply) => reply,
         };
         let Some(winner) = winner else {
+            exchange.metrics.pull_refused(&exchange.label);
+            if !failed_sources.is_empty() {
+                tracing::warn!(registry = %exchange.request.registry, status = %reply.status(), "anonymous access refused after a credential source failed; answering with the source's failure");
+                return Ok(source_failed(
+                    &exchange.request.registry.to_string(),
+                    reply.status(),
+                    &failed_sources,
+                ));
+            }
             tracing::info!(registry = %exchange.request.registry, repository = ?exchange.request.repository.as_ref().map(|r| r.as_str()), status = %reply.status(), "anonymous access refused; handing back the upstream's answer");
             return Ok(handed_back(reply));
         };
@@ -65,6 +82,55 @@ fn rejected(
         %status,
         "upstream refused the credential; trying the next candidate"
     );
+}
+
+/// Most characters of one source's failure put in an answer.
+const MAX_FAILURE_CHARS: usize = 300;
+/// Most failed sources named in one answer.
+const MAX_FAILED_SOURCES: usize = 3;
+
+/// The upstream refused anonymous access after a source that might have had the credential
+/// failed: the refusal's status, with credgate's own error naming that source and why, so
+/// the pull's error points at the helper (or plugin) and not at the registry. The messages
+/// are those the log already carries (never a secret: sources' errors name programs, paths
+/// and exit statuses).
+fn source_failed(
+    registry: &str,
+    status: StatusCode,
+    failed: &[(String, String)],
+) -> Response<UpstreamBody> {
+    let causes: Vec<String> = failed
+        .iter()
+        .take(MAX_FAILED_SOURCES)
+        .map(|(source, message)| {
+            let message: String = message.chars().take(MAX_FAILURE_CHARS).collect();
+            format!("{source}: {message}")
+        })
+        .collect();
+    let code = if status == StatusCode::UNAUTHORIZED {
+        "UNAUTHORIZED"
+    } else {
+        "DENIED"
+    };
+    let body = serde_json::json!({"errors": [{
+        "code": code,
+        "message": format!(
+            "{registry} refused the pull without a credential, and the credential source that \
+             could have one failed: {}",
+            causes.join("; ")
+        ),
+    }]});
+    let mut response = Response::new(
+        Full::new(bytes::Bytes::from(body.to_string()))
+            .map_err(|never: std::convert::Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// The last rejection, as the upstream answered it.
@@ -99,6 +165,24 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_source_is_named_in_the_refusal_bounded() {
+        let failed: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("[[registry]] at c.toml:{i}"), "x".repeat(1000)))
+            .collect();
+        let response = source_failed("second.test", StatusCode::UNAUTHORIZED, &failed);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("second.test refused"), "{text}");
+        assert!(
+            text.contains("c.toml:2") && !text.contains("c.toml:3"),
+            "{text}"
+        );
+        assert!(text.len() < 2000, "{}", text.len());
+    }
 
     #[tokio::test]
     async fn a_token_refusal_is_handed_back_with_its_status_and_body() {

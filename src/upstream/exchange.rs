@@ -188,12 +188,15 @@ impl Exchange<'_> {
             .map_err(|e| self.protocol(e.to_string()))?;
         *request.headers_mut() = headers;
         let started = Instant::now();
+        let _in_flight = self.metrics.upstream_request();
         let response = tokio::time::timeout(RESPONSE_TIMEOUT, client.request(request))
             .await
             .map_err(|_| UpstreamError::TimedOut { host: host.clone() })?
             .map_err(|e| request_error(&host, &e))?;
         self.metrics
             .upstream_latency(&self.label, started.elapsed());
+        self.metrics
+            .upstream_status(&self.label, response.status().as_u16());
         Ok(response)
     }
 

@@ -45,7 +45,9 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///   concurrent fetches coalesced; a mirror's origin is its `scheme://host:port`. Rejected candidates are logged without secrets and
 ///   counted in `auth_failures`, then the next is tried, then anonymous; when all fail the
 ///   last upstream answer is returned as is: the registry's 401/403, or the token
-///   endpoint's 4xx (status, `Content-Type` and body) when that is where it ended.
+///   endpoint's 4xx (status, `Content-Type` and body) when that is where it ended; but when a
+///   source failed on the way (a helper that timed out, a plugin that answered garbage), the
+///   refusal's status comes with credgate's own error naming that source and its failure.
 /// - **Headers**: of the client's, only `Accept`, `Range`, `If-None-Match` and `User-Agent`
 ///   reach the registry (credgate's User-Agent when the client sent none), whatever the
 ///   [`UpstreamRequest`] carries.
