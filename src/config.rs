@@ -160,6 +160,22 @@ pub struct UpstreamSettings {
     pub allow_private: Vec<String>,
     /// Token realm hosts allowed although they are not on the upstream's own domain.
     pub allow_realm_hosts: Vec<String>,
+    /// Whose SHA-256 checks content addressed by digest as it streams to the client.
+    pub verify_digests: DigestVerification,
+}
+
+/// `[upstream] verify_digests`: when the endpoint hashes a blob (or a manifest by digest) as it
+/// streams. Length checks, upstream resets and idle cut-offs apply either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DigestVerification {
+    /// Every whole answer is hashed, whoever asked.
+    #[default]
+    Always,
+    /// Skipped when the client's `User-Agent` says containerd, which verifies every blob
+    /// against its digest before it commits it; the gate caches nothing, so a client that
+    /// claims to be containerd only drops its own check. Measured in README "Benchmarks".
+    UnlessContainerd,
 }
 
 #[derive(Debug, Clone)]
@@ -581,6 +597,24 @@ helper = "pass"
             .to_string();
         assert!(
             err.starts_with("/etc/credgate/config.toml:2:11: invalid duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn verify_digests_defaults_to_always_and_names_its_choices_when_wrong() {
+        let default = parse("").unwrap();
+        assert_eq!(default.upstream.verify_digests, DigestVerification::Always);
+        let trusting = parse("[upstream]\nverify_digests = \"unless-containerd\"\n").unwrap();
+        assert_eq!(
+            trusting.upstream.verify_digests,
+            DigestVerification::UnlessContainerd
+        );
+        let err = parse("[upstream]\nverify_digests = \"never\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/credgate/config.toml:2:18: unknown variant `…`, expected `always` or `unless-containerd`"),
             "{err}"
         );
     }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use credgate::config::Config;
+use credgate::config::{Config, DigestVerification};
 use credgate::daemon::Daemon;
 use credgate::endpoint::{serve_endpoint, serve_metrics, EndpointState, HttpServer, Patience};
 use credgate::identity::{RegistryHost, Scope};
@@ -945,6 +945,51 @@ async fn a_short_body_breaks_the_clients_transfer() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(read_to_end(response).await.is_err());
+}
+
+/// `verify_digests = "unless-containerd"`: containerd's blobs are not hashed (containerd checks
+/// them before commit; `node_containerd` shows a corrupt one is never committed), anyone
+/// else's still are, and for everyone a short or reset body still breaks the transfer.
+#[tokio::test]
+async fn leaving_digests_to_containerd_still_breaks_short_and_reset_bodies() {
+    let endpoint = Endpoint::start().await;
+    endpoint
+        .state
+        .set_digest_verification(DigestVerification::UnlessContainerd);
+    let digest = sha256(&endpoint.fake.blob);
+    for repository in ["group/reset", "group/reset-chunked"] {
+        let response = endpoint
+            .get(&format!("/v2/{repository}/blobs/{digest}?ns=registry.test"))
+            .await;
+        let outcome = read_to_end(response).await;
+        assert!(
+            outcome.is_err(),
+            "{repository}: a complete 200 of {outcome:?} bytes"
+        );
+    }
+    let response = endpoint
+        .get("/v2/group/short/manifests/v1?ns=registry.test")
+        .await;
+    assert!(read_to_end(response).await.is_err(), "a short body");
+
+    let corrupt = format!("/v2/group/corrupt/blobs/{digest}?ns=registry.test");
+    let to_containerd = read_to_end(endpoint.get(&corrupt).await).await;
+    assert_eq!(
+        to_containerd.ok(),
+        Some(endpoint.fake.blob.len()),
+        "containerd's blob is passed whole, for containerd to check"
+    );
+    let other = Request::builder()
+        .method(Method::GET)
+        .uri(&corrupt)
+        .header("host", endpoint.server.local_addr().to_string())
+        .header("user-agent", "skopeo/1.9")
+        .header("x-credgate-secret", SECRET);
+    let to_other = read_to_end(endpoint.send(other).await).await;
+    assert!(
+        to_other.is_err(),
+        "a corrupt blob reached another client whole"
+    );
 }
 
 #[tokio::test]

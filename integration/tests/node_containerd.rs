@@ -326,3 +326,91 @@ fn kill_mid_pull(
         pull.join().expect("pull thread")
     })
 }
+
+/// `[upstream] verify_digests` decides whether the gate hashes containerd's blobs; either
+/// way a blob whose bytes changed in the registry's storage (same size, so every length check
+/// passes) is never committed: the gate aborts the transfer (`always`), or containerd's own
+/// check before commit refuses it (`unless-containerd`). Both CRI and `ctr` pulls, every
+/// containerd version.
+#[test]
+fn a_blob_corrupted_in_the_registry_is_never_committed_by_containerd() {
+    let (_tokens, registry) = gitlab::start();
+    let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
+    let layer = corrupt_the_layer(registry.dir());
+    for mode in ["always", "unless-containerd"] {
+        let daemon = CredgateDaemon::start(&format!(
+            "[upstream]\nallow_realm_hosts = [\"auth.test\"]\nverify_digests = \"{mode}\"\n\n\
+             [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n"
+        ));
+        for version in VERSIONS {
+            let containerd = installed(version, &app.reference, &daemon);
+            let before = daemon.served_ok("registry.test");
+            let cri = CriClient::connect(&containerd.socket()).pull_image(&app.reference, None);
+            let ctr = containerd.ctr_pull(&app.reference);
+            assert!(
+                cri.is_err() && ctr.is_err(),
+                "containerd {version}, {mode}: a pull with a corrupt layer succeeded: CRI {cri:?}, ctr {ctr:?}"
+            );
+            // The manifest and config came through the gate, so the layer was asked of it too.
+            assert!(
+                daemon.served_ok("registry.test") > before,
+                "containerd {version}, {mode}: the pulls never reached credgate"
+            );
+            // Committed content of every namespace lives in one store on disk; the manifest,
+            // fetched whole and right, shows the path is the one containerd commits to.
+            let store = containerd
+                .config_path()
+                .with_file_name("root/io.containerd.content.v1.content/blobs");
+            assert!(
+                store.join(app.digest.replace(':', "/")).is_file(),
+                "containerd {version}, {mode}: the manifest is not in {}",
+                store.display()
+            );
+            let committed = store.join(layer.replace(':', "/"));
+            assert!(
+                !committed.exists(),
+                "containerd {version}, {mode}: the corrupt layer was committed as {}",
+                committed.display()
+            );
+            let content = containerd.ctr(&["content", "ls", "-q"]);
+            content.assert_success();
+            assert!(
+                !content.stdout.contains(&layer),
+                "containerd {version}, {mode}: the corrupt layer {layer} is listed: {content}"
+            );
+        }
+    }
+}
+
+/// Changes one byte of the only gzip blob (the layer `crane append` pushed) in a
+/// distribution registry's filesystem storage under `dir`, which serves files as they are;
+/// returns the blob's digest.
+fn corrupt_the_layer(dir: &std::path::Path) -> String {
+    let blobs = dir.join("storage/docker/registry/v2/blobs/sha256");
+    let mut layers = Vec::new();
+    for prefix in std::fs::read_dir(&blobs).expect("blob dirs") {
+        for blob in std::fs::read_dir(prefix.expect("prefix").path()).expect("blob dir") {
+            let blob = blob.expect("blob").path();
+            let data = std::fs::read(blob.join("data")).expect("blob data");
+            if data.starts_with(&[0x1f, 0x8b]) {
+                layers.push((blob, data));
+            }
+        }
+    }
+    assert_eq!(
+        layers.len(),
+        1,
+        "expected one gzip layer in {}",
+        blobs.display()
+    );
+    let (blob, mut data) = layers.pop().expect("one layer");
+    let middle = data.len() / 2;
+    data[middle] ^= 0xff;
+    std::fs::write(blob.join("data"), data).expect("corrupt the layer");
+    let hex = blob
+        .file_name()
+        .expect("hex")
+        .to_string_lossy()
+        .into_owned();
+    format!("sha256:{hex}")
+}

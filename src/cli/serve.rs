@@ -142,6 +142,9 @@ async fn serve_until_stopped(
             "the endpoint failed to start: {e}"
         )))
     })?;
+    pull_through
+        .state
+        .set_digest_verification(config.upstream.verify_digests);
     let signal_err =
         |e: std::io::Error| CliError::Failed(format!("cannot install signal handlers: {e}"));
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
@@ -222,6 +225,9 @@ impl Running {
         self.pull_through
             .state
             .replace_mirrors(Mirrors::from_config(&config));
+        self.pull_through
+            .state
+            .set_digest_verification(config.upstream.verify_digests);
         self.upstream
             .set_policy(UpstreamPolicy::from_config(&config));
         self.daemon.reload(

@@ -24,8 +24,10 @@
 //!   auth headers such as `Www-Authenticate`); only `Accept`, `Range`, `If-None-Match` and
 //!   `User-Agent` are forwarded.
 //! - **Integrity.** A whole answer (any 2xx but 206) to a GET of a blob, or of a manifest by
-//!   digest, is verified as it streams; a mismatch, a short or long body, an upstream failure
-//!   or an upstream idle for [`Patience::body_idle`] aborts the client's connection ([`body`]).
+//!   digest, is verified as it streams, except for containerd (by `User-Agent`), which checks
+//!   every digest itself before commit, unless `[upstream] verify_digests = "always"`. A
+//!   mismatch, a short or long body, an upstream failure or an upstream idle for
+//!   [`Patience::body_idle`] aborts the client's connection ([`body`]).
 //!   A 206 is passed through unverified only when the client sent `Range` (a range cannot be
 //!   checked against a whole-content digest; the client verifies the assembled content); to a
 //!   request without `Range` it is refused (502) ([`proxy`]).
@@ -52,6 +54,7 @@
 //!   answered `Connection: close`, so a stranger's connection lives for one head at most
 //!   (10 s to send it); a trusted one is closed after 10 s idle.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,7 +62,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::config::Listen;
+use crate::config::{DigestVerification, Listen};
 use crate::containerd::files::DEFAULT_HOSTS_DIR;
 use crate::daemon::Daemon;
 use crate::identity::RegistryHost;
@@ -102,6 +105,8 @@ pub struct EndpointState {
     mirrors: RwLock<Arc<Mirrors>>,
     metrics: Arc<Metrics>,
     patience: Patience,
+    /// `[upstream] verify_digests` in force: true while every client's content is hashed.
+    verify_every_client: AtomicBool,
     /// Wrong-secret refusals logged: one line per [`BAD_SECRET_LOG_WINDOW`], so a local
     /// user without the secret cannot flood the log.
     bad_secret_log: Mutex<BadSecretLog>,
@@ -153,6 +158,9 @@ impl EndpointState {
             ))),
             metrics,
             patience: Patience::default(),
+            verify_every_client: AtomicBool::new(
+                DigestVerification::default() == DigestVerification::Always,
+            ),
             bad_secret_log: Mutex::default(),
         }
     }
@@ -180,6 +188,12 @@ impl EndpointState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Sets whose content is hashed as it streams (start and reload); see [`body`].
+    pub fn set_digest_verification(&self, verification: DigestVerification) {
+        let always = verification == DigestVerification::Always;
+        self.verify_every_client.store(always, Ordering::Relaxed);
     }
 
     /// Swaps in a new secret (reload); requests already admitted are not affected.

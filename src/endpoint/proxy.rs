@@ -7,10 +7,12 @@
 //!   counted per mirror.
 //! - A 429 is waited out and retried within [`super::Patience`] before anything is relayed.
 //! - Every 2xx but 206 is the whole content: for digest-addressed content it is verified as
-//!   it streams, whatever the status says. A 206 is relayed unverified only when the client
+//!   it streams, whatever the status says, unless the client is containerd and
+//!   `[upstream] verify_digests` leaves the check to it. Its length is always checked. A 206 is relayed unverified only when the client
 //!   asked for a range; to a request without `Range` it is a protocol error (502), never
 //!   passed on as if it were whole. A 2xx without a body for a GET by digest is one too.
 
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use http::header;
@@ -43,6 +45,18 @@ struct Asked<'a> {
     method: &'a Method,
     /// The client sent `Range`: a 206 is an answer it asked for.
     ranged: bool,
+    /// A whole answer is hashed on its way (see [`hashes_for`]).
+    hashed: bool,
+}
+
+/// Whether whole answers to a client sending `headers` are hashed as they stream: always,
+/// unless the client is containerd (it verifies each digest before commit, on every pull path)
+/// and `[upstream] verify_digests` is not `always`.
+fn hashes_for(state: &EndpointState, headers: &HeaderMap) -> bool {
+    let containerd = headers
+        .get(header::USER_AGENT)
+        .is_some_and(|agent| agent.as_bytes().starts_with(b"containerd/"));
+    state.verify_every_client.load(Ordering::Relaxed) || !containerd
 }
 
 pub(super) async fn forward(
@@ -64,6 +78,7 @@ pub(super) async fn forward(
         route: &route,
         method: &method,
         ranged: request.headers().contains_key(header::RANGE),
+        hashed: hashes_for(state, request.headers()),
     };
     relay(state, &asked, upstream)
 }
@@ -99,6 +114,7 @@ pub(super) async fn forward_to_mirror(
         route: &route,
         method: &method,
         ranged: request.headers().contains_key(header::RANGE),
+        hashed: hashes_for(state, request.headers()),
     };
     let answered = match send_patiently(state, &route, upstream_request).await {
         Ok(upstream) => relay(state, &asked, upstream),
@@ -180,8 +196,12 @@ fn relay(
     if *asked.method == Method::HEAD || !has_body(parts.status) {
         return Ok(response);
     }
-    let expectations = expectations(route, parts.status, &parts.headers);
+    let mut expectations = expectations(route, parts.status, &parts.headers);
+    // Free, so checked for every client: an empty body can't match a non-empty digest.
     refuse_empty_mismatch(route, &expectations)?;
+    if !asked.hashed {
+        expectations.digest = None;
+    }
     let tally = Tally {
         metrics: state.metrics.clone(),
         registry: route.registry.to_string(),
