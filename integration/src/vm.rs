@@ -407,7 +407,7 @@ impl Drop for Vm {
     }
 }
 
-fn ssh_options() -> [&'static str; 12] {
+fn ssh_options() -> [&'static str; 14] {
     [
         "-o",
         "StrictHostKeyChecking=no",
@@ -417,8 +417,12 @@ fn ssh_options() -> [&'static str; 12] {
         "LogLevel=ERROR",
         "-o",
         "BatchMode=yes",
+        // A TCG guest on a loaded host can stall for tens of seconds; 15 s of silence
+        // (ssh's default 3 missed probes) dropped a command's connection (exit 255).
         "-o",
         "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=24",
         "-o",
         "ConnectTimeout=10",
     ]
