@@ -40,6 +40,7 @@ pub mod clients;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod fault_front;
 pub mod fleet;
 pub mod gitlab;
 pub mod https;

@@ -1,7 +1,9 @@
 //! The fault matrix (issue 14): each fault applied to a real part while concurrent pulls
 //! run through credgate (CRI PullImage and `ctr image pull` on real containerd 2.1, and
 //! direct endpoint requests), against real registries, the project's token server and real
-//! helper and plugin programs. For every fault: no pull reports success with wrong content
+//! helper and plugin programs (a registry's 429s and mid-blob resets come from
+//! `credgate_integration::fault_front`, a fake in front of a real registry: no real one
+//! produces them on demand). For every fault: no pull reports success with wrong content
 //! (every pull checks its manifest digest, and the endpoint's blobs too); pulls that can
 //! succeed do; the others fail with an error naming the cause; and once the fault is gone
 //! the pulls it broke succeed again. Each test prints (and appends to the file named by
@@ -20,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use credgate_integration::cri::CriClient;
+use credgate_integration::fault_front::{FaultFront, FrontFault, FRONT_IP};
 use credgate_integration::images::PushedImage;
 use credgate_integration::process::{spawn_logged, ChildGuard, DAEMON_PATH};
 use credgate_integration::soak::{other_login, HelperMode, PullKind, Rig, RigOptions};
@@ -464,6 +467,234 @@ fn a_registry_name_that_stops_resolving_fails_its_pulls_naming_it_until_it_resol
             said(&failed)
         ),
         first_success_since(&attempts, "basic", healed).map(|t| t - healed),
+    );
+}
+
+// ---------------------------------------------------------------- the registry throttles or resets
+
+/// basic.test resolves to the fault front while this lives; the node's /etc/hosts comes back
+/// on drop, also when the test fails.
+struct FrontedName {
+    hosts: String,
+}
+
+impl FrontedName {
+    fn point(host: &str, ip: std::net::Ipv4Addr) -> FrontedName {
+        let hosts = std::fs::read_to_string("/etc/hosts").expect("read /etc/hosts");
+        let mut fronted: String = hosts
+            .lines()
+            .filter(|l| !l.split_whitespace().skip(1).any(|name| name == host))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(fronted, hosts, "{host} was not in /etc/hosts");
+        fronted.push_str(&format!("{ip} {host}\n"));
+        set_hosts(&fronted);
+        FrontedName { hosts }
+    }
+}
+
+impl Drop for FrontedName {
+    fn drop(&mut self) {
+        set_hosts(&self.hosts);
+    }
+}
+
+/// The warm streams, and endpoint pulls of basic.test (`basic`) through a fault front that
+/// passes everything through until told otherwise; returns once every stream pulled once.
+fn fronted_load(rig: &Arc<Rig>, front: &FaultFront, extra: Vec<Stream>) -> Load {
+    let mut load = Load::start(rig, warm_streams(rig));
+    load.add(Stream {
+        name: "basic",
+        kind: PullKind::Endpoint,
+        images: vec![rig.images.basic.clone()],
+    });
+    let mut names: Vec<&str> = WARM.to_vec();
+    names.push("basic");
+    for stream in extra {
+        names.push(stream.name);
+        load.add(stream);
+    }
+    let begun = Instant::now();
+    load.wait_until(
+        "every stream, basic.test's through the fault front, to pull once",
+        |a| all_succeeded_since(a, &names, begun),
+    );
+    assert_eq!(front.faulted(), 0, "the front faulted while switched off");
+    load
+}
+
+#[track_caller]
+fn assert_warm_streams_never_failed(attempts: &[Attempt], since: Instant) {
+    let warm_failures: Vec<&str> = WARM
+        .iter()
+        .flat_map(|s| failures_between(attempts, s, since, Instant::now()))
+        .collect();
+    assert!(
+        warm_failures.is_empty(),
+        "pulls from the other registry failed: {warm_failures:#?}"
+    );
+}
+
+#[test]
+fn a_registry_answering_429_with_retry_after_is_waited_out_or_named_then_recovers() {
+    let _serial = serial();
+    let rig = Arc::new(Rig::start());
+    let front = FaultFront::start(&rig.basic);
+    let _fronted = FrontedName::point(rig.basic.host(), FRONT_IP);
+    let load = fronted_load(&rig, &front, Vec::new());
+    let begun = Instant::now();
+
+    // Throttled for longer than credgate's 2 retries: basic.test's pulls fail naming the 429.
+    front.set_fault(Some(FrontFault::TooManyRequests {
+        retry_after_secs: 1,
+    }));
+    let fault = Instant::now();
+    load.wait_until(
+        "basic.test pulls to fail on the 429s, and every warm stream to pull",
+        |a| {
+            failures_between(a, "basic", fault, Instant::now()).len() >= 2
+                && all_succeeded_since(a, &WARM, fault)
+        },
+    );
+    front.set_fault(None);
+    let healed = Instant::now();
+    load.wait_until("basic.test pulls to succeed once the 429s stop", |a| {
+        succeeded_since(a, "basic", healed)
+    });
+    let persistent = front.faulted();
+
+    // Throttled briefly (two 429s): credgate waits them out and no pull fails.
+    front.set_fault_for(
+        FrontFault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+        2,
+    );
+    let brief = Instant::now();
+    load.wait_until("both brief 429s to be answered", |_| {
+        front.faulted() == persistent + 2
+    });
+    let waited = Instant::now();
+    load.wait_until(
+        "a basic.test pull begun after the brief 429s to succeed",
+        |a| succeeded_since(a, "basic", waited),
+    );
+    let attempts = load.stop();
+
+    let failed = failures_between(&attempts, "basic", fault, healed);
+    assert!(!failed.is_empty(), "no basic.test pull failed on the 429s");
+    for failure in &failed {
+        assert!(
+            failure.contains("429"),
+            "a pull during the registry's 429s failed without naming them: {failure}"
+        );
+    }
+    let brief_failures = failures_between(&attempts, "basic", brief, Instant::now());
+    assert!(
+        brief_failures.is_empty(),
+        "two 429s with Retry-After: 1 were not waited out: {brief_failures:#?}"
+    );
+    assert_warm_streams_never_failed(&attempts, begun);
+    let absorbed = attempts
+        .iter()
+        .filter(|a| a.stream == "basic" && a.began >= brief && a.outcome.is_ok())
+        .count();
+    matrix_row(
+        "registry answers 429 with `Retry-After: 1` (fault front), then recovers",
+        &format!(
+            "other registries' pulls went on; {} basic.test pulls failed while every answer was 429: {}; \
+             two 429s in a row were waited out inside credgate ({absorbed} pulls after them, none failed)",
+            failed.len(),
+            said(&failed)
+        ),
+        first_success_since(&attempts, "basic", healed).map(|t| t - healed),
+    );
+}
+
+#[test]
+fn a_registry_resetting_connections_mid_blob_breaks_only_those_pulls_and_never_their_content() {
+    let _serial = serial();
+    let rig = Arc::new(Rig::start());
+    let front = FaultFront::start(&rig.basic);
+    let _fronted = FrontedName::point(rig.basic.host(), FRONT_IP);
+    // ctr fetches every blob again each round (its content is removed after each pull).
+    let load = fronted_load(
+        &rig,
+        &front,
+        vec![
+            Stream {
+                name: "basic-ctr",
+                kind: PullKind::Ctr,
+                images: vec![rig.images.basic.clone()],
+            },
+            Stream {
+                name: "basic-2",
+                kind: PullKind::Endpoint,
+                images: vec![rig.images.basic.clone()],
+            },
+        ],
+    );
+    let begun = Instant::now();
+    front.set_fault(Some(FrontFault::CutBlobs { after_bytes: 64 }));
+    let fault = Instant::now();
+    load.wait_until(
+        "basic.test endpoint pulls to fail on cut blobs, a ctr pull to try, and every warm stream to pull",
+        |a| {
+            failures_between(a, "basic", fault, Instant::now()).len()
+                + failures_between(a, "basic-2", fault, Instant::now()).len()
+                >= 3
+                && a.iter().any(|x| x.stream == "basic-ctr" && x.began >= fault)
+                && all_succeeded_since(a, &WARM, fault)
+        },
+    );
+    front.set_fault(None);
+    let healed = Instant::now();
+    let fronted = ["basic", "basic-2", "basic-ctr"];
+    load.wait_until(
+        "every basic.test stream to succeed once blobs are whole",
+        |a| all_succeeded_since(a, &fronted, healed),
+    );
+    let cut = front.faulted();
+    let attempts = load.stop();
+
+    assert!(cut > 0, "the front cut no blob");
+    let endpoint_failed: Vec<&str> = ["basic", "basic-2"]
+        .iter()
+        .flat_map(|s| failures_between(&attempts, s, fault, healed))
+        .collect();
+    for failure in &endpoint_failed {
+        assert!(
+            failure.contains("/blobs/sha256:")
+                && (failure.contains("broke off") || failure.contains("502")),
+            "a pull whose blob was cut failed without naming the broken blob transfer: {failure}"
+        );
+    }
+    let ctr_failed = failures_between(&attempts, "basic-ctr", fault, healed);
+    let ctr_done = attempts
+        .iter()
+        .filter(|a| a.stream == "basic-ctr" && a.began >= fault && a.began < healed)
+        .count();
+    assert_warm_streams_never_failed(&attempts, begun);
+    let recovered = fronted
+        .iter()
+        .filter_map(|s| first_success_since(&attempts, s, healed))
+        .max()
+        .map(|t| t - healed);
+    matrix_row(
+        "registry resets connections mid-blob (fault front cuts every blob body), during concurrent pulls",
+        &format!(
+            "other registries' pulls went on; {cut} blob bodies cut; {} basic.test endpoint pulls failed: {}; \
+             {} of {ctr_done} `ctr` pulls failed{}; none with wrong content",
+            endpoint_failed.len(),
+            said(&endpoint_failed),
+            ctr_failed.len(),
+            if ctr_failed.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", said(&ctr_failed))
+            }
+        ),
+        recovered,
     );
 }
 
