@@ -701,8 +701,9 @@ fn a_registry_resetting_connections_mid_blob_breaks_only_those_pulls_and_never_t
 // ---------------------------------------------------------------- helpers and plugins
 
 /// Runs `faults` in turn on second.test's credential program while the warm streams and a
-/// second.test stream pull; each fault must fail second.test's pulls with a message holding
-/// one of its needles, and its end must let them succeed again.
+/// second.test stream pull; each fault must fail second.test's pulls with a message naming the
+/// failed source (never the program's own failure, which can quote its stderr), credgate's log
+/// must hold one of its needles, and its end must let them succeed again.
 fn credential_program_faults(
     rig: &Arc<Rig>,
     program: &str,
@@ -739,11 +740,21 @@ fn credential_program_faults(
         let first_failure = failed.iter().position(|f| !f.is_empty()).unwrap_or(0);
         for failure in &failed[first_failure..] {
             assert!(
-                needles.iter().any(|n| failure.contains(n)),
-                "a second.test pull while the {program} {fault_name} failed without naming it \
-                 ({needles:?}): {failure}"
+                failure.contains("the credential source that could have one failed"),
+                "a second.test pull while the {program} {fault_name} failed without naming its \
+                 source: {failure}"
+            );
+            // Why it failed can quote the program's stderr: the log says it, the pull never.
+            assert!(
+                !needles.iter().any(|n| failure.contains(n)),
+                "a second.test pull's error carries the {program}'s own failure: {failure}"
             );
         }
+        let log = rig.daemon.log();
+        assert!(
+            needles.iter().any(|n| log.contains(n)),
+            "credgate's log does not say why the {program} {fault_name} ({needles:?})"
+        );
         matrix_row(
             &format!("the {program} for one source {fault_name}"),
             &format!(
