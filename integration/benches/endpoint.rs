@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,23 +16,18 @@ use std::time::{Duration, Instant};
 use credgate_integration::daemon::{CredgateDaemon, MIRROR_SECRET};
 use credgate_integration::mirror;
 use credgate_integration::node::node;
-use credgate_integration::registry::Registry;
-use credgate_integration::token_server::{TokenServer, TokenUser};
+use support::{median, peak_rss_kib, percentile, us, BenchRegistry};
 
 const REPO: &str = "bench/big";
-const PASSWORD: &str = "bench-pw";
 const BIG: usize = 1 << 30;
 const STREAM_BLOB: usize = 64 << 20;
 const MANIFEST_RUNS: usize = 500;
 
 fn main() {
     node();
-    let tokens = TokenServer::builder("auth.test")
-        .user(TokenUser::new("bench", PASSWORD, &["bench"]))
-        .start();
-    let _registry = Registry::start(tokens.registry_auth(), "registry.test");
+    let registry = BenchRegistry::start();
     let scratch = tempfile::tempdir().expect("scratch");
-    let token = token(&tokens, "pull,push");
+    let token = registry.token(REPO, "pull,push");
     let big = upload_random_blob(&token, scratch.path(), BIG, "big");
     let stream_blob = upload_random_blob(&token, scratch.path(), STREAM_BLOB, "stream");
     let layers: Vec<String> = (0..10)
@@ -41,9 +35,7 @@ fn main() {
         .collect();
     let manifest_digest = put_manifest(&token, scratch.path(), &layers);
 
-    let daemon = CredgateDaemon::start_logging(&format!(
-        "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n[[registry]]\nmatch = \"registry.test/bench\"\nusername = \"bench\"\npassword = \"{PASSWORD}\"\n"
-    ), "warn");
+    let daemon = CredgateDaemon::start_logging(&registry.credgate_sources(""), "warn");
     let direct = |path: &str| Fetch::Direct {
         url: format!("https://registry.test{path}"),
         token: token.clone(),
@@ -66,7 +58,7 @@ fn main() {
                 / BIG as f64,
         );
     }
-    let cpu_per_gib = support::median(&mut cpu_big);
+    let cpu_per_gib = median(&mut cpu_big);
     if std::env::var_os("CREDGATE_BENCH_BLOB_ONLY").is_some() {
         let (d, p) = (median(&mut d_big), median(&mut p_big));
         println!(
@@ -178,116 +170,16 @@ impl Fetch {
     }
 }
 
-fn token(tokens: &TokenServer, actions: &str) -> String {
-    let url = format!(
-        "{}?service={}&scope=repository:{REPO}:{actions}",
-        tokens.realm(),
-        tokens.service()
-    );
-    let out = Command::new("curl")
-        .args(["-sS", "-f", "-u", &format!("bench:{PASSWORD}"), &url])
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("token JSON");
-    json["token"].as_str().expect("token").to_string()
-}
-
 fn upload_random_blob(token: &str, dir: &Path, size: usize, name: &str) -> String {
     let path = dir.join(name);
-    let mut file = std::fs::File::create(&path).expect("blob file");
-    let rng = ring::rand::SystemRandom::new();
-    let mut chunk = vec![0u8; 1 << 20];
-    for _ in 0..size / chunk.len() {
-        ring::rand::SecureRandom::fill(&rng, &mut chunk).expect("random");
-        file.write_all(&chunk).expect("write blob");
-    }
-    upload(token, &path)
-}
-
-/// A monolithic blob upload (POST, then PUT with the digest); returns the digest.
-fn upload(token: &str, path: &Path) -> String {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut file = std::fs::File::open(path).expect("blob file");
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut chunk).expect("read blob");
-        if n == 0 {
-            break;
-        }
-        context.update(&chunk[..n]);
-    }
-    let digest = format!("sha256:{}", hex(context.finish().as_ref()));
-    let auth = format!("Authorization: Bearer {token}");
-    let start = Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "-X",
-            "POST",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "-H",
-            &auth,
-        ])
-        .arg(format!("https://registry.test/v2/{REPO}/blobs/uploads/"))
-        .output()
-        .expect("curl");
-    assert!(
-        start.status.success(),
-        "upload start: {}",
-        String::from_utf8_lossy(&start.stderr)
-    );
-    let headers = String::from_utf8_lossy(&start.stdout);
-    let location = headers
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .expect("upload Location");
-    let location = if location.starts_with('/') {
-        format!("https://registry.test{location}")
-    } else {
-        location
-    };
-    let separator = if location.contains('?') { '&' } else { '?' };
-    let put = Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            &auth,
-            "-H",
-            "Content-Type: application/octet-stream",
-            // -T streams the file; --data-binary would read 1 GiB into memory.
-            "-T",
-        ])
-        .arg(path)
-        .arg(format!("{location}{separator}digest={digest}"))
-        .output()
-        .expect("curl");
-    assert!(
-        put.status.success(),
-        "blob upload: {}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-    digest
+    support::write_random_file(&path, size);
+    support::upload(token, REPO, &path)
 }
 
 fn put_manifest(token: &str, dir: &Path, layers: &[String]) -> String {
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, b"{}").expect("config blob");
-    let config = upload(token, &config_path);
+    let config = support::upload(token, REPO, &config_path);
     let layers: Vec<serde_json::Value> = layers
         .iter()
         .map(|d| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 4 << 20}))
@@ -299,43 +191,8 @@ fn put_manifest(token: &str, dir: &Path, layers: &[String]) -> String {
         "layers": layers,
     });
     let body = serde_json::to_vec(&manifest).expect("manifest");
-    let digest = format!(
-        "sha256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref())
-    );
-    let mut put = Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-H",
-            "Content-Type: application/vnd.oci.image.manifest.v1+json",
-            "--data-binary",
-            "@-",
-        ])
-        .arg(format!(
-            "https://registry.test/v2/{REPO}/manifests/{digest}"
-        ))
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl");
-    put.stdin
-        .take()
-        .expect("stdin")
-        .write_all(&body)
-        .expect("manifest body");
-    assert!(
-        put.wait().expect("curl").success(),
-        "manifest upload failed"
-    );
-    digest
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // An empty reference puts it by its digest.
+    support::put_manifest(token, REPO, "", &body)
 }
 
 /// Manifest GETs on one kept-alive connection each way, as containerd's client keeps them.
@@ -415,25 +272,5 @@ fn peak_rss_with_streams(daemon: &CredgateDaemon, digest: &str) -> u64 {
             "a blob stream failed"
         );
     }
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).expect("daemon status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-fn median(runs: &mut [Duration]) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
+    peak_rss_kib(daemon.pid())
 }
