@@ -227,12 +227,17 @@ impl Containerd {
 
     /// Runs `ctr --address <socket> --namespace default <args>`.
     pub fn ctr(&self, args: &[&str]) -> CommandOutput {
+        self.ctr_in(CTR_NAMESPACE, args)
+    }
+
+    /// [`Containerd::ctr`] in containerd namespace `namespace`.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> CommandOutput {
         let mut command = Command::new(binary(self.version, "ctr"));
         command
             .arg("--address")
             .arg(self.socket())
             .arg("--namespace")
-            .arg(CTR_NAMESPACE)
+            .arg(namespace)
             .args(args)
             .env_clear()
             .env("PATH", DAEMON_PATH);
@@ -255,9 +260,25 @@ impl Containerd {
     /// a pull through containerd's transfer service whose auth stream credgate answers (no
     /// hosts dir, so the endpoint is not involved).
     pub fn credgate_pull(&self, credgate_config: &Path, reference: &str) -> CommandOutput {
+        self.credgate_pull_in(CTR_NAMESPACE, credgate_config, reference)
+    }
+
+    /// [`Containerd::credgate_pull`] into containerd namespace `namespace`.
+    pub fn credgate_pull_in(
+        &self,
+        namespace: &str,
+        credgate_config: &Path,
+        reference: &str,
+    ) -> CommandOutput {
         let mut command = credgate_command(credgate_config);
         command
-            .args(["pull", "--no-progress", "--address"])
+            .args([
+                "pull",
+                "--no-progress",
+                "--namespace",
+                namespace,
+                "--address",
+            ])
             .arg(self.socket())
             .arg(reference);
         run_bounded(&mut command, self.dir.path(), CTR_TIMEOUT)

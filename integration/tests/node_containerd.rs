@@ -234,6 +234,60 @@ fn assert_credgate_pull_answers_the_auth_stream(
     );
 }
 
+/// `credgate pull` holds a containerd lease for the pull, as ctr does. Without one, a garbage
+/// collection that runs before a fresh namespace has any record removes the pull's auth
+/// stream, and the pull fails with "not found" or "failed to resolve image: context
+/// canceled" (the soak's first-round failures). Here collections run back to back in another
+/// namespace (a lease created, then deleted with `--sync`) while each pull goes into a new
+/// namespace: every pull succeeds, and none leaves its lease behind.
+#[test]
+fn credgate_pull_into_fresh_namespaces_survives_garbage_collections_running_alongside() {
+    let (_tokens, _registry) = gitlab::start();
+    let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
+    let daemon = CredgateDaemon::start(&format!(
+        "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n\
+         [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n"
+    ));
+    for version in ["2.1", "1.7"] {
+        let mut containerd = Containerd::configure(version, &app.reference);
+        containerd.start();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let collections = std::thread::scope(|scope| {
+            let collector = scope.spawn(|| {
+                let mut collections = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    containerd.ctr_in("gc-trigger", &["leases", "create", "gc-trigger"]);
+                    containerd.ctr_in("gc-trigger", &["leases", "delete", "--sync", "gc-trigger"]);
+                    collections += 1;
+                }
+                collections
+            });
+            for round in 0..12 {
+                let namespace = format!("fresh-{round}");
+                let pull =
+                    containerd.credgate_pull_in(&namespace, &daemon.config_path(), &app.reference);
+                if !pull.success() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!(
+                        "containerd {version}: pull {round} into a fresh namespace failed: {pull}"
+                    );
+                }
+                let leases = containerd.ctr_in(&namespace, &["leases", "ls", "-q"]);
+                assert!(
+                    !leases.stdout.contains("credgate-pull-"),
+                    "containerd {version}: the pull's lease was left behind: {leases}"
+                );
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            collector.join().unwrap()
+        });
+        assert!(
+            collections > 12,
+            "containerd {version}: only {collections} collections ran"
+        );
+    }
+}
+
 #[test]
 fn docker_hub_names_pull_with_the_credential_saved_for_index_docker_io() {
     let _hub = Registry::start(

@@ -1216,8 +1216,6 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const CREDGATE_CLOCK: &str = "+0 x0.05";
 
 #[test]
-#[ignore = "fails since issues 13-15 merged (2026-11-30): with credgate's clocks slowed, the \
-            endpoint reaches its 512-connection limit and closes newcomers; issue 14 stays open"]
 fn when_the_registry_clock_runs_past_token_expiry_a_refused_cached_token_is_fetched_anew() {
     let _serial = serial();
     assert!(

@@ -10,11 +10,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::connections::{Admitted, ConnectionTable};
-use crate::upstream::UpstreamBody;
+use super::connections::{Admitted, Answering, ConnectionTable};
+use crate::upstream::{BoxError, UpstreamBody};
 
 /// Most headers a request may carry; more is 431.
 pub const MAX_HEADERS: usize = 64;
@@ -241,10 +244,15 @@ async fn serve_connection<H, F>(
     F: Future<Output = Response<UpstreamBody>> + Send + 'static,
 {
     let trust = admitted.trust.clone();
+    let activity = admitted.activity.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(trust.clone());
+        let answering = activity.begin();
         let response = handle(request);
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(response.map(|body| answered_with(body, answering)))
+        }
     });
     let connection = http1_settings(head_timeout).serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
@@ -260,6 +268,42 @@ async fn serve_connection<H, F>(
     // A client that went away, or a transfer aborted on purpose (see `body`).
     if let Err(error) = outcome {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// `body`, keeping its connection counted as answering until hyper has taken its last frame
+/// or dropped it (a transfer is never closed to make room for a newcomer).
+fn answered_with(body: UpstreamBody, answering: Answering) -> UpstreamBody {
+    UpstreamBody::new(Answered {
+        body,
+        _answering: answering,
+    })
+}
+
+/// A response body and the guard that is dropped with it; everything else is the body's own
+/// (its size hint included, so a known length stays `Content-Length`).
+struct Answered {
+    body: UpstreamBody,
+    _answering: Answering,
+}
+
+impl Body for Answered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

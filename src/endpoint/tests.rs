@@ -23,9 +23,25 @@ const PATIENT: Duration = Duration::from_secs(60);
 /// How long a test waits for something that must happen; a bound, not a measurement.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// `registry.test` answers; `refused-*` is outside the upstream boundary; anything else is
-/// an allowed host that can't be reached.
+/// `registry.test` answers (its tag `slow` only after [`PATIENT`], its tag `endless` with a
+/// body that never ends); `refused-*` is outside the upstream boundary; anything else is an
+/// allowed host that can't be reached.
 struct FakeUpstream;
+
+/// A response body that never yields a frame: a transfer that is still going.
+struct Endless;
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
 
 #[async_trait]
 impl SendUpstream for FakeUpstream {
@@ -35,6 +51,12 @@ impl SendUpstream for FakeUpstream {
         request: UpstreamRequest,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let host = request.registry.to_string();
+        if host == "registry.test" && request.path.ends_with("/manifests/slow") {
+            tokio::time::sleep(PATIENT).await;
+        }
+        if host == "registry.test" && request.path.ends_with("/manifests/endless") {
+            return Ok(Response::new(UpstreamBody::new(Endless)));
+        }
         if host == "registry.test" {
             let mut response = Response::new(full_body(Bytes::from_static(b"{}")));
             response.headers_mut().insert(
@@ -280,23 +302,79 @@ async fn idle_strangers_beyond_the_cap_never_starve_a_request_with_the_secret() 
     assert!(open <= 8, "{page}");
 }
 
+/// A connection that showed the secret and now waits for the answer to `tag`'s manifest.
+async fn answering(endpoint: &Endpoint, tag: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
+    ask_with_the_secret(&mut stream).await;
+    let path = format!("/v2/group/app/manifests/{tag}?ns=registry.test");
+    stream
+        .write_all(head(&path, Some(SECRET)).as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
 #[tokio::test]
-async fn strangers_never_take_the_slot_of_a_connection_that_showed_the_secret() {
+async fn strangers_never_take_the_slot_of_a_connection_being_answered() {
     let endpoint = Endpoint::start(limits(4, PATIENT)).await;
     let mut trusted = Vec::new();
-    for _ in 0..4 {
-        let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
-        ask_with_the_secret(&mut stream).await;
-        trusted.push(stream);
+    for tag in ["slow", "endless", "slow", "endless"] {
+        trusted.push(answering(&endpoint, tag).await);
     }
-    // Every slot is trusted: strangers are closed as they come.
+    // Wait until both endless bodies' heads arrived: then all four are being answered.
+    for stream in trusted.iter_mut().skip(1).step_by(2) {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(chunk[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    // Every slot is being answered: newcomers are closed as they come.
     for _ in 0..20 {
         let mut stranger = TcpStream::connect(endpoint.addr()).await.unwrap();
         assert!(closed_by_server(&mut stranger).await);
     }
     assert_eq!(endpoint.open(), 4);
     for stream in &mut trusted {
-        ask_with_the_secret(stream).await;
+        assert!(
+            !already_closed(stream).await,
+            "a connection being answered was closed"
+        );
+    }
+}
+
+/// Clients that open a new connection pool per pull (containerd does) leave kept-alive
+/// connections idle faster than the idle timeout closes them: at the cap, the oldest idle
+/// one makes room, so a pull is never refused for them.
+#[tokio::test]
+async fn at_the_cap_idle_kept_alive_connections_make_room_for_new_pulls() {
+    let endpoint = Endpoint::start(limits(4, PATIENT)).await;
+    let mut busy = answering(&endpoint, "slow").await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
+        ask_with_the_secret(&mut stream).await;
+        idle.push(stream);
+    }
+    for round in 0..50 {
+        let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
+        ask_with_the_secret(&mut stream).await;
+        assert!(
+            endpoint.open() <= 4,
+            "round {round}: {} open",
+            endpoint.open()
+        );
+        idle.push(stream);
+    }
+    assert!(
+        !already_closed(&mut busy).await,
+        "the connection being answered was closed"
+    );
+    // The newest three are the ones kept, and serve their next request.
+    let kept = idle.split_off(idle.len() - 3);
+    for stream in &mut idle {
+        assert!(closed_by_server(stream).await);
+    }
+    for mut stream in kept {
+        ask_with_the_secret(&mut stream).await;
     }
 }
 

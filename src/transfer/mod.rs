@@ -13,6 +13,15 @@
 //! (`containerd.types.transfer.OCIRegistry`, no `types.googleapis.com/` prefix); that is
 //! what `containerd_client::to_any` writes, and what containerd 1.7 and 2.1 accept.
 //!
+//! The lease: like ctr (whose `client.Transfer` wraps every transfer in `WithLease`), the
+//! pull holds a containerd lease from before its streams open until the transfer ended
+//! ([`PullLease`]), sent as `containerd-lease` on every call. Without one, containerd's
+//! garbage collector removes the auth stream when it runs before the pull's namespace has
+//! any record (a namespace's first pull): it marks unleased streams live only in namespaces
+//! its database holds (core/metadata/gc.go), so the transfer then finds no stream ("not
+//! found") or a closed one ("failed to resolve image: context canceled"). The soak met this
+//! while `ctr image rm --sync` ran in other namespaces.
+//!
 //! Cancel-safety: nothing here is spawned. The transfer call and both stream loops run in
 //! one `select!`, so Ctrl-C or SIGTERM drops them all, which resets the HTTP/2 streams and
 //! cancels the pull inside containerd. Setting up each stream has a deadline; the transfer
@@ -24,9 +33,13 @@ pub mod progress;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::streaming_client::StreamingClient;
 use containerd_client::services::v1::transfer_client::TransferClient;
-use containerd_client::services::v1::{StreamInit, TransferOptions, TransferRequest};
+use containerd_client::services::v1::{
+    CreateRequest as CreateLease, DeleteRequest as DeleteLease, StreamInit, TransferOptions,
+    TransferRequest,
+};
 use containerd_client::to_any;
 use containerd_client::types::transfer::{
     AuthRequest, ImageStore, OciRegistry, Progress, RegistryResolver, UnpackConfiguration,
@@ -65,6 +78,8 @@ pub enum TransferError {
         stream: &'static str,
         reason: String,
     },
+    #[error("containerd at {}: creating the pull's lease failed: {reason}", socket.display())]
+    Lease { socket: PathBuf, reason: String },
     #[error("pulling {image} through containerd at {} failed: {reason}", socket.display())]
     Pull {
         image: String,
@@ -170,10 +185,27 @@ pub async fn pull(
     if let Some(warning) = ignored_resolver_options(&version, request) {
         eprintln!("credgate: warning: {warning}");
     }
-    let mut auth = ContainerdStream::open(containerd, request, &version, "creds").await?;
+    let lease = PullLease::create(containerd, &request.namespace).await?;
+    let pulled = pull_leased(containerd, request, &version, &lease, answerer, view).await;
+    lease.delete(containerd, &request.namespace).await;
+    pulled
+}
+
+/// The pull, its streams and transfer under `lease`.
+async fn pull_leased(
+    containerd: &Containerd,
+    request: &PullRequest,
+    version: &ContainerdVersion,
+    lease: &PullLease,
+    answerer: &mut AuthAnswerer,
+    view: &ProgressView,
+) -> Result<(), TransferError> {
+    let mut auth = ContainerdStream::open(containerd, request, version, lease, "creds").await?;
     let mut events = match view.is_off() {
         true => None,
-        false => Some(ContainerdStream::open(containerd, request, &version, "progress").await?),
+        false => {
+            Some(ContainerdStream::open(containerd, request, version, lease, "progress").await?)
+        }
     };
     let transfer = TransferRequest {
         source: Some(to_any(&request.source(&auth.id))),
@@ -183,7 +215,7 @@ pub async fn pull(
         }),
     };
     let mut client = TransferClient::new(containerd.channel());
-    let call = client.transfer(with_namespace!(transfer, request.namespace.as_str()));
+    let call = client.transfer(lease.attach(with_namespace!(transfer, request.namespace.as_str())));
     let mut state = PullProgress::default();
     let outcome = {
         tokio::pin!(call);
@@ -218,7 +250,7 @@ pub async fn pull(
         }),
         Some(Ok(_)) => Ok(()),
         Some(Err(status)) if status.code() == Code::Unimplemented => {
-            Err(unsupported(containerd, &version))
+            Err(unsupported(containerd, version))
         }
         Some(Err(status)) => Err(TransferError::Pull {
             image: request.image.clone(),
@@ -242,6 +274,7 @@ impl ContainerdStream {
         containerd: &Containerd,
         request: &PullRequest,
         version: &ContainerdVersion,
+        lease: &PullLease,
         purpose: &'static str,
     ) -> Result<Self, TransferError> {
         let id = stream_id(purpose);
@@ -252,7 +285,7 @@ impl ContainerdStream {
         let mut client = StreamingClient::new(containerd.channel());
         let opening = async {
             let mut inbound = client
-                .stream(with_namespace!(messages, request.namespace.as_str()))
+                .stream(lease.attach(with_namespace!(messages, request.namespace.as_str())))
                 .await?
                 .into_inner();
             inbound.message().await?;
@@ -285,6 +318,87 @@ impl ContainerdStream {
                 Some(message) => return Some(message),
                 None => tracing::debug!(type_url = %any.type_url, "skipped an unexpected message"),
             }
+        }
+    }
+}
+
+/// A containerd lease held for one pull (see the module's doc): created before the streams,
+/// deleted once the transfer ended, the way ctr's `client.WithLease` does. When credgate is
+/// killed before deleting it, it expires after [`LEASE_EXPIRY`] (ctr's default too); a pull
+/// that outlasts it loses nothing it already stored as an image.
+struct PullLease {
+    id: String,
+}
+
+/// The lease label containerd's garbage collector reads the expiry from.
+const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+/// How long an undeleted lease lives: ctr's `WithLease` default.
+const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
+/// The gRPC metadata key containerd reads a call's lease from (core/leases/grpc.go).
+const LEASE_HEADER: &str = "containerd-lease";
+
+impl PullLease {
+    async fn create(containerd: &Containerd, namespace: &str) -> Result<Self, TransferError> {
+        let id = stream_id("pull");
+        let expires = std::time::SystemTime::now() + LEASE_EXPIRY;
+        let create = CreateLease {
+            id: id.clone(),
+            labels: [(
+                LEASE_EXPIRE_LABEL.to_string(),
+                humantime::format_rfc3339_seconds(expires).to_string(),
+            )]
+            .into(),
+        };
+        let mut client = LeasesClient::new(containerd.channel());
+        let failed = |reason: String| TransferError::Lease {
+            socket: containerd.socket().to_path_buf(),
+            reason,
+        };
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.create(with_namespace!(create, namespace)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(Self { id }),
+            Ok(Err(status)) => Err(failed(crate::containerd::status_text(&status))),
+            Err(_) => Err(failed(format!("no answer within {CALL_TIMEOUT:?}"))),
+        }
+    }
+
+    /// `request`, sent under this lease.
+    fn attach<T>(&self, mut request: Request<T>) -> Request<T> {
+        // The id is ours: ASCII letters, digits and dashes, always a valid header value.
+        if let Ok(value) = self.id.parse() {
+            request.metadata_mut().insert(LEASE_HEADER, value);
+        }
+        request
+    }
+
+    /// Deletes the lease (without waiting for a collection, as ctr does). A failure only
+    /// leaves it to expire, so it is logged and the pull's outcome stands.
+    async fn delete(self, containerd: &Containerd, namespace: &str) {
+        let delete = DeleteLease {
+            id: self.id.clone(),
+            sync: false,
+        };
+        let mut client = LeasesClient::new(containerd.channel());
+        let deleted = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.delete(with_namespace!(delete, namespace)),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => tracing::warn!(
+                lease = %self.id,
+                status = %crate::containerd::status_text(&status),
+                "could not delete the pull's lease; it expires in 24 h"
+            ),
+            Err(_) => tracing::warn!(
+                lease = %self.id,
+                "containerd did not answer deleting the pull's lease; it expires in 24 h"
+            ),
         }
     }
 }
