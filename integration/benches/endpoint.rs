@@ -4,8 +4,12 @@
 //! Prints, side by side from one run: the pull-through endpoint against fetching directly
 //! from the registry with curl, for a 1 GiB blob and a 10-layer image; the latency the
 //! endpoint adds to a manifest request with a warm token (p50, p99); and the daemon's peak
-//! RSS while 64 blob streams run at once. Targets (from the issue): throughput ≥ 0.95 of
-//! direct, added p50 < 0.5 ms, RSS < 64 MiB at 64 streams. Nothing is asserted.
+//! RSS while 64 blob streams run at once. Then how cost grows with work: manifest latency and
+//! RSS with the token cache holding tokens for 10, 1,000 and 10,000 distinct repositories, and
+//! 64 concurrent pulls of different images (a 4 MiB layer each, in its own repository) as
+//! aggregate throughput against the same 64 fetched directly. Targets (from the issue):
+//! throughput ≥ 0.95 of direct, added p50 < 0.5 ms and p99 < 2 ms, RSS < 64 MiB at 64 streams
+//! and < 128 MiB with 10,000 cached tokens. Nothing is asserted.
 
 mod support;
 
@@ -16,12 +20,17 @@ use std::time::{Duration, Instant};
 use credgate_integration::daemon::{CredgateDaemon, MIRROR_SECRET};
 use credgate_integration::mirror;
 use credgate_integration::node::node;
-use support::{median, peak_rss_kib, percentile, us, BenchRegistry};
+use support::{median, peak_rss_kib, percentile, rss_kib, us, BenchRegistry};
 
 const REPO: &str = "bench/big";
 const BIG: usize = 1 << 30;
 const STREAM_BLOB: usize = 64 << 20;
 const MANIFEST_RUNS: usize = 500;
+/// Distinct repositories the endpoint holds tokens for, in the scaling rows.
+const REPOSITORIES: [usize; 3] = [10, 1_000, 10_000];
+/// Concurrent pulls of different images in the aggregate row, and each one's layer.
+const CONCURRENT: usize = 64;
+const CONCURRENT_LAYER: usize = 4 << 20;
 
 fn main() {
     node();
@@ -34,6 +43,16 @@ fn main() {
         .map(|i| upload_random_blob(&token, scratch.path(), 4 << 20, &format!("layer{i}")))
         .collect();
     let manifest_digest = put_manifest(&token, scratch.path(), &layers);
+    let spread: Vec<(String, String, String)> = (0..CONCURRENT)
+        .map(|i| {
+            let repository = format!("bench/many-{i}");
+            let token = registry.token(&repository, "pull,push");
+            let path = scratch.path().join(format!("many-{i}"));
+            support::write_random_file(&path, CONCURRENT_LAYER);
+            let digest = support::upload(&token, &repository, &path);
+            (repository, token, digest)
+        })
+        .collect();
 
     let daemon = CredgateDaemon::start_logging(&registry.credgate_sources(""), "warn");
     let direct = |path: &str| Fetch::Direct {
@@ -84,6 +103,24 @@ fn main() {
     }
     let (d_manifest, p_manifest) = manifest_latencies(&daemon, &token, &manifest_digest);
     let rss = peak_rss_with_streams(&daemon, &stream_blob);
+    let (mut d_many, mut p_many) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        d_many.push(concurrent_pulls(&spread, |(repository, token, digest)| {
+            Fetch::Direct {
+                url: format!("https://registry.test/v2/{repository}/blobs/{digest}"),
+                token: token.clone(),
+            }
+        }));
+        p_many.push(concurrent_pulls(&spread, |(repository, _, digest)| {
+            Fetch::Proxied {
+                url: format!(
+                    "http://{}/v2/{repository}/blobs/{digest}?ns=registry.test",
+                    daemon.mirror
+                ),
+            }
+        }));
+    }
+    let scaling = token_cache_scaling(&daemon, &manifest_digest);
 
     let mib_s = |bytes: usize, d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let big_d = median(&mut d_big);
@@ -132,7 +169,117 @@ fn main() {
         "\npeak RSS of credgate serve with 64 concurrent 64 MiB blob streams: {:.1} MiB",
         rss as f64 / 1024.0
     );
-    println!("\ntargets: throughput ≥ 0.95 of direct; added p50 < 500 µs; RSS < 64 MiB");
+    let many_bytes = CONCURRENT * CONCURRENT_LAYER;
+    let (many_d, many_p) = (median(&mut d_many), median(&mut p_many));
+    println!(
+        "\n{:<40} {:>14} {:>14} {:>10}",
+        format!("{CONCURRENT} concurrent pulls, different images"),
+        "direct (curl)",
+        "via credgate",
+        "ratio"
+    );
+    println!(
+        "  {:<38} {:>9.0} MiB/s {:>9.0} MiB/s {:>10.3}",
+        format!(
+            "aggregate, {} MiB layer each (median of 3)",
+            CONCURRENT_LAYER >> 20
+        ),
+        mib_s(many_bytes, many_d),
+        mib_s(many_bytes, many_p),
+        many_d.as_secs_f64() / many_p.as_secs_f64()
+    );
+    println!(
+        "\n{:<40} {:>10} {:>10} {:>10} {:>10}",
+        "tokens cached (distinct repositories)", "entries", "p50", "p99", "RSS"
+    );
+    for row in &scaling {
+        println!(
+            "  {:<38} {:>10} {:>7.0} µs {:>7.0} µs {:>6.1} MiB",
+            row.repositories,
+            row.entries,
+            us(percentile(&row.latencies, 0.50)),
+            us(percentile(&row.latencies, 0.99)),
+            row.rss_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "\ntargets: throughput ≥ 0.95 of direct; added p50 < 500 µs, p99 < 2 ms; RSS < 64 MiB at \
+         64 streams, < 128 MiB with 10,000 cached tokens"
+    );
+}
+
+/// One row of the token-cache scaling table.
+struct CacheRow {
+    repositories: usize,
+    /// `credgate_token_cache_entries` after filling.
+    entries: f64,
+    /// Manifest GETs (warm token, kept-alive connection) with the cache at that size.
+    latencies: Vec<Duration>,
+    rss_kib: u64,
+}
+
+/// Fills the token cache with tokens for `bench/scale-<i>` up to each size of [`REPOSITORIES`]
+/// (a manifest GET each, answered 404 by the registry after credgate fetched the token), then
+/// times manifest GETs of the real image and reads credgate's RSS.
+fn token_cache_scaling(daemon: &CredgateDaemon, digest: &str) -> Vec<CacheRow> {
+    let secret = format!("X-Credgate-Secret: {MIRROR_SECRET}");
+    let manifest = format!(
+        "http://{}/v2/{REPO}/manifests/{digest}?ns=registry.test",
+        daemon.mirror
+    );
+    let mut filled = 0;
+    REPOSITORIES
+        .iter()
+        .map(|&repositories| {
+            let urls: Vec<String> = (filled..repositories)
+                .map(|i| {
+                    format!(
+                        "http://{}/v2/bench/scale-{i}/manifests/v1?ns=registry.test",
+                        daemon.mirror
+                    )
+                })
+                .collect();
+            // Batches, so no command line grows past the kernel's limit.
+            for batch in urls.chunks(500) {
+                let mut curl = Command::new("curl");
+                curl.args(["-sS", "-H", &secret]);
+                for url in batch {
+                    curl.args(["-o", "/dev/null", url]);
+                }
+                let out = curl.output().expect("curl");
+                assert!(
+                    out.status.success(),
+                    "filling the token cache: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            filled = repositories;
+            CacheRow {
+                repositories,
+                entries: daemon.metric_sum("credgate_token_cache_entries", |_| true),
+                latencies: curl_keepalive(&manifest, &secret),
+                rss_kib: rss_kib(daemon.pid()),
+            }
+        })
+        .collect()
+}
+
+/// Every item of `spread` fetched at once, one curl each; the wall time until the last ends.
+fn concurrent_pulls(
+    spread: &[(String, String, String)],
+    fetch: impl Fn(&(String, String, String)) -> Fetch,
+) -> Duration {
+    let started = Instant::now();
+    let running: Vec<_> = spread.iter().map(|item| fetch(item).spawn()).collect();
+    for curl in running {
+        let out = curl.wait_with_output().expect("curl");
+        assert!(
+            out.status.success(),
+            "a concurrent pull failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    started.elapsed()
 }
 
 enum Fetch {
@@ -143,6 +290,29 @@ enum Fetch {
 impl Fetch {
     /// One curl download to /dev/null; its total time.
     fn run(&self) -> Duration {
+        let out = self.command().output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seconds: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("time_total");
+        Duration::from_secs_f64(seconds)
+    }
+
+    /// The download started, its output piped.
+    fn spawn(&self) -> std::process::Child {
+        self.command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl")
+    }
+
+    fn command(&self) -> Command {
         let mut curl = Command::new("curl");
         curl.args(["-sS", "-f", "-o", "/dev/null", "-w", "%{time_total}"]);
         match self {
@@ -156,17 +326,7 @@ impl Fetch {
                 .arg(url),
         };
         curl.args(["-H", &format!("Accept: {}", mirror::MANIFEST_ACCEPT)]);
-        let out = curl.output().expect("curl");
-        assert!(
-            out.status.success(),
-            "curl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let seconds: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("time_total");
-        Duration::from_secs_f64(seconds)
+        curl
     }
 }
 

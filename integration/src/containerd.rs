@@ -270,6 +270,17 @@ impl Containerd {
         credgate_config: &Path,
         reference: &str,
     ) -> CommandOutput {
+        let mut command = self.credgate_pull_command(namespace, credgate_config, reference);
+        run_bounded(&mut command, self.dir.path(), CTR_TIMEOUT)
+    }
+
+    /// The `credgate pull` of [`Containerd::credgate_pull_in`], to start as the caller needs.
+    pub fn credgate_pull_command(
+        &self,
+        namespace: &str,
+        credgate_config: &Path,
+        reference: &str,
+    ) -> Command {
         let mut command = credgate_command(credgate_config);
         command
             .args([
@@ -281,7 +292,7 @@ impl Containerd {
             ])
             .arg(self.socket())
             .arg(reference);
-        run_bounded(&mut command, self.dir.path(), CTR_TIMEOUT)
+        command
     }
 
     /// `credgate --config <credgate_config> doctor --containerd-address <socket>` on this

@@ -3,28 +3,35 @@
 //! *trusted* once one of its requests showed the secret ([`Trust::grant`]), and *answering*
 //! while a request of its is being answered, body included ([`Activity::begin`]). When a new
 //! connection arrives at the cap, room is made by closing, in this order:
-//! 1. the oldest trusted connection that is idle between requests. Clients that open a new
+//! 1. the oldest untrusted connection open longer than [`GRACE`]: a stranger that only
+//!    connected, or is sending its first head slowly. containerd's connection sends its head
+//!    at once, so it is trusted long before that.
+//! 2. the trusted connection idle between requests for longest. Clients that open a new
 //!    connection pool per pull (containerd does) leave idle kept-alive connections behind
 //!    faster than the idle timeout closes them, so a busy node reaches the cap with most
-//!    connections idle leftovers. Closing one costs its client at most a reconnect: HTTP
+//!    connections idle leftovers. It is closed gracefully ([`Shed::Gracefully`]): whatever
+//!    of its last answer hyper still buffers is flushed first, for at most
+//!    [`super::server`]'s bound. Closing one costs its client a reconnect at most: HTTP
 //!    clients retry a GET or HEAD whose reused connection closed before the answer (Go's
-//!    transport, which containerd uses, does), and the oldest idle connection is the one a
-//!    pool reuses last.
-//! 2. else the oldest untrusted connection: a caller that only connected, or is still sending
-//!    its first head. Idle strangers are shed before containerd's new connection, which sends
-//!    its head at once and is the newest.
+//!    transport, which containerd uses, does).
+//! 3. the oldest untrusted connection younger than [`GRACE`], so a flood of new strangers
+//!    can't make room only among containerd's connections.
 //!
 //! A connection that is answering is never closed to make room: when every open connection
 //! is, the newcomer is closed instead. Either way the accept loop accepts and moves on, so it
-//! never spins and the kernel's backlog never fills with waiting strangers. What a flood of
-//! strangers can do is bounded by the same rules: close idle kept-alive connections (each a
-//! reconnect), never a transfer, and never hold a slot a new trusted connection needs.
+//! never spins and the kernel's backlog never fills with waiting strangers. A flood of
+//! strangers can cost containerd idle kept-alive connections (reconnects), never a transfer,
+//! and never a slot a new trusted connection needs (rules 1 and 3 shed the strangers).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+/// How long a new connection counts as on its way to showing the secret (rule 1 above).
+pub(super) const GRACE: Duration = Duration::from_secs(1);
 
 /// A request's connection, found in the request's extensions; the endpoint grants trust
 /// once the request carried the secret.
@@ -34,49 +41,74 @@ pub struct Trust(Arc<AtomicBool>);
 impl Trust {
     /// This connection showed the secret: it is no longer shed to make room.
     pub fn grant(&self) {
-        // A flag read by the next admission; nothing else is ordered by it.
-        self.0.store(true, Ordering::Relaxed);
+        // Release: an admission that sees the trust also sees the request counted as
+        // answering (`Activity::begin` ran before this), so it never takes it for idle.
+        self.0.store(true, Ordering::Release);
     }
 
-    fn granted(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    pub(super) fn granted(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
 }
 
-/// How many of a connection's requests are being answered; none means the connection is
-/// idle between requests, and may be closed to make room ([`ConnectionTable::admit`]).
-#[derive(Clone, Debug, Default)]
-pub(super) struct Activity(Arc<AtomicUsize>);
+/// How many of a connection's requests are being answered, and when the last answer ended
+/// (a tick of its table's clock); with none answering the connection is idle between
+/// requests and may be closed to make room ([`ConnectionTable::admit`]).
+#[derive(Clone, Debug)]
+pub(super) struct Activity(Arc<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    answering: AtomicUsize,
+    idle_since: AtomicU64,
+    clock: Arc<AtomicU64>,
+}
 
 impl Activity {
     /// A request of this connection is being answered until the returned guard is dropped,
-    /// which the server does once the response's last frame was sent or the response was
-    /// abandoned.
+    /// which happens when hyper has taken the response's last frame (it may still be in
+    /// hyper's write buffer: a graceful shed flushes it) or abandoned the response.
     pub(super) fn begin(&self) -> Answering {
-        // A count read by the next admission; nothing else is ordered by it.
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.answering.fetch_add(1, Ordering::Relaxed);
         Answering(self.0.clone())
     }
 
     fn idle(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == 0
+        self.0.answering.load(Ordering::Relaxed) == 0
+    }
+
+    fn idle_since(&self) -> u64 {
+        self.0.idle_since.load(Ordering::Relaxed)
     }
 }
 
 /// One request being answered ([`Activity::begin`]).
 #[must_use = "the request counts as answered once this is dropped"]
-pub(super) struct Answering(Arc<AtomicUsize>);
+pub(super) struct Answering(Arc<ActivityState>);
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let tick = self.0.clock.fetch_add(1, Ordering::Relaxed);
+        self.0.idle_since.store(tick, Ordering::Relaxed);
+        self.0.answering.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// How a shed connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shed {
+    /// At once: a stranger's connection.
+    Now,
+    /// After flushing what hyper buffered of the last answer: a trusted idle connection.
+    Gracefully,
 }
 
 /// The open connections of one listener.
 pub(super) struct ConnectionTable {
     cap: usize,
     open: Mutex<Open>,
+    /// Ticks on every answer's end, ordering idle connections by how long they have been.
+    clock: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -89,7 +121,8 @@ struct Open {
 struct Entry {
     trust: Trust,
     activity: Activity,
-    shed: oneshot::Sender<()>,
+    admitted_at: Instant,
+    shed: oneshot::Sender<Shed>,
 }
 
 /// One admitted connection; dropping it frees its slot.
@@ -99,7 +132,7 @@ pub(super) struct Admitted {
     pub trust: Trust,
     pub activity: Activity,
     /// Resolves when the table sheds this connection to make room for a newer one.
-    pub shed: oneshot::Receiver<()>,
+    pub shed: oneshot::Receiver<Shed>,
 }
 
 impl Drop for Admitted {
@@ -114,6 +147,7 @@ impl ConnectionTable {
         Arc::new(Self {
             cap: cap.max(1),
             open: Mutex::new(Open::default()),
+            clock: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -127,28 +161,33 @@ impl ConnectionTable {
     /// Admits a new connection, shedding one at the cap as the module says; `None` when every
     /// open connection is trusted and answering (the caller closes the newcomer).
     pub(super) fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(self: &Arc<Self>, now: Instant) -> Option<Admitted> {
         let mut open = self.lock();
         if open.connections.len() >= self.cap {
-            let entries = || open.connections.iter();
-            let shed = entries()
-                .find(|(_, entry)| entry.trust.granted() && entry.activity.idle())
-                .or_else(|| entries().find(|(_, entry)| !entry.trust.granted()))
-                .map(|(id, _)| *id)?;
-            if let Some(entry) = open.connections.remove(&shed) {
+            let (id, how) = Self::to_shed(&open, now)?;
+            if let Some(entry) = open.connections.remove(&id) {
                 // The connection's task may have ended already; then there is nothing to tell.
-                let _ = entry.shed.send(());
+                let _ = entry.shed.send(how);
             }
         }
         let id = open.next_id;
         open.next_id += 1;
         let trust = Trust::default();
-        let activity = Activity::default();
+        let activity = Activity(Arc::new(ActivityState {
+            answering: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
+            clock: self.clock.clone(),
+        }));
         let (shed, shed_rx) = oneshot::channel();
         open.connections.insert(
             id,
             Entry {
                 trust: trust.clone(),
                 activity: activity.clone(),
+                admitted_at: now,
                 shed,
             },
         );
@@ -159,6 +198,29 @@ impl ConnectionTable {
             activity,
             shed: shed_rx,
         })
+    }
+
+    /// The connection to close for a newcomer (the module's rules), and how.
+    fn to_shed(open: &Open, now: Instant) -> Option<(u64, Shed)> {
+        let untrusted = || {
+            open.connections
+                .iter()
+                .filter(|(_, entry)| !entry.trust.granted())
+        };
+        let lingering =
+            untrusted().find(|(_, entry)| now.saturating_duration_since(entry.admitted_at) > GRACE);
+        if let Some((id, _)) = lingering {
+            return Some((*id, Shed::Now));
+        }
+        let idle_longest = open
+            .connections
+            .iter()
+            .filter(|(_, entry)| entry.trust.granted() && entry.activity.idle())
+            .min_by_key(|(_, entry)| entry.activity.idle_since());
+        if let Some((id, _)) = idle_longest {
+            return Some((*id, Shed::Gracefully));
+        }
+        untrusted().next().map(|(id, _)| (*id, Shed::Now))
     }
 
     /// Connections open now (shed ones no longer count).
@@ -172,34 +234,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn at_the_cap_the_oldest_idle_trusted_connection_is_shed_first() {
-        let table = ConnectionTable::new(4);
-        let mut held: Vec<_> = (0..4).map(|_| table.admit().unwrap()).collect();
-        // 0: trusted, answering; 1: untrusted; 2 and 3: trusted, idle.
-        held[0].trust.grant();
+    fn at_the_cap_lingering_strangers_go_first_then_the_longest_idle_then_young_strangers() {
+        let table = ConnectionTable::new(5);
+        let start = Instant::now();
+        let mut held: Vec<_> = (0..5).map(|_| table.admit_at(start).unwrap()).collect();
+        // 0: trusted, answering; 1: untrusted; 2, 3, 4: trusted, their answers ended in the
+        // order 3, 2, 4.
+        for a in [&held[0], &held[2], &held[3], &held[4]] {
+            a.trust.grant();
+        }
         let _answering = held[0].activity.begin();
-        held[2].trust.grant();
-        held[3].trust.grant();
-        let newcomer = table
-            .admit()
-            .expect("an idle trusted connection makes room");
-        assert_eq!(table.len(), 4);
-        let shed = |held: &mut Vec<Admitted>| -> Vec<bool> {
-            held.iter_mut().map(|a| a.shed.try_recv().is_ok()).collect()
+        for i in [3, 2, 4] {
+            drop(held[i].activity.begin());
+        }
+        let later = start + GRACE * 2;
+        let shed = |held: &mut Vec<Admitted>| -> Vec<Option<Shed>> {
+            held.iter_mut().map(|a| a.shed.try_recv().ok()).collect()
         };
-        assert_eq!(shed(&mut held), [false, false, true, false]);
-        let _next = table.admit().unwrap();
-        assert_eq!(shed(&mut held), [false, false, false, true]);
-        // No idle trusted one is left: the oldest untrusted goes, before the newer newcomer.
-        let _third = table.admit().unwrap();
-        assert_eq!(shed(&mut held), [false, true, false, false]);
-        let mut newcomer = newcomer;
-        assert!(
-            newcomer.shed.try_recv().is_err(),
-            "the newer newcomer is kept"
-        );
-        drop(held);
-        assert_eq!(table.len(), 3);
+        let mut newcomers = vec![table.admit_at(later).unwrap()];
+        assert_eq!(shed(&mut held), [None, Some(Shed::Now), None, None, None]);
+        for expected in [3, 2, 4] {
+            newcomers.push(table.admit_at(later).unwrap());
+            let mut want = vec![None; 5];
+            want[expected] = Some(Shed::Gracefully);
+            assert_eq!(shed(&mut held), want, "idle longest first");
+        }
+        assert_eq!(table.len(), 5);
+        // Only the answering one and the young newcomers are left: the oldest newcomer goes.
+        let _last = table.admit_at(later).unwrap();
+        assert_eq!(shed(&mut held), [None; 5]);
+        assert_eq!(newcomers[0].shed.try_recv().ok(), Some(Shed::Now));
+        assert!(newcomers[1..]
+            .iter_mut()
+            .all(|a| a.shed.try_recv().is_err()));
     }
 
     #[test]
@@ -214,7 +281,7 @@ mod tests {
         drop(answering);
         let mut held = held;
         let _newcomer = table.admit().expect("an idle connection makes room");
-        assert!(held[0].shed.try_recv().is_ok());
+        assert_eq!(held[0].shed.try_recv().ok(), Some(Shed::Gracefully));
         assert!(held[1].shed.try_recv().is_err());
         drop(held);
         assert_eq!(table.len(), 1);

@@ -48,9 +48,9 @@
 //!   `credgate_mirror_requests_total`).
 //! - **Transport.** HTTP/1.1 only (containerd speaks HTTP/1.1 to `http://` mirrors); request
 //!   heads are bounded to [`MAX_HEADERS`] headers and [`MAX_HEADER_BYTES`] bytes (431 beyond).
-//! - **Connections.** At most [`MAX_ENDPOINT_CONNECTIONS`] are open; at the cap the oldest
-//!   connection that never showed the secret is closed for the newcomer, so idle strangers
-//!   can't starve containerd ([`connections`]). A request without the right secret is
+//! - **Connections.** At most [`MAX_ENDPOINT_CONNECTIONS`] are open; at the cap a stranger's
+//!   connection or an idle kept-alive one is closed for the newcomer, never one being
+//!   answered ([`connections`] has the order). A request without the right secret is
 //!   answered `Connection: close`, so a stranger's connection lives for one head at most
 //!   (10 s to send it); a trusted one is closed after 10 s idle.
 

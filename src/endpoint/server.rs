@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::connections::{Admitted, Answering, ConnectionTable};
+use super::connections::{Admitted, Answering, ConnectionTable, Shed};
 use crate::upstream::{BoxError, UpstreamBody};
 
 /// Most headers a request may carry; more is 431.
@@ -44,6 +44,11 @@ pub const MAX_ENDPOINT_CONNECTIONS: usize = 512;
 pub const MAX_METRICS_CONNECTIONS: usize = 8;
 /// How long a stop waits for running transfers before cutting them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a trusted connection shed to make room may take to flush the rest of its last
+/// answer (a client that reads it is done in far less). Only connections that showed the
+/// secret get it, each once, so at most the cap's number of them linger this long, beside the
+/// cap of open ones.
+const SHED_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pause after a failed accept (out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -195,8 +200,8 @@ async fn accept_loop<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let Some(admitted) = listening.connections.admit() else {
-                        // Every open connection showed the secret: this one waits its turn
-                        // by reconnecting, rather than taking a descriptor now.
+                        // Every open connection is being answered: this one waits its turn by
+                        // reconnecting, rather than taking a descriptor now.
                         tracing::warn!(listener = name, "connection limit reached; closing a new connection");
                         drop(stream);
                         continue;
@@ -258,8 +263,17 @@ async fn serve_connection<H, F>(
     let mut connection = std::pin::pin!(connection);
     let outcome = tokio::select! {
         outcome = connection.as_mut() => outcome,
-        // Shed for a newer connection: dropping the connection closes the socket.
-        _ = &mut admitted.shed => return,
+        shed = &mut admitted.shed => match shed {
+            // A trusted connection, idle: flush what hyper buffered of its last answer,
+            // then close (at once when nothing is buffered).
+            Ok(Shed::Gracefully) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(SHED_FLUSH_TIMEOUT, connection).await;
+                return;
+            }
+            // A stranger's: dropping the connection closes the socket.
+            Ok(Shed::Now) | Err(_) => return,
+        },
         _ = stopped.changed() => {
             connection.as_mut().graceful_shutdown();
             connection.await

@@ -26,7 +26,11 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// `registry.test` answers (its tag `slow` only after [`PATIENT`], its tag `endless` with a
 /// body that never ends); `refused-*` is outside the upstream boundary; anything else is an
 /// allowed host that can't be reached.
-struct FakeUpstream;
+#[derive(Default)]
+struct FakeUpstream {
+    /// Requests for `slow` that reached the upstream (their connections are answering).
+    slow_started: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 /// A response body that never yields a frame: a transfer that is still going.
 struct Endless;
@@ -52,6 +56,8 @@ impl SendUpstream for FakeUpstream {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let host = request.registry.to_string();
         if host == "registry.test" && request.path.ends_with("/manifests/slow") {
+            self.slow_started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(PATIENT).await;
         }
         if host == "registry.test" && request.path.ends_with("/manifests/endless") {
@@ -81,6 +87,7 @@ impl SendUpstream for FakeUpstream {
 struct Endpoint {
     server: HttpServer,
     metrics: Arc<Metrics>,
+    slow_started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Endpoint {
@@ -88,9 +95,11 @@ impl Endpoint {
         let daemon = Arc::new(Daemon::new(Keychain::new(Vec::new()), vec![0]));
         let metrics = Arc::new(Metrics::new());
         metrics.label_registries([Scope::parse("registry.test").unwrap()]);
+        let upstream = Arc::new(FakeUpstream::default());
+        let slow_started = upstream.slow_started.clone();
         let state = Arc::new(EndpointState::new(
             daemon,
-            Arc::new(FakeUpstream),
+            upstream,
             MirrorSecret::new(SECRET),
             metrics.clone(),
         ));
@@ -100,7 +109,11 @@ impl Endpoint {
             crate::metrics::Size::EndpointConnections,
             server.open_connections(),
         );
-        Endpoint { server, metrics }
+        Endpoint {
+            server,
+            metrics,
+            slow_started,
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -109,6 +122,18 @@ impl Endpoint {
 
     fn open(&self) -> usize {
         (self.server.open_connections())()
+    }
+
+    /// Waits until `count` requests for `slow` reached the upstream.
+    async fn slow_requests_arrived(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.slow_started.load(std::sync::atomic::Ordering::SeqCst) < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slow requests never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -321,7 +346,9 @@ async fn strangers_never_take_the_slot_of_a_connection_being_answered() {
     for tag in ["slow", "endless", "slow", "endless"] {
         trusted.push(answering(&endpoint, tag).await);
     }
-    // Wait until both endless bodies' heads arrived: then all four are being answered.
+    // Wait until both slow requests reached the upstream and both endless bodies' heads
+    // arrived: then all four are being answered.
+    endpoint.slow_requests_arrived(2).await;
     for stream in trusted.iter_mut().skip(1).step_by(2) {
         let mut chunk = [0u8; 1024];
         let n = stream.read(&mut chunk).await.unwrap();
@@ -348,6 +375,7 @@ async fn strangers_never_take_the_slot_of_a_connection_being_answered() {
 async fn at_the_cap_idle_kept_alive_connections_make_room_for_new_pulls() {
     let endpoint = Endpoint::start(limits(4, PATIENT)).await;
     let mut busy = answering(&endpoint, "slow").await;
+    endpoint.slow_requests_arrived(1).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
         let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
@@ -357,12 +385,8 @@ async fn at_the_cap_idle_kept_alive_connections_make_room_for_new_pulls() {
     for round in 0..50 {
         let mut stream = TcpStream::connect(endpoint.addr()).await.unwrap();
         ask_with_the_secret(&mut stream).await;
-        assert!(
-            endpoint.open() <= 4,
-            "round {round}: {} open",
-            endpoint.open()
-        );
         idle.push(stream);
+        assert_eq!(endpoint.open(), 4, "round {round}");
     }
     assert!(
         !already_closed(&mut busy).await,

@@ -49,6 +49,7 @@ use containerd_client::with_namespace;
 use futures::SinkExt;
 use prost::{Message, Name};
 use prost_types::Any;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tonic::{Code, Request};
 
 use crate::containerd::{Containerd, ContainerdError, ContainerdVersion, CALL_TIMEOUT};
@@ -185,9 +186,24 @@ pub async fn pull(
     if let Some(warning) = ignored_resolver_options(&version, request) {
         eprintln!("credgate: warning: {warning}");
     }
-    let lease = PullLease::create(containerd, &request.namespace).await?;
-    let pulled = pull_leased(containerd, request, &version, &lease, answerer, view).await;
-    lease.delete(containerd, &request.namespace).await;
+    // From here a signal no longer kills the process: it cancels the pull, and the lease is
+    // still deleted on the way out (a second signal skips that; the lease then expires).
+    let mut stop = StopSignals::install();
+    let cancelled = || TransferError::Cancelled {
+        image: request.image.clone(),
+    };
+    let lease = tokio::select! {
+        lease = PullLease::create(containerd, &request.namespace) => lease?,
+        () = stop.received() => return Err(cancelled()),
+    };
+    let pulled = pull_leased(
+        containerd, request, &version, &lease, answerer, view, &mut stop,
+    )
+    .await;
+    tokio::select! {
+        () = lease.delete(containerd, &request.namespace) => {}
+        () = stop.received() => {}
+    }
     pulled
 }
 
@@ -199,13 +215,21 @@ async fn pull_leased(
     lease: &PullLease,
     answerer: &mut AuthAnswerer,
     view: &ProgressView,
+    stop: &mut StopSignals,
 ) -> Result<(), TransferError> {
-    let mut auth = ContainerdStream::open(containerd, request, version, lease, "creds").await?;
+    let cancelled = || TransferError::Cancelled {
+        image: request.image.clone(),
+    };
+    let mut auth = tokio::select! {
+        auth = ContainerdStream::open(containerd, request, version, lease, "creds") => auth?,
+        () = stop.received() => return Err(cancelled()),
+    };
     let mut events = match view.is_off() {
         true => None,
-        false => {
-            Some(ContainerdStream::open(containerd, request, version, lease, "progress").await?)
-        }
+        false => tokio::select! {
+            events = ContainerdStream::open(containerd, request, version, lease, "progress") => Some(events?),
+            () = stop.received() => return Err(cancelled()),
+        },
     };
     let transfer = TransferRequest {
         source: Some(to_any(&request.source(&auth.id))),
@@ -223,8 +247,8 @@ async fn pull_leased(
         tokio::pin!(answering);
         let following = follow_progress(events.as_mut(), &mut state, view);
         tokio::pin!(following);
-        // One listener for the whole pull, so no signal falls between two loop passes.
-        let cancel = cancelled();
+        // One future for the whole loop, so no signal falls between two loop passes.
+        let cancel = stop.received();
         tokio::pin!(cancel);
         let (mut answering_done, mut following_done) = (false, false);
         loop {
@@ -437,20 +461,41 @@ fn decode<M: Message + Name + Default>(any: &Any) -> Option<M> {
     M::decode(any.value.as_slice()).ok()
 }
 
-/// Resolves when the user interrupts (Ctrl-C) or the process is asked to stop (SIGTERM).
-async fn cancelled() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminate = async {
-        match term.as_mut() {
-            Some(term) => {
-                term.recv().await;
-            }
-            None => std::future::pending().await,
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from their installation on: from then on they
+/// no longer kill the process, each one is a request to stop ([`StopSignals::received`]).
+struct StopSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM.
+    async fn received(&mut self) {
+        let Self {
+            interrupt,
+            terminate,
+        } = self;
+        tokio::select! {
+            () = next(interrupt) => {}
+            () = next(terminate) => {}
+        }
+    }
+}
+
+/// The next signal `listener` receives; never, without a listener.
+async fn next(listener: &mut Option<Signal>) {
+    match listener {
+        Some(listener) => {
+            listener.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
