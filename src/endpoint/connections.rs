@@ -10,8 +10,9 @@
 //!    connection pool per pull (containerd does) leave idle kept-alive connections behind
 //!    faster than the idle timeout closes them, so a busy node reaches the cap with most
 //!    connections idle leftovers. It is closed gracefully ([`Shed::Gracefully`]): whatever
-//!    of its last answer hyper still buffers is flushed first, for at most
-//!    [`super::server`]'s bound. Closing one costs its client a reconnect at most: HTTP
+//!    of its last answer hyper still buffers is flushed first (for at most
+//!    [`super::server`]'s bound), and a request that began as it was chosen is answered in
+//!    full before the close. Closing one costs its client a reconnect at most: HTTP
 //!    clients retry a GET or HEAD whose reused connection closed before the answer (Go's
 //!    transport, which containerd uses, does).
 //! 3. the oldest untrusted connection younger than [`GRACE`], so a flood of new strangers
@@ -73,8 +74,10 @@ impl Activity {
         Answering(self.0.clone())
     }
 
-    fn idle(&self) -> bool {
-        self.0.answering.load(Ordering::Relaxed) == 0
+    /// No request of this connection is being answered. Acquire: pairs with the release
+    /// in [`Answering`]'s drop, so `idle_since` read after this is the tick that drop stored.
+    pub(super) fn idle(&self) -> bool {
+        self.0.answering.load(Ordering::Acquire) == 0
     }
 
     fn idle_since(&self) -> u64 {
@@ -90,7 +93,7 @@ impl Drop for Answering {
     fn drop(&mut self) {
         let tick = self.0.clock.fetch_add(1, Ordering::Relaxed);
         self.0.idle_since.store(tick, Ordering::Relaxed);
-        self.0.answering.fetch_sub(1, Ordering::Relaxed);
+        self.0.answering.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -46,8 +46,8 @@ pub const MAX_METRICS_CONNECTIONS: usize = 8;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a trusted connection shed to make room may take to flush the rest of its last
 /// answer (a client that reads it is done in far less). Only connections that showed the
-/// secret get it, each once, so at most the cap's number of them linger this long, beside the
-/// cap of open ones.
+/// secret get it, each once and only when idle, so what lingers beside the cap is bounded by
+/// how many connections the node's own clients open in that time.
 const SHED_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pause after a failed accept (out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -175,6 +175,37 @@ where
     }
 }
 
+/// How often the accept loop logs that it closed newcomers at the cap: a flood of connections
+/// can't turn into a flood of log lines (journald's rate limit would drop credgate's others).
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Newcomers closed at the cap: logged once per [`REFUSAL_LOG_WINDOW`] with the count.
+#[derive(Default)]
+struct RefusalLog {
+    logged_at: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, listener: &'static str) {
+        self.unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_WINDOW)
+        {
+            return;
+        }
+        tracing::warn!(
+            listener,
+            closed = self.unlogged,
+            "connection limit reached with every connection being answered; closing new connections"
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+    }
+}
+
 /// What the accept loop needs besides the socket and the handler.
 struct Listening {
     name: &'static str,
@@ -193,6 +224,7 @@ async fn accept_loop<H, F>(
 {
     let name = listening.name;
     let mut connections = JoinSet::new();
+    let mut refusals = RefusalLog::default();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
@@ -202,7 +234,7 @@ async fn accept_loop<H, F>(
                     let Some(admitted) = listening.connections.admit() else {
                         // Every open connection is being answered: this one waits its turn by
                         // reconnecting, rather than taking a descriptor now.
-                        tracing::warn!(listener = name, "connection limit reached; closing a new connection");
+                        refusals.refused(name);
                         drop(stream);
                         continue;
                     };
@@ -250,9 +282,10 @@ async fn serve_connection<H, F>(
 {
     let trust = admitted.trust.clone();
     let activity = admitted.activity.clone();
+    let requests = activity.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(trust.clone());
-        let answering = activity.begin();
+        let answering = requests.begin();
         let response = handle(request);
         async move {
             let response = response.await;
@@ -268,8 +301,16 @@ async fn serve_connection<H, F>(
             // then close (at once when nothing is buffered).
             Ok(Shed::Gracefully) => {
                 connection.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(SHED_FLUSH_TIMEOUT, connection).await;
-                return;
+                loop {
+                    match tokio::time::timeout(SHED_FLUSH_TIMEOUT, connection.as_mut()).await {
+                        // A client that stopped reading the tail: it is cut.
+                        Err(_) if activity.idle() => return,
+                        // A request began as the connection was chosen: hyper answers it in
+                        // full (keep-alive is off now), then closes.
+                        Err(_) => continue,
+                        Ok(_) => return,
+                    }
+                }
             }
             // A stranger's: dropping the connection closes the socket.
             Ok(Shed::Now) | Err(_) => return,

@@ -46,7 +46,7 @@ use containerd_client::types::transfer::{
 };
 use containerd_client::types::Platform;
 use containerd_client::with_namespace;
-use futures::SinkExt;
+use futures::{FutureExt, SinkExt};
 use prost::{Message, Name};
 use prost_types::Any;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -192,14 +192,19 @@ pub async fn pull(
     let cancelled = || TransferError::Cancelled {
         image: request.image.clone(),
     };
-    let lease = tokio::select! {
-        lease = PullLease::create(containerd, &request.namespace) => lease?,
-        () = stop.received() => return Err(cancelled()),
+    let lease = PullLease::new();
+    let pulled = tokio::select! {
+        created = lease.create(containerd, &request.namespace) => match created {
+            Ok(()) => pull_leased(containerd, request, &version, &lease, answerer, view, &mut stop).await,
+            Err(e) => return Err(e),
+        },
+        // containerd may have made the lease already: the delete below takes it (or finds
+        // nothing).
+        () = stop.received() => Err(cancelled()),
     };
-    let pulled = pull_leased(
-        containerd, request, &version, &lease, answerer, view, &mut stop,
-    )
-    .await;
+    // A signal that came after the pull ended, or with the one that cancelled it, is spent
+    // here; a signal while the lease is being deleted skips that (the lease then expires).
+    let _ = stop.received().now_or_never();
     tokio::select! {
         () = lease.delete(containerd, &request.namespace) => {}
         () = stop.received() => {}
@@ -362,8 +367,15 @@ const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 const LEASE_HEADER: &str = "containerd-lease";
 
 impl PullLease {
-    async fn create(containerd: &Containerd, namespace: &str) -> Result<Self, TransferError> {
-        let id = stream_id("pull");
+    /// A lease with a new id, not yet made in containerd ([`PullLease::create`]).
+    fn new() -> Self {
+        Self {
+            id: stream_id("pull"),
+        }
+    }
+
+    async fn create(&self, containerd: &Containerd, namespace: &str) -> Result<(), TransferError> {
+        let id = self.id.clone();
         let expires = std::time::SystemTime::now() + LEASE_EXPIRY;
         let create = CreateLease {
             id: id.clone(),
@@ -384,7 +396,7 @@ impl PullLease {
         )
         .await
         {
-            Ok(Ok(_)) => Ok(Self { id }),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(failed(crate::containerd::status_text(&status))),
             Err(_) => Err(failed(format!("no answer within {CALL_TIMEOUT:?}"))),
         }
@@ -401,7 +413,7 @@ impl PullLease {
 
     /// Deletes the lease (without waiting for a collection, as ctr does). A failure only
     /// leaves it to expire, so it is logged and the pull's outcome stands.
-    async fn delete(self, containerd: &Containerd, namespace: &str) {
+    async fn delete(&self, containerd: &Containerd, namespace: &str) {
         let delete = DeleteLease {
             id: self.id.clone(),
             sync: false,
@@ -461,11 +473,13 @@ fn decode<M: Message + Name + Default>(any: &Any) -> Option<M> {
     M::decode(any.value.as_slice()).ok()
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, listened for from their installation on: from then on they
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, listened for from their installation on: from then on they
 /// no longer kill the process, each one is a request to stop ([`StopSignals::received`]).
 struct StopSignals {
     interrupt: Option<Signal>,
     terminate: Option<Signal>,
+    /// The terminal closed.
+    hangup: Option<Signal>,
 }
 
 impl StopSignals {
@@ -473,18 +487,21 @@ impl StopSignals {
         Self {
             interrupt: signal(SignalKind::interrupt()).ok(),
             terminate: signal(SignalKind::terminate()).ok(),
+            hangup: signal(SignalKind::hangup()).ok(),
         }
     }
 
-    /// Resolves at the next SIGINT or SIGTERM.
+    /// Resolves at the next SIGINT, SIGTERM or SIGHUP.
     async fn received(&mut self) {
         let Self {
             interrupt,
             terminate,
+            hangup,
         } = self;
         tokio::select! {
             () = next(interrupt) => {}
             () = next(terminate) => {}
+            () = next(hangup) => {}
         }
     }
 }
