@@ -87,16 +87,10 @@ impl FaultFront {
         });
         let (shutdown, stop) = oneshot::channel();
         let serving = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fault front {host}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(serve(listener, tls, serving, stop));
-            })
-            .expect("spawn fault front thread");
+        let thread = crate::https::spawn_server_thread(
+            format!("fault front {host}"),
+            serve(listener, tls, serving, stop),
+        );
         FaultFront {
             shared,
             shutdown: Some(shutdown),

@@ -70,16 +70,8 @@ impl HttpsServer {
             .expect("nonblocking listener");
         let (shutdown, stop) = oneshot::channel();
         let handler = Arc::new(handler);
-        let thread = std::thread::Builder::new()
-            .name(format!("https {host}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(serve(listener, tls, handler, stop));
-            })
-            .expect("spawn server thread");
+        let thread =
+            spawn_server_thread(format!("https {host}"), serve(listener, tls, handler, stop));
         HttpsServer {
             host: host.to_string(),
             shutdown: Some(shutdown),
@@ -159,6 +151,24 @@ async fn serve<F, Fut>(
 }
 
 /// A rustls server configuration (ring) presenting `cert`.
+/// Runs `serving` on a thread of its own named `name`, in its own current-thread runtime, so
+/// a test server keeps answering while the test's thread blocks.
+pub fn spawn_server_thread(
+    name: String,
+    serving: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(serving);
+        })
+        .expect("spawn server thread")
+}
+
 pub fn server_config(cert: &CertifiedKey) -> Arc<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())

@@ -100,10 +100,7 @@ fn cri_sandbox_and_ctr_pulls_of_a_private_image_go_through_credgate_and_fail_wit
         "deploy",
         DEPLOY_PW,
     );
-    let daemon = CredgateDaemon::start(&format!(
-        "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n\
-         [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n"
-    ));
+    let daemon = CredgateDaemon::start(&gitlab_sources());
     tokens.clear_requests();
     for version in VERSIONS {
         let mut containerd = Containerd::configure(version, &pause.reference);
@@ -361,11 +358,17 @@ fn credgate_pull_holds_its_lease_while_it_runs_and_deletes_it_when_interrupted()
     );
 }
 
-fn gitlab_sources() -> String {
+/// The config giving credgate deploy's token for `registry.test/group/sub`, with `extra`
+/// added to its `[upstream]` table.
+fn gitlab_sources_with(extra: &str) -> String {
     format!(
-        "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n\n\
+        "[upstream]\nallow_realm_hosts = [\"auth.test\"]\n{extra}\n\
          [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n"
     )
+}
+
+fn gitlab_sources() -> String {
+    gitlab_sources_with("")
 }
 
 #[track_caller]
@@ -496,10 +499,9 @@ fn a_blob_corrupted_in_the_registry_is_never_committed_by_containerd() {
     let app = push_image("registry.test", "group/sub/app", "v1", "deploy", DEPLOY_PW);
     let layer = corrupt_the_layer(registry.dir());
     for mode in ["always", "unless-containerd"] {
-        let daemon = CredgateDaemon::start(&format!(
-            "[upstream]\nallow_realm_hosts = [\"auth.test\"]\nverify_digests = \"{mode}\"\n\n\
-             [[registry]]\nmatch = \"registry.test/group/sub\"\nusername = \"deploy\"\npassword = \"{DEPLOY_PW}\"\n"
-        ));
+        let daemon = CredgateDaemon::start(&gitlab_sources_with(&format!(
+            "verify_digests = \"{mode}\"\n"
+        )));
         for version in VERSIONS {
             let containerd = installed(version, &app.reference, &daemon);
             let before = daemon.served_ok("registry.test");
