@@ -15,7 +15,7 @@ use crate::duration::parse_go_duration;
 use crate::identity::{RegistryHost, Scope};
 use crate::parser_message::without_values;
 use crate::secret::Secret;
-use crate::text_position::line_column;
+use crate::text_position::{line_column, Lines};
 
 /// Used when neither `--config` nor `$CREDGATE_CONFIG` names a file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/credgate/config.toml";
@@ -344,9 +344,10 @@ impl Config {
         // toml's message quotes the offending value, which may be a secret in the wrong type.
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| at(e.span(), without_values(e.message())))?;
+        let lines = Lines::new(text);
         let location = |span: &Range<usize>| Location {
             path: path.to_path_buf(),
-            line: line_column(text, span.start).0,
+            line: lines.line_of(span.start),
         };
         let helpers = match raw.helpers.timeout {
             None => HelperSettings::default(),

@@ -15,9 +15,44 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The lines of one text, found once: [`line_column`]'s line for many offsets, without
+/// rescanning the text for each (a config with 10,000 entries names each one's line).
+pub struct Lines {
+    /// Byte offset of each line's first byte; the first line starts at 0.
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    pub fn new(text: &str) -> Self {
+        let newlines = text.match_indices('\n').map(|(i, _)| i + 1);
+        Self {
+            starts: std::iter::once(0).chain(newlines).collect(),
+        }
+    }
+
+    /// The 1-based line of a byte offset, as [`line_column`] counts it.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&start| start <= offset)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::line_column;
+    use super::{line_column, Lines};
+
+    #[test]
+    fn lines_agree_with_line_column_at_every_offset() {
+        let text = "a = 1\nbé = x\n\n[[registry]]\nmatch = \"ü\"";
+        let lines = Lines::new(text);
+        for offset in 0..text.len() + 3 {
+            assert_eq!(
+                lines.line_of(offset),
+                line_column(text, offset).0,
+                "offset {offset}"
+            );
+        }
+        assert_eq!(Lines::new("").line_of(0), 1);
+    }
 
     #[test]
     fn lines_and_columns_count_from_one_in_characters() {

@@ -42,7 +42,7 @@ pub struct Explanation {
 impl Keychain {
     /// Like [`Keychain::lookup`], but fetches every candidate so all can be shown.
     pub async fn explain(&self, target: &Target) -> Explanation {
-        let ranking = self.rank(target).await;
+        let ranking = self.rank_all(target).await;
         let fetched = join_all(ranking.candidates.iter().map(|c| fetch_logged(target, c))).await;
         let candidates: Vec<ExplainedCandidate> = fetched
             .into_iter()

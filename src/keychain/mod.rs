@@ -19,6 +19,9 @@ use crate::system::System;
 
 mod answer;
 mod explain;
+mod index;
+
+use index::SourceIndex;
 
 pub use explain::{ExplainedCandidate, Explanation, WinReason};
 
@@ -117,6 +120,8 @@ pub struct Keychain {
     sources: Vec<Arc<dyn Source>>,
     /// Each source's name, made once: a lookup is on the hot path.
     names: Vec<Arc<str>>,
+    /// Which sources each registry's lookups ask.
+    index: SourceIndex,
     /// Where every credential helper of these sources runs; `None` when built from sources.
     helper_runs: Option<Arc<HelperRuns>>,
 }
@@ -126,6 +131,7 @@ impl Keychain {
     pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
         let names = sources.iter().map(|s| Arc::from(s.name())).collect();
         Self {
+            index: SourceIndex::new(&sources),
             sources,
             names,
             helper_runs: None,
@@ -159,12 +165,27 @@ impl Keychain {
         self.names.iter().map(|n| n.to_string()).collect()
     }
 
-    /// Asks every source (concurrently) and ranks what they offer. Cheap: no helper runs.
+    /// Asks the sources that may offer for the target's registry (concurrently) and ranks
+    /// what they offer. Cheap: no helper runs. `[[registry]]` entries for other registries
+    /// are not asked and not in [`Ranking::sources`].
     pub async fn rank(&self, target: &Target) -> Ranking {
-        let answers = join_all(self.sources.iter().map(|s| s.offers(target))).await;
+        self.rank_among(target, self.index.for_registry(&target.registry))
+            .await
+    }
+
+    /// [`Keychain::rank`] over every source, so `explain` can say what each one found.
+    pub async fn rank_all(&self, target: &Target) -> Ranking {
+        self.rank_among(target, (0..self.sources.len()).collect())
+            .await
+    }
+
+    /// Ranks the offers of the sources at `positions`, which are in config order.
+    async fn rank_among(&self, target: &Target, positions: Vec<usize>) -> Ranking {
+        let answers = join_all(positions.iter().map(|&i| self.sources[i].offers(target))).await;
         let mut candidates = Vec::new();
-        let mut sources = Vec::new();
-        for (index, (name, answer)) in self.names.iter().zip(answers).enumerate() {
+        let mut sources = Vec::with_capacity(positions.len());
+        for (index, answer) in positions.into_iter().zip(answers) {
+            let name = &self.names[index];
             let outcome = match answer {
                 Ok(offers) if offers.is_empty() => SourceOutcome::NothingMatched,
                 Ok(offers) => {
@@ -212,7 +233,7 @@ impl Keychain {
     /// [`Keychain::list`] with the kind of secret each scope holds, where known.
     pub async fn listing(&self) -> Vec<Listed> {
         let mut listed = BTreeMap::new();
-        for entry in self.list_in_order().await {
+        for entry in self.list_in_order((0..self.sources.len()).collect()).await {
             listed.entry(entry.scope.to_string()).or_insert(entry);
         }
         listed.into_values().collect()
@@ -257,7 +278,7 @@ impl Keychain {
 
     /// The first path-scoped scope listed for exactly `registry`, as a target.
     pub async fn path_scope_for(&self, registry: &RegistryHost) -> Option<Target> {
-        let listed = self.list_in_order().await;
+        let listed = self.list_in_order(self.index.for_registry(registry)).await;
         let mut paths = listed
             .iter()
             .filter(|listed| listed.scope.exact_registry() == Some(registry))
@@ -274,15 +295,15 @@ impl Keychain {
         Some(Target::new(registry.clone(), Some(first.clone())))
     }
 
-    /// Every listed scope, in source order.
-    async fn list_in_order(&self) -> Vec<Listed> {
-        let answers = join_all(self.sources.iter().map(|s| s.listing())).await;
+    /// Every scope the sources at `positions` list, in config order.
+    async fn list_in_order(&self, positions: Vec<usize>) -> Vec<Listed> {
+        let answers = join_all(positions.iter().map(|&i| self.sources[i].listing())).await;
         let mut listed = Vec::new();
-        for (source, answer) in self.sources.iter().zip(answers) {
+        for (index, answer) in positions.into_iter().zip(answers) {
             match answer {
                 Ok(entries) => listed.extend(entries),
                 Err(e) => {
-                    tracing::warn!(source = %source.name(), error = %e, "credential source failed to list")
+                    tracing::warn!(source = %self.names[index], error = %e, "credential source failed to list")
                 }
             }
         }

@@ -225,3 +225,56 @@ async fn helper_stats_count_the_answers_the_keychains_helpers_gave() {
         HelperStats::default()
     );
 }
+
+#[tokio::test]
+async fn a_lookup_asks_only_the_entries_for_its_registry_and_keeps_config_order() {
+    let dir = "/etc/docker/config.json";
+    let files = Arc::new(MemoryFiles::default());
+    files.write(
+        dir,
+        r#"{"auths":{"tie.test":{"auth":"ZG9ja2VyOnB3"}}}"#,
+        0o600,
+    );
+    let toml = format!(
+        "[[registry]]\nmatch = \"other.test\"\nusername = \"u0\"\npassword = \"p\"\n\n\
+         [[docker_config]]\npath = \"{dir}\"\n\n\
+         [[registry]]\nmatch = \"tie.test\"\nusername = \"entry\"\npassword = \"p\"\n\n\
+         [[registry]]\nmatch = \"*.test\"\nusername = \"glob\"\npassword = \"p\"\n"
+    );
+    let k = keychain(&toml, files);
+    let ranking = k.rank(&target("tie.test/app")).await;
+    let asked: Vec<&str> = ranking.sources.iter().map(|s| &*s.source).collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(asked[0].starts_with("docker config"), "{asked:?}");
+    assert!(asked[1].ends_with(":9"), "{asked:?}");
+    assert!(asked[2].ends_with(":14"), "{asked:?}");
+    // The docker config is listed before the entry, so it wins the tie, as with every source.
+    assert_eq!(winner(&k, "tie.test/app").await.as_deref(), Some("docker"));
+    // explain still says what every source found.
+    let e = k.explain(&target("tie.test/app")).await;
+    assert_eq!(e.ranking.sources.len(), 4);
+    assert_eq!(e.ranking.sources[0].outcome, SourceOutcome::NothingMatched);
+}
+
+#[tokio::test]
+async fn ten_thousand_entries_find_the_same_winner_as_one() {
+    let mut toml = String::new();
+    for i in 0..10_000 {
+        toml += &format!(
+            "[[registry]]\nmatch = \"r{i}.test/team\"\nusername = \"u{i}\"\npassword = \"p\"\n\n"
+        );
+    }
+    let k = keychain(&toml, Arc::default());
+    assert_eq!(
+        winner(&k, "r9999.test/team/app").await.as_deref(),
+        Some("u9999")
+    );
+    assert_eq!(winner(&k, "r9999.test/other").await, None);
+    // A client naming only the host is narrowed to that host's path scope, not another's.
+    let d = k.lookup(&target("r4242.test")).await;
+    assert_eq!(d.ranking.target.to_string(), "r4242.test/team");
+    assert_eq!(
+        d.winner.map(|w| w.credential.username).as_deref(),
+        Some("u4242")
+    );
+}

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::exec_helper::{CredentialHelper, HelperRuns};
 use super::{Credential, Fetch, Listed, Offer, SecretKind, Source, SourceError};
 use crate::config::{RegistryEntry, SecretSpec};
-use crate::identity::Target;
+use crate::identity::{Scope, Target};
 use crate::system::{Files, System};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,10 @@ fn warn_if_exposed(files: &dyn Files, path: &Path, scope: &str, what: &str) {
 impl Source for StaticRegistrySource {
     fn name(&self) -> String {
         format!("[[registry]] at {}", self.entry.location)
+    }
+
+    fn fixed_scope(&self) -> Option<&Scope> {
+        Some(&self.entry.scope)
     }
 
     async fn listing(&self) -> Result<Vec<Listed>, SourceError> {
