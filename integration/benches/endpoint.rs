@@ -86,6 +86,7 @@ fn main() {
             p.as_secs_f64(),
             d.as_secs_f64() / p.as_secs_f64()
         );
+        support::floor::measure(BIG).print_against(cpu_per_gib, None);
         return;
     }
     let image = |fetch: &dyn Fn(&str) -> Fetch| {
@@ -164,7 +165,10 @@ fn main() {
             us(v) - us(d)
         );
     }
-    println!("  credgate CPU per GiB streamed (1 GiB blob, median): {cpu_per_gib:.2} s");
+    println!(
+        "\ncredgate CPU per GiB streamed (1 GiB blob to curl, hashed; median), against the floor"
+    );
+    support::floor::measure(BIG).print_against(cpu_per_gib, None);
     println!(
         "\npeak RSS of credgate serve with 64 concurrent 64 MiB blob streams: {:.1} MiB",
         rss as f64 / 1024.0

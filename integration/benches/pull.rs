@@ -148,23 +148,10 @@ fn main() {
             .collect();
         median(&mut all)
     };
-    let decrypt = floor.decrypt.as_secs_f64();
-    let sha = floor.sha256.as_secs_f64();
     println!(
         "\ncredgate CPU per GiB streamed (1 GiB image, median of its pulls), against the floor"
     );
-    println!("measured in this run (rustls/ring TLS 1.3 AES-128-GCM decryption; ring SHA-256):");
-    println!(
-        "  hashing   {:>5.2} s/GiB   floor {:.2} (decrypt {decrypt:.2} + SHA-256 {sha:.2})   {:.2}× the floor",
-        per_gib(1),
-        decrypt + sha,
-        per_gib(1) / (decrypt + sha)
-    );
-    println!(
-        "  trusting  {:>5.2} s/GiB   floor {decrypt:.2} (decrypt)                      {:.2}× the floor",
-        per_gib(2),
-        per_gib(2) / decrypt
-    );
+    floor.print_against(per_gib(1), Some(per_gib(2)));
     for (name, daemon) in ["hashing", "trusting"].iter().zip(&daemons) {
         println!(
             "peak RSS of credgate serve ({name}): {:.1} MiB",

@@ -139,10 +139,8 @@ impl MirrorClients {
         } else {
             builder.https_only()
         };
-        let https = builder
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector);
+        // HTTP/1.1 only, as for registries (`super::client` says why).
+        let https = builder.enable_http1().wrap_connector(connector);
         Ok(pooled(https))
     }
 
