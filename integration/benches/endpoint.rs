@@ -87,6 +87,11 @@ fn main() {
             d.as_secs_f64() / p.as_secs_f64()
         );
         support::floor::measure(BIG).print_against(cpu_per_gib, None);
+        let rss = peak_rss_with_streams(&daemon, &stream_blob);
+        println!(
+            "peak RSS with 64 concurrent 64 MiB blob streams: {:.1} MiB",
+            rss as f64 / 1024.0
+        );
         return;
     }
     let image = |fetch: &dyn Fn(&str) -> Fetch| {

@@ -614,6 +614,10 @@ async fn a_range_is_forwarded_and_206_passes_through_with_content_range() {
 #[tokio::test]
 async fn bodies_stream_instead_of_being_buffered() {
     let endpoint = Endpoint::start().await;
+    // `verify_digests = "always"`: this containerd request is hashed too.
+    endpoint
+        .state
+        .set_digest_verification(DigestVerification::Always);
     let digest = sha256(&endpoint.fake.blob);
     let response = endpoint
         .get(&format!("/v2/group/stream/blobs/{digest}?ns=registry.test"))
@@ -909,6 +913,10 @@ async fn an_upstream_reset_mid_blob_breaks_the_clients_transfer() {
 #[tokio::test]
 async fn a_digest_mismatch_breaks_the_clients_transfer() {
     let endpoint = Endpoint::start().await;
+    // `verify_digests = "always"`: this containerd request is hashed too.
+    endpoint
+        .state
+        .set_digest_verification(DigestVerification::Always);
     let digest = sha256(&endpoint.fake.blob);
     let response = endpoint
         .get(&format!(
@@ -1026,6 +1034,10 @@ async fn an_upstream_206_to_a_request_without_range_is_refused_not_streamed_unch
 #[tokio::test]
 async fn an_upstream_203_with_wrong_bytes_breaks_the_clients_transfer() {
     let endpoint = Endpoint::start().await;
+    // `verify_digests = "always"`: this containerd request is hashed too.
+    endpoint
+        .state
+        .set_digest_verification(DigestVerification::Always);
     let digest = sha256(&endpoint.fake.blob);
     let response = endpoint
         .get(&format!(

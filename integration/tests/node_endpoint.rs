@@ -207,8 +207,8 @@ fn a_private_image_under_a_sub_path_is_fetched_with_the_right_credential() {
         );
         assert_eq!(request.service.as_deref(), Some(tokens.service()));
     }
-    // ALPN offers only http/1.1 (src/upstream/client.rs says why), though Go's registry
-    // would take h2.
+    // HTTP/1.1 (src/upstream/client.rs says why): credgate offers no ALPN, though Go's
+    // registry would take h2.
     let log = registry.access_log();
     assert!(
         log.lines()

@@ -364,13 +364,14 @@ fn streaming_runtime() -> Result<StreamingRuntime, CliError> {
         .map_err(|e| CliError::Failed(format!("cannot start the endpoint's runtime: {e}")))
 }
 
-/// The endpoint runtime's worker threads on a node with `cpus` CPUs: one per four, at least
+/// The endpoint runtime's worker threads on a node with `cpus` CPUs: one per two, at least
 /// one and at most four. On the 2-core bench node one worker costs 0.3–0.5 CPU-s/GiB less
 /// than two and streams faster (README, "Where credgate's CPU goes"): the second worker
 /// mostly wakes, steals and parks, and containerd, which hashes and unpacks the same bytes,
-/// needs that core. Larger nodes run more pulls at once and have cores to spare.
+/// needs that core. Larger nodes (not measured) keep the earlier two workers from 4 CPUs, and
+/// more from 6, since they run more pulls at once and one worker streams about 550 MB/s.
 fn streaming_workers(cpus: usize) -> usize {
-    (cpus / 4).clamp(1, 4)
+    (cpus / 2).clamp(1, 4)
 }
 
 /// A runtime can't be dropped inside async code, so this one always stops in the background,

@@ -36,9 +36,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// kept-alive connection may sit idle.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections the endpoint keeps. containerd opens a few per pull (3 concurrent layer
-/// downloads per image by default), so 512 serves well over a hundred parallel pulls, and
-/// stays far below the fd limit the unit sets (`LimitNOFILE=65536`) and the usual default
-/// of 1024, leaving descriptors for upstream connections and helpers.
+/// downloads per image by default), so 512 serves well over a hundred parallel pulls. Each
+/// request being answered holds at most one upstream connection (HTTP/1.1) and idle upstream
+/// connections are capped per host (`upstream::client`), so at the cap credgate holds about
+/// a thousand sockets: far below the fd limit the unit sets (`LimitNOFILE=65536`); under the
+/// usual default of 1024, fewer parallel pulls fit.
 pub const MAX_ENDPOINT_CONNECTIONS: usize = 512;
 /// Open connections the metrics listener keeps: a scraper or two and a person with curl.
 pub const MAX_METRICS_CONNECTIONS: usize = 8;

@@ -30,7 +30,8 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 ///
 /// - **Transport**: https only (a registry served over plain http, as containerd's own
 ///   `http://` hosts entries allow, is out of scope), TLS verified against the system roots plus the registry's
-///   `ca_file`, HTTP/2 when the upstream offers it by ALPN, pooled connections (one pool per
+///   `ca_file`, HTTP/1.1 (measured cheaper than HTTP/2 for blobs: `super::client`), pooled
+///   connections (one pool per
 ///   `ca_file`). Connecting (resolving included) times out after
 ///   [`super::CONNECT_TIMEOUT`], response headers after [`super::RESPONSE_TIMEOUT`]; a body
 ///   has no total deadline once it streams (blobs are big; the endpoint bounds its idle
