@@ -165,7 +165,8 @@ pub struct UpstreamSettings {
 }
 
 /// `[upstream] verify_digests`: when the endpoint hashes a blob (or a manifest by digest) as it
-/// streams. Length checks, upstream resets and idle cut-offs apply either way.
+/// streams. The check against a declared `Content-Length`, upstream resets and idle cut-offs
+/// apply either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DigestVerification {

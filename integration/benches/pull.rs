@@ -6,8 +6,8 @@
 //! `PullImage` with auth) against through credgate (`credgate install`'s hosts.toml and
 //! `config_path`, no credential in the pull), for two images (1 GiB + 10 × 4 MiB, and 40
 //! small layers), cold (credgate just started) and warm (its token cached). credgate runs
-//! twice: hashing every blob (`verify_digests = "always"`, the default) and leaving
-//! containerd's blobs to containerd's own check (`"unless-containerd"`). Runs alternate between the three ways in rotating
+//! twice: hashing every blob (`verify_digests = "always"`) and leaving containerd's blobs to
+//! containerd's own check (`"unless-containerd"`, the default). Runs alternate between the three ways in rotating
 //! order; the table shows medians. Next to it: credgate's CPU seconds per GiB streamed (from
 //! `/proc/<pid>/stat`) and the floor measured in this run with the same crates (TLS record
 //! decryption, plus one SHA-256 when hashing). Prints figures; asserts nothing about them.

@@ -50,8 +50,9 @@ struct Asked<'a> {
 }
 
 /// Whether whole answers to a client sending `headers` are hashed as they stream: always,
-/// unless the client is containerd (it verifies each digest before commit, on every pull path)
-/// and `[upstream] verify_digests` is not `always`.
+/// unless the client is containerd (its content store verifies each digest before commit, on
+/// every pull path; `ctr content fetch-blob` is the exception docs/design.md names) and
+/// `[upstream] verify_digests` is not `always`.
 fn hashes_for(state: &EndpointState, headers: &HeaderMap) -> bool {
     let containerd = headers
         .get(header::USER_AGENT)
